@@ -1,0 +1,5 @@
+//! Test support for Manta: start real `manta serve` processes, and the OCI distribution-spec
+//! conformance workflows (pull, push, content discovery, content management) as a library that
+//! runs against any registry URL and reports pass/fail per case.
+
+pub mod server;

@@ -1,0 +1,143 @@
+//! Start and stop real `manta serve` processes for tests.
+//!
+//! The binary is found through `MANTA_BIN`, else next to the running test executable
+//! (`target/<profile>/manta`, which cargo builds because `manta-registry` has integration tests).
+//! `manta serve --listen 127.0.0.1:0` prints `manta listening on http://<addr>` on stdout once bound.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Path of the `manta` binary under test.
+pub fn manta_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MANTA_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    // target/<profile>/deps/<test-binary> -> target/<profile>/manta
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("manta");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find the manta binary near {}; run `cargo build -p manta-registry` or set MANTA_BIN",
+        exe.display()
+    )
+}
+
+/// A running `manta serve` with its own data directory.
+pub struct MantaServer {
+    child: Option<Child>,
+    addr: String,
+    data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    log_path: PathBuf,
+}
+
+impl MantaServer {
+    /// Start on a fresh temporary data directory.
+    pub fn start() -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path().join("data");
+        let mut s = Self::start_in(&data, &[])?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Start on `data_dir` (kept by the caller) with extra `manta serve` arguments.
+    pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
+        let bin = manta_bin()?;
+        std::fs::create_dir_all(data_dir)?;
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(url) = line.strip_prefix("manta listening on http://") {
+                        let _ = tx.send(url.trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("manta did not report its address within 60s; log:\n{log}");
+            }
+        };
+        Ok(Self { child: Some(child), addr, data_dir: data_dir.to_path_buf(), _tmp: None, log_path })
+    }
+
+    /// `127.0.0.1:<port>`
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Everything the server wrote to stderr (its logs) so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to clean up: for crash tests.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("already stopped")?;
+        let st = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+        if !st.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(c.wait()?)
+    }
+}
+
+impl Drop for MantaServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
