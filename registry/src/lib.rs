@@ -1,0 +1,9 @@
+//! Manta's node agent: an OCI distribution-spec v1.1 endpoint over a crash-safe content store.
+
+pub mod api;
+pub mod digest;
+pub mod error;
+pub mod metrics;
+pub mod names;
+pub mod server;
+pub mod store;

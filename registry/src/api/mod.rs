@@ -1,0 +1,351 @@
+//! The OCI distribution API under `/v2/`, plus health and metrics.
+//!
+//! Repository names have any number of `/`-separated components, so `/v2/…` is routed here by
+//! parsing the *raw* path from its end (`…/manifests/<ref>`, `…/blobs/uploads/<id>`, …). Nothing
+//! is percent-decoded: a `%` can never be part of a valid name, tag or digest.
+
+mod blobs;
+mod discovery;
+mod manifests;
+pub mod range;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::{Metrics, RouteKind};
+use crate::names;
+use crate::store::Store;
+pub use uploads::UploadSessions;
+
+/// Limits applied to requests.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest manifest accepted, in bytes (413 above).
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    pub store: Store,
+    pub uploads: UploadSessions,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+/// The whole HTTP surface of the agent.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v2", axum::routing::any(dispatch))
+        .route("/v2/", axum::routing::any(dispatch))
+        .route("/v2/{*rest}", axum::routing::any(dispatch))
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Shared>) -> Response {
+    if !st.ready.load(std::sync::atomic::Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match st.store.index().repo_exists("") {
+        Ok(_) => "ok".into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness: index unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "index unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    match st.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// A parsed `/v2/…` route.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Base,
+    Blob { name: &'a str, digest: &'a str },
+    UploadStart { name: &'a str },
+    Upload { name: &'a str, id: &'a str },
+    Manifest { name: &'a str, reference: &'a str },
+    Tags { name: &'a str },
+    Referrers { name: &'a str, digest: &'a str },
+}
+
+impl Route<'_> {
+    fn kind(&self) -> RouteKind {
+        match self {
+            Route::Base => RouteKind::Base,
+            Route::Blob { .. } => RouteKind::Blob,
+            Route::UploadStart { .. } | Route::Upload { .. } => RouteKind::Upload,
+            Route::Manifest { .. } => RouteKind::Manifest,
+            Route::Tags { .. } => RouteKind::Tags,
+            Route::Referrers { .. } => RouteKind::Referrers,
+        }
+    }
+}
+
+/// Split `/v2/<rest>` into a route, or `None` when it is no route of the API.
+fn parse_route(path: &str) -> Option<Route<'_>> {
+    let rest = path.strip_prefix("/v2")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Route::Base);
+    }
+    let rest = rest.strip_prefix('/')?;
+    // name/tags/list
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags { name });
+    }
+    // name/blobs/uploads or name/blobs/uploads/
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
+        return Some(Route::UploadStart { name });
+    }
+    let (head, last) = rest.rsplit_once('/')?;
+    let (before, kind) = head.rsplit_once('/')?;
+    match kind {
+        "manifests" => Some(Route::Manifest {
+            name: before,
+            reference: last,
+        }),
+        "blobs" => Some(Route::Blob {
+            name: before,
+            digest: last,
+        }),
+        "referrers" => Some(Route::Referrers {
+            name: before,
+            digest: last,
+        }),
+        "uploads" => before
+            .strip_suffix("/blobs")
+            .map(|name| Route::Upload { name, id: last }),
+        _ => None,
+    }
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if names::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::NameInvalid)
+    }
+}
+
+/// Query parameters, decoded.
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        Self(
+            q.and_then(|q| serde_urlencoded::from_str(q).ok())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a handler reads of the request besides its body.
+pub(crate) struct Head {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Query,
+}
+
+/// The request: its head, and its body for handlers that consume it.
+pub(crate) struct Req {
+    pub head: Head,
+    pub body: Body,
+}
+
+async fn dispatch(State(st): State<Shared>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let head = Head {
+        method: parts.method,
+        headers: parts.headers,
+        query: Query::parse(parts.uri.query()),
+    };
+    let method = head.method.clone();
+    let req = Req { head, body };
+    let route = parse_route(&path);
+    let kind = route.as_ref().map(Route::kind).unwrap_or(RouteKind::Other);
+    let mut resp = match route {
+        None => ApiError::NotFound.into_response(),
+        Some(route) => handle(&st, route, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+    };
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    st.metrics.observe_request(kind, &method, resp.status());
+    resp
+}
+
+async fn handle(st: &Shared, route: Route<'_>, req: Req) -> ApiResult<Response> {
+    use Method as M;
+    match route {
+        Route::Base => match req.head.method {
+            M::GET | M::HEAD => {
+                Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response())
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Route::Blob { name, digest } => {
+            check_name(name)?;
+            match req.head.method {
+                M::GET | M::HEAD => blobs::get(st, name, digest, &req.head).await,
+                M::DELETE => blobs::delete(st, name, digest).await,
+                _ => Err(ApiError::MethodNotAllowed),
+            }
+        }
+        Route::UploadStart { name } => {
+            check_name(name)?;
+            match req.head.method {
+                M::POST => uploads::start(st, name, req).await,
+                _ => Err(ApiError::MethodNotAllowed),
+            }
+        }
+        Route::Upload { name, id } => {
+            check_name(name)?;
+            match req.head.method {
+                M::PATCH => uploads::patch(st, name, id, req).await,
+                M::PUT => uploads::put(st, name, id, req).await,
+                M::GET => uploads::status(st, name, id).await,
+                M::DELETE => uploads::cancel(st, name, id).await,
+                _ => Err(ApiError::MethodNotAllowed),
+            }
+        }
+        Route::Manifest { name, reference } => {
+            check_name(name)?;
+            match req.head.method {
+                M::GET | M::HEAD => manifests::get(st, name, reference, &req.head).await,
+                M::PUT => manifests::put(st, name, reference, req).await,
+                M::DELETE => manifests::delete(st, name, reference).await,
+                _ => Err(ApiError::MethodNotAllowed),
+            }
+        }
+        Route::Tags { name } => {
+            check_name(name)?;
+            match req.head.method {
+                M::GET | M::HEAD => discovery::tags(st, name, &req.head).await,
+                _ => Err(ApiError::MethodNotAllowed),
+            }
+        }
+        Route::Referrers { name, digest } => {
+            check_name(name)?;
+            match req.head.method {
+                M::GET | M::HEAD => discovery::referrers(st, name, digest, &req.head).await,
+                _ => Err(ApiError::MethodNotAllowed),
+            }
+        }
+    }
+}
+
+/// `Location` of a blob.
+fn blob_location(name: &str, digest: &impl std::fmt::Display) -> String {
+    format!("/v2/{name}/blobs/{digest}")
+}
+
+fn header_value(s: &str) -> ApiResult<HeaderValue> {
+    HeaderValue::from_str(s)
+        .map_err(|_| ApiError::Unsupported("unrepresentable header value".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse_route("/v2/"), Some(Route::Base));
+        assert_eq!(parse_route("/v2"), Some(Route::Base));
+        assert_eq!(
+            parse_route("/v2/a/b/c/d/tags/list"),
+            Some(Route::Tags { name: "a/b/c/d" })
+        );
+        assert_eq!(
+            parse_route("/v2/a/b/manifests/latest"),
+            Some(Route::Manifest {
+                name: "a/b",
+                reference: "latest"
+            })
+        );
+        assert_eq!(
+            parse_route("/v2/x/manifests/blobs/manifests/v1"),
+            Some(Route::Manifest {
+                name: "x/manifests/blobs",
+                reference: "v1"
+            })
+        );
+        assert_eq!(
+            parse_route("/v2/a/blobs/uploads/"),
+            Some(Route::UploadStart { name: "a" })
+        );
+        assert_eq!(
+            parse_route("/v2/a/b/blobs/uploads/123"),
+            Some(Route::Upload {
+                name: "a/b",
+                id: "123"
+            })
+        );
+        assert_eq!(
+            parse_route("/v2/a/blobs/sha256:00"),
+            Some(Route::Blob {
+                name: "a",
+                digest: "sha256:00"
+            })
+        );
+        assert_eq!(
+            parse_route("/v2/a/referrers/sha256:00"),
+            Some(Route::Referrers {
+                name: "a",
+                digest: "sha256:00"
+            })
+        );
+        assert_eq!(parse_route("/v2/a/uploads/x"), None);
+        assert_eq!(parse_route("/v2/a"), None);
+        assert_eq!(parse_route("/v3/a/tags/list"), None);
+    }
+}

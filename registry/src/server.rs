@@ -1,0 +1,121 @@
+//! `manta serve`: open the store, bind, serve until a shutdown signal, flush the index.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tower_http::trace::TraceLayer;
+
+use crate::api::{self, AppState, Limits, UploadSessions};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Everything `manta serve` needs, already validated.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("opening the store in {path}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving")]
+    Serve(#[source] std::io::Error),
+    #[error("flushing the index at shutdown")]
+    Flush(#[source] StoreError),
+}
+
+/// A bound, ready server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Open the store (reconciling it with the disk) and bind the listener.
+    pub async fn bind(
+        cfg: ServeConfig,
+        registry: prometheus_client::registry::Registry,
+    ) -> Result<Self, ServeError> {
+        let dir = cfg.data_dir.clone();
+        let (store, recovery) = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| ServeError::Store {
+                path: cfg.data_dir.clone(),
+                source: StoreError::Join(e),
+            })?
+            .map_err(|source| ServeError::Store {
+                path: cfg.data_dir.clone(),
+                source,
+            })?;
+        tracing::info!(data_dir = %cfg.data_dir.display(), ?recovery, "store open");
+        let metrics = Arc::new(Metrics::new(registry));
+        metrics.blobs_indexed.set(recovery.blobs_indexed as i64);
+        metrics
+            .recovered_orphans
+            .inc_by(recovery.orphan_files_removed + recovery.temp_files_removed);
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let state = Arc::new(AppState {
+            store,
+            uploads: UploadSessions::default(),
+            limits: cfg.limits,
+            metrics,
+            ready: AtomicBool::new(true),
+        });
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish, and
+    /// flush the index.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let state = self.state.clone();
+        let app = api::router(self.state.clone()).layer(TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<_>| {
+                // The method only: paths carry digests and repository names.
+                tracing::debug_span!("request", method = %req.method())
+            },
+        ));
+        let flag = state.clone();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                flag.ready.store(false, Ordering::Release);
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await
+            .map_err(ServeError::Serve)?;
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| ServeError::Flush(StoreError::Join(e)))?
+            .map_err(ServeError::Flush)?;
+        tracing::info!("index flushed; bye");
+        Ok(())
+    }
+}

@@ -1,0 +1,411 @@
+//! The rocksdb implementation of [`Index`]: one column family per record kind.
+//!
+//! Keys (`\0` cannot occur in names, tags or digests):
+//! - `blobs`: digest → [`BlobRecord`] (JSON)
+//! - `blob_links`: digest `\0` repo → ""   (which repositories may read a blob)
+//! - `manifests`: digest → [`ManifestRecord`] (version byte, u32 header length, JSON header, exact bytes)
+//! - `manifest_links`: digest `\0` repo → ""
+//! - `tags`: repo `\0` tag → digest
+//! - `referrers`: repo `\0` subject `\0` digest → descriptor JSON
+//! - `repos`: repo → ""
+//! - `uploads`: session id → [`UploadRecord`] (JSON)
+//!
+//! Compound updates are one `WriteBatch`: a crash leaves either all of a manifest PUT or none.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use super::index::{BlobRecord, Index, ManifestPut, ManifestRecord, Result, UploadRecord};
+use super::StoreError;
+
+const CF_BLOBS: &str = "blobs";
+const CF_BLOB_LINKS: &str = "blob_links";
+const CF_MANIFESTS: &str = "manifests";
+const CF_MANIFEST_LINKS: &str = "manifest_links";
+const CF_TAGS: &str = "tags";
+const CF_REFERRERS: &str = "referrers";
+const CF_REPOS: &str = "repos";
+const CF_UPLOADS: &str = "uploads";
+const ALL_CFS: [&str; 8] = [
+    CF_BLOBS,
+    CF_BLOB_LINKS,
+    CF_MANIFESTS,
+    CF_MANIFEST_LINKS,
+    CF_TAGS,
+    CF_REFERRERS,
+    CF_REPOS,
+    CF_UPLOADS,
+];
+
+const MANIFEST_RECORD_VERSION: u8 = 1;
+
+pub struct RocksIndex {
+    db: DB,
+    /// Serialises read-modify-write updates (deletes that depend on what remains).
+    write_lock: Mutex<()>,
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
+    let mut k = key2(a, b);
+    k.push(0);
+    k.extend_from_slice(c.as_bytes());
+    k
+}
+
+fn prefix(a: &str) -> Vec<u8> {
+    let mut k = a.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestHeader {
+    media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+}
+
+fn encode_manifest(r: &ManifestRecord) -> Result<Vec<u8>> {
+    let header = serde_json::to_vec(&ManifestHeader {
+        media_type: r.media_type.clone(),
+        subject: r.subject.clone(),
+    })
+    .map_err(|e| StoreError::Corrupt(format!("encode manifest header: {e}")))?;
+    let len = u32::try_from(header.len())
+        .map_err(|_| StoreError::Corrupt("manifest header too long".into()))?;
+    let mut v = Vec::with_capacity(5 + header.len() + r.bytes.len());
+    v.push(MANIFEST_RECORD_VERSION);
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(&header);
+    v.extend_from_slice(&r.bytes);
+    Ok(v)
+}
+
+fn decode_manifest(v: &[u8]) -> Result<ManifestRecord> {
+    let bad = |what: &str| StoreError::Corrupt(format!("manifest record: {what}"));
+    if v.len() < 5 || v[0] != MANIFEST_RECORD_VERSION {
+        return Err(bad("unknown version"));
+    }
+    let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
+    let header = v.get(5..5 + len).ok_or_else(|| bad("truncated"))?;
+    let h: ManifestHeader = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    Ok(ManifestRecord {
+        media_type: h.media_type,
+        subject: h.subject,
+        bytes: v[5 + len..].to_vec(),
+    })
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<'a, T: Deserialize<'a>>(kind: &str, v: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("{kind} record: {e}")))
+}
+
+impl RocksIndex {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(64 << 20);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StoreError::Db)?;
+        Ok(Self {
+            db,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Corrupt(format!("missing column family {name}")))
+    }
+
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf)?, key).map_err(StoreError::Db)
+    }
+
+    fn write(&self, batch: WriteBatch, durable: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durable);
+        self.db.write_opt(batch, &wo).map_err(StoreError::Db)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keys (without the prefix) and values of every entry under `prefix` in `cf`, starting
+    /// strictly after `after` (a key suffix), at most `limit`.
+    fn scan(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut start = prefix.to_vec();
+        if let Some(a) = after {
+            start.extend_from_slice(a);
+            start.push(0); // the smallest key greater than prefix+after
+        }
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf)?, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn count_prefix(&self, cf: &str, p: &[u8]) -> Result<usize> {
+        Ok(self.scan(cf, p, None, usize::MAX)?.len())
+    }
+}
+
+impl Index for RocksIndex {
+    fn blob(&self, digest: &str) -> Result<Option<BlobRecord>> {
+        self.get(CF_BLOBS, digest.as_bytes())?
+            .map(|v| from_json("blob", &v))
+            .transpose()
+    }
+
+    fn blob_linked(&self, repo: &str, digest: &str) -> Result<bool> {
+        Ok(self.get(CF_BLOB_LINKS, &key2(digest, repo))?.is_some())
+    }
+
+    fn put_blob(&self, repo: &str, digest: &str, record: &BlobRecord) -> Result<()> {
+        let _g = self.lock();
+        let mut b = WriteBatch::default();
+        if self.blob(digest)?.is_none() {
+            b.put_cf(self.cf(CF_BLOBS)?, digest.as_bytes(), json(record)?);
+        }
+        b.put_cf(self.cf(CF_BLOB_LINKS)?, key2(digest, repo), b"");
+        b.put_cf(self.cf(CF_REPOS)?, repo.as_bytes(), b"");
+        self.write(b, true)
+    }
+
+    fn link_blob(&self, repo: &str, digest: &str) -> Result<()> {
+        let _g = self.lock();
+        if self.blob(digest)?.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "link of unknown blob {digest}"
+            )));
+        }
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_BLOB_LINKS)?, key2(digest, repo), b"");
+        b.put_cf(self.cf(CF_REPOS)?, repo.as_bytes(), b"");
+        self.write(b, true)
+    }
+
+    fn unlink_blob(&self, repo: &str, digest: &str) -> Result<Option<usize>> {
+        let _g = self.lock();
+        let k = key2(digest, repo);
+        if self.get(CF_BLOB_LINKS, &k)?.is_none() {
+            return Ok(None);
+        }
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_BLOB_LINKS)?, &k);
+        self.write(b, true)?;
+        Ok(Some(self.count_prefix(CF_BLOB_LINKS, &prefix(digest))?))
+    }
+
+    fn delete_blob(&self, digest: &str) -> Result<()> {
+        let _g = self.lock();
+        let p = prefix(digest);
+        let mut b = WriteBatch::default();
+        for (repo, _) in self.scan(CF_BLOB_LINKS, &p, None, usize::MAX)? {
+            let mut k = p.clone();
+            k.extend_from_slice(&repo);
+            b.delete_cf(self.cf(CF_BLOB_LINKS)?, k);
+        }
+        b.delete_cf(self.cf(CF_BLOBS)?, digest.as_bytes());
+        self.write(b, true)
+    }
+
+    fn for_each_blob(&self, f: &mut dyn FnMut(&str, &BlobRecord)) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            let d = std::str::from_utf8(&k)
+                .map_err(|_| StoreError::Corrupt("blob key not utf-8".into()))?;
+            f(d, &from_json("blob", &v)?);
+        }
+        Ok(())
+    }
+
+    fn manifest(&self, digest: &str) -> Result<Option<ManifestRecord>> {
+        self.get(CF_MANIFESTS, digest.as_bytes())?
+            .map(|v| decode_manifest(&v))
+            .transpose()
+    }
+
+    fn manifest_linked(&self, repo: &str, digest: &str) -> Result<bool> {
+        Ok(self.get(CF_MANIFEST_LINKS, &key2(digest, repo))?.is_some())
+    }
+
+    fn put_manifest(&self, put: &ManifestPut<'_>) -> Result<()> {
+        let _g = self.lock();
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            self.cf(CF_MANIFESTS)?,
+            put.digest.as_bytes(),
+            encode_manifest(put.record)?,
+        );
+        b.put_cf(self.cf(CF_MANIFEST_LINKS)?, key2(put.digest, put.repo), b"");
+        b.put_cf(self.cf(CF_REPOS)?, put.repo.as_bytes(), b"");
+        if let Some(tag) = put.tag {
+            b.put_cf(
+                self.cf(CF_TAGS)?,
+                key2(put.repo, tag),
+                put.digest.as_bytes(),
+            );
+        }
+        if let (Some(subject), Some(desc)) = (&put.record.subject, put.referrer_descriptor) {
+            b.put_cf(
+                self.cf(CF_REFERRERS)?,
+                key3(put.repo, subject, put.digest),
+                desc,
+            );
+        }
+        self.write(b, true)
+    }
+
+    fn delete_manifest(&self, repo: &str, digest: &str) -> Result<bool> {
+        let _g = self.lock();
+        let link = key2(digest, repo);
+        if self.get(CF_MANIFEST_LINKS, &link)?.is_none() {
+            return Ok(false);
+        }
+        let record = self.manifest(digest)?;
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_MANIFEST_LINKS)?, &link);
+        let repo_prefix = prefix(repo);
+        for (tag, target) in self.scan(CF_TAGS, &repo_prefix, None, usize::MAX)? {
+            if target == digest.as_bytes() {
+                let mut k = repo_prefix.clone();
+                k.extend_from_slice(&tag);
+                b.delete_cf(self.cf(CF_TAGS)?, k);
+            }
+        }
+        if let Some(subject) = record.as_ref().and_then(|r| r.subject.as_deref()) {
+            b.delete_cf(self.cf(CF_REFERRERS)?, key3(repo, subject, digest));
+        }
+        if self.count_prefix(CF_MANIFEST_LINKS, &prefix(digest))? <= 1 {
+            b.delete_cf(self.cf(CF_MANIFESTS)?, digest.as_bytes());
+        }
+        self.write(b, true)?;
+        Ok(true)
+    }
+
+    fn tag(&self, repo: &str, tag: &str) -> Result<Option<String>> {
+        self.get(CF_TAGS, &key2(repo, tag))?
+            .map(|v| {
+                String::from_utf8(v).map_err(|_| StoreError::Corrupt("tag target not utf-8".into()))
+            })
+            .transpose()
+    }
+
+    fn tags(&self, repo: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.scan(CF_TAGS, &prefix(repo), after.map(str::as_bytes), limit)?
+            .into_iter()
+            .map(|(k, _)| {
+                String::from_utf8(k).map_err(|_| StoreError::Corrupt("tag not utf-8".into()))
+            })
+            .collect()
+    }
+
+    fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+        let _g = self.lock();
+        let k = key2(repo, tag);
+        if self.get(CF_TAGS, &k)?.is_none() {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_TAGS)?, k);
+        self.write(b, true)?;
+        Ok(true)
+    }
+
+    fn referrers(&self, repo: &str, subject: &str) -> Result<Vec<Vec<u8>>> {
+        let mut p = key2(repo, subject);
+        p.push(0);
+        Ok(self
+            .scan(CF_REFERRERS, &p, None, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    fn repo_exists(&self, repo: &str) -> Result<bool> {
+        Ok(self.get(CF_REPOS, repo.as_bytes())?.is_some())
+    }
+
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
+        self.get(CF_UPLOADS, id.as_bytes())?
+            .map(|v| from_json("upload", &v))
+            .transpose()
+    }
+
+    fn put_upload(&self, id: &str, record: &UploadRecord, durable: bool) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_UPLOADS)?, id.as_bytes(), json(record)?);
+        self.write(b, durable)
+    }
+
+    fn delete_upload(&self, id: &str) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_UPLOADS)?, id.as_bytes());
+        self.write(b, false)
+    }
+
+    fn for_each_upload(&self, f: &mut dyn FnMut(&str, &UploadRecord)) -> Result<()> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_UPLOADS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            let id = std::str::from_utf8(&k)
+                .map_err(|_| StoreError::Corrupt("upload key not utf-8".into()))?;
+            f(id, &from_json("upload", &v)?);
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name)?).map_err(StoreError::Db)?;
+        }
+        self.db.flush_wal(true).map_err(StoreError::Db)
+    }
+}
