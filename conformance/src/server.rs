@@ -52,10 +52,17 @@ impl MantaServer {
 
     /// Start on `data_dir` (kept by the caller) with extra `manta serve` arguments.
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
-        let bin = manta_bin()?;
+        Self::spawn(&manta_bin()?, data_dir, extra_args)
+    }
+
+    /// Start the binary `bin` (e.g. `env!("CARGO_BIN_EXE_manta")`) on `data_dir`.
+    pub fn spawn(bin: &Path, data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let log_path = data_dir.with_extension("log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let mut child = Command::new(&bin)
             .arg("serve")
             .arg("--listen")
@@ -63,7 +70,10 @@ impl MantaServer {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -91,7 +101,13 @@ impl MantaServer {
                 bail!("manta did not report its address within 60s; log:\n{log}");
             }
         };
-        Ok(Self { child: Some(child), addr, data_dir: data_dir.to_path_buf(), _tmp: None, log_path })
+        Ok(Self {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            log_path,
+        })
     }
 
     /// `127.0.0.1:<port>`
@@ -125,7 +141,10 @@ impl MantaServer {
     /// SIGTERM and wait for a graceful exit; returns the exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let mut c = self.child.take().context("already stopped")?;
-        let st = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()?;
         if !st.success() {
             bail!("kill -TERM failed");
         }
