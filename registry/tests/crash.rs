@@ -292,3 +292,41 @@ async fn random_kills_during_pushes_leave_a_consistent_store() {
         "no manifest survived any round: the test exercised nothing"
     );
 }
+
+#[tokio::test]
+async fn a_blob_file_that_vanishes_while_running_is_a_miss_and_a_push_heals_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start(&data, &[]);
+    let (c, url) = (client(), srv.url());
+    let blob = bytes(50_000, 4);
+    let d = push_blob(&c, &url, "heal/x", &blob).await;
+    let hex = d.strip_prefix("sha256:").unwrap();
+    let path = data.join("blobs/sha256").join(&hex[..2]).join(hex);
+    std::fs::write(&path, &blob[..10]).unwrap();
+    let r = c
+        .get(format!("{url}/v2/heal/x/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a short blob file must not be served");
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        c.head(format!("{url}/v2/heal/x/blobs/{d}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    push_blob(&c, &url, "heal/x", &blob).await;
+    let got = c
+        .get(format!("{url}/v2/heal/x/blobs/{d}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), &blob[..]);
+}

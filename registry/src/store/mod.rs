@@ -139,9 +139,12 @@ impl Store {
         let _g = self.locks.lock(digest).await;
         let files = self.files.clone();
         let d = digest.clone();
-        let exists = self.index.blob(digest.as_ref())?.is_some();
-        if exists {
-            drop(blob); // the same bytes are already in place; the temp file goes
+        // In place already (same digest, whole file)? Then the temp file just goes. A record whose
+        // file vanished or shrank is healed by installing this verified copy.
+        let in_place = self.index.blob(digest.as_ref())?.is_some()
+            && self.files.blob_len_of(digest.as_ref()) == Some(size);
+        if in_place {
+            drop(blob);
         } else {
             tokio::task::spawn_blocking(move || files.install(blob, &d))
                 .await
