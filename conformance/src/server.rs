@@ -63,7 +63,7 @@ impl MantaServer {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -57,7 +57,9 @@ pub(super) async fn referrers(
 ) -> ApiResult<Response> {
     let (subject, _) =
         digest::parse(digest_s).map_err(|e| ApiError::DigestInvalid(e.to_string()))?;
-    let filter = req.query.get("artifactType");
+    // A `+` sent unencoded arrives decoded as a space; media types never contain spaces.
+    let filter = req.query.get("artifactType").map(|f| f.replace(' ', "+"));
+    let filter = filter.as_deref();
     let mut entries = Vec::new();
     for raw in st.store.index().referrers(name, subject.as_ref())? {
         let v: serde_json::Value = serde_json::from_slice(&raw)
