@@ -2,4 +2,5 @@
 //! conformance workflows (pull, push, content discovery, content management) as a library that
 //! runs against any registry URL and reports pass/fail per case.
 
+pub mod oci;
 pub mod server;
