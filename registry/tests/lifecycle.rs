@@ -1,4 +1,5 @@
 //! The agent's process contract: flags, health, metrics, graceful shutdown.
+#![allow(clippy::unwrap_used)] // a test: a panic is the failure report
 
 mod common;
 
