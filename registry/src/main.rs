@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Largest manifest accepted on PUT, in bytes (larger ones get 413).
     #[arg(long, env = "MANTA_MAX_MANIFEST_BYTES", default_value_t = 4 << 20)]
     max_manifest_bytes: u64,
+    /// Purge an upload session (and its bytes) after this many seconds without a chunk.
+    #[arg(long, env = "MANTA_UPLOAD_TTL_SECS", default_value_t = 24 * 3600)]
+    upload_ttl_secs: u64,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -102,6 +105,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir,
         limits: Limits {
             max_manifest_bytes: args.max_manifest_bytes,
+            upload_ttl: std::time::Duration::from_secs(args.upload_ttl_secs),
         },
     };
     let server = Server::bind(cfg, prometheus_client::registry::Registry::default()).await?;

@@ -101,6 +101,7 @@ impl Server {
                 tracing::debug_span!("request", method = %req.method())
             },
         ));
+        let purger = tokio::spawn(purge_uploads(state.clone()));
         let flag = state.clone();
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
@@ -110,6 +111,7 @@ impl Server {
             })
             .await
             .map_err(ServeError::Serve)?;
+        purger.abort();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await
@@ -117,5 +119,23 @@ impl Server {
             .map_err(ServeError::Flush)?;
         tracing::info!("index flushed; bye");
         Ok(())
+    }
+}
+
+/// Purge idle upload sessions now (start-up) and then every tenth of the TTL.
+async fn purge_uploads(state: Arc<AppState>) {
+    let ttl = state.limits.upload_ttl;
+    let period = (ttl / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        match state.uploads.purge_idle(&state.store, ttl.as_secs()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "purged idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "purging idle upload sessions failed"),
+        }
     }
 }

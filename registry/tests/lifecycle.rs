@@ -98,3 +98,44 @@ async fn health_metrics_and_graceful_shutdown() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn idle_upload_sessions_are_purged_with_their_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start(&data, &["--upload-ttl-secs", "1"]);
+    let (c, url) = (client(), srv.url());
+    let r = c
+        .post(format!("{url}/v2/idle/x/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = c
+        .patch(format!("{url}{loc}"))
+        .body(bytes(1 << 20, 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(files_under(&data.join("tmp/uploads")).len(), 1);
+    let uploads = data.join("tmp/uploads");
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || files_under(&uploads)
+            .is_empty())
+        .await,
+        "idle session's bytes were not purged"
+    );
+    let r = c.get(format!("{url}{loc}")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // A new session works as before.
+    let d = push_blob(&c, &url, "idle/x", b"still serving").await;
+    assert_eq!(
+        c.head(format!("{url}/v2/idle/x/blobs/{d}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -30,12 +30,15 @@ pub use uploads::UploadSessions;
 pub struct Limits {
     /// Largest manifest accepted, in bytes (413 above).
     pub max_manifest_bytes: u64,
+    /// An upload session that receives nothing for this long is purged with its bytes.
+    pub upload_ttl: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_manifest_bytes: 4 << 20,
+            upload_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }

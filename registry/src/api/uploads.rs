@@ -23,7 +23,7 @@ use super::{
 };
 use crate::digest::{self, Algorithm, Hasher};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{unix_now, StoreError, TempBlob, UploadRecord};
+use crate::store::{unix_now, Store, StoreError, TempBlob, UploadRecord};
 
 struct Session {
     record: UploadRecord,
@@ -38,6 +38,39 @@ pub struct UploadSessions {
 }
 
 impl UploadSessions {
+    /// Remove sessions idle for longer than `ttl_secs`, with their bytes. A session a request
+    /// is using right now is left alone. Returns how many went.
+    pub async fn purge_idle(&self, store: &Store, ttl_secs: u64) -> Result<usize, StoreError> {
+        let cutoff = unix_now().saturating_sub(ttl_secs);
+        let mut idle = Vec::new();
+        store.index().for_each_upload(&mut |id, r| {
+            if r.updated_at.max(r.started_at) < cutoff {
+                idle.push(id.to_string());
+            }
+        })?;
+        let mut purged = 0;
+        for key in idle {
+            let Ok(id) = Uuid::from_str(&key) else {
+                continue;
+            };
+            let live = self.map().get(&id).cloned();
+            // Hold the session's lock (if live) while it goes, so no request writes to it meanwhile.
+            let _guard = match &live {
+                Some(s) => match s.try_lock() {
+                    Ok(g) if g.record.updated_at.max(g.record.started_at) < cutoff => Some(g),
+                    _ => continue, // in use, or active since the scan
+                },
+                None => None,
+            };
+            self.map().remove(&id);
+            let k = key.clone();
+            store.blocking(move |idx| idx.delete_upload(&k)).await?;
+            let _ = tokio::fs::remove_file(store.files().upload_path(&id)).await;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<tokio::sync::Mutex<Session>>>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -126,6 +159,7 @@ pub(super) async fn start(st: &Shared, name: &str, req: Req) -> ApiResult<Respon
         algorithm: alg,
         offset: 0,
         started_at: unix_now(),
+        updated_at: unix_now(),
     };
     let (key, rec) = (id.to_string(), record.clone());
     st.store
@@ -284,6 +318,7 @@ async fn append(st: &Shared, id: &Uuid, s: &mut Session, req: Req) -> ApiResult<
     // Bytes that reached the file are kept even when the body broke off: the client can ask
     // for the session's Range and resume.
     s.record.offset += written;
+    s.record.updated_at = unix_now();
     s.hasher = Some(hasher);
     let (key, rec) = (id.to_string(), s.record.clone());
     st.store

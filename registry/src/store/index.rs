@@ -46,6 +46,9 @@ pub struct UploadRecord {
     pub offset: u64,
     /// Unix seconds.
     pub started_at: u64,
+    /// Unix seconds of the last chunk received (sessions idle past the upload TTL are purged).
+    #[serde(default)]
+    pub updated_at: u64,
 }
 
 /// One manifest PUT, applied atomically.
