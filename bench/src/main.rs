@@ -1,0 +1,415 @@
+//! `manta-bench`: Manta side by side with Debian's docker-registry on loopback, one markdown table.
+//!
+//! See bench/README.md for what is measured and how to read it.
+
+mod client;
+mod content;
+mod rawget;
+mod report;
+mod rss;
+mod servers;
+mod wrk;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use client::Transfer;
+use content::BlobFile;
+use report::{Goal, Row};
+use servers::Server;
+
+const REPO: &str = "bench/model";
+const TAG: &str = "bench";
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Benchmark Manta against docker-registry (distribution 2.8) on 127.0.0.1.
+#[derive(Parser, Debug)]
+#[command(name = "manta-bench", version, about)]
+struct Args {
+    /// Size of the generated blob, in MiB.
+    #[arg(long, env = "MANTA_BENCH_SIZE_MIB", default_value_t = 1024)]
+    size_mib: u64,
+    /// Where to write the markdown report (it is also printed on stdout).
+    #[arg(long, env = "MANTA_BENCH_OUT", default_value = "bench/results.md")]
+    out: PathBuf,
+    /// The manta binary [default: `manta` next to this executable, i.e. target/release/manta,
+    /// built first with `cargo build --release -p manta-registry`].
+    #[arg(long, env = "MANTA_BIN")]
+    manta_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p manta-registry` before starting.
+    #[arg(long)]
+    no_build: bool,
+    /// The docker-registry binary (Debian package docker-registry).
+    #[arg(
+        long,
+        env = "DOCKER_REGISTRY_BIN",
+        default_value = "/usr/bin/docker-registry"
+    )]
+    docker_registry_bin: PathBuf,
+    /// Single-stream GET runs per server (alternating servers); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Upload runs per server (alternating servers, a fresh blob each run); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    upload_runs: usize,
+    /// Concurrent GET streams of the blob.
+    #[arg(long, default_value_t = 16)]
+    streams: usize,
+    /// Seconds of `wrk` per server for manifest GETs.
+    #[arg(long, default_value_t = 5)]
+    wrk_secs: u64,
+    /// `wrk` connections.
+    #[arg(long, default_value_t = 32)]
+    wrk_connections: usize,
+    /// Give up (and clean up) after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let limit = Duration::from_secs(args.timeout_secs);
+    // Dropping `run` (on Ctrl-C or time-out) kills both servers and removes the temp dirs.
+    tokio::select! {
+        r = tokio::time::timeout(limit, run(args)) => match r {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("benchmark did not finish within {limit:?}"),
+        },
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn fmt_runs(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Both servers, indexable in a fixed order: 0 is Manta, 1 is docker-registry.
+struct Pair {
+    servers: [Server; 2],
+}
+
+impl Pair {
+    /// Server order for run `i`: alternate who goes first.
+    fn order(i: usize) -> [usize; 2] {
+        if i % 2 == 0 {
+            [0, 1]
+        } else {
+            [1, 0]
+        }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for s in &mut self.servers {
+            s.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("manta-bench: {msg}");
+}
+
+fn command_version(bin: &std::path::Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            if s.is_empty() {
+                String::from_utf8_lossy(&o.stderr).trim().to_owned()
+            } else {
+                s
+            }
+        })
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+async fn generate(path: PathBuf, size: u64, seed: u64) -> anyhow::Result<BlobFile> {
+    tokio::task::spawn_blocking(move || content::write_blob(&path, size, seed))
+        .await
+        .context("blob generator panicked")?
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.size_mib > 0, "--size-mib must be positive");
+    anyhow::ensure!(
+        args.runs > 0 && args.upload_runs > 0 && args.streams > 0,
+        "runs and streams must be positive"
+    );
+    if let Err(e) = std::process::Command::new("wrk").arg("--version").output() {
+        anyhow::bail!("cannot run wrk ({e}): install it with `apt-get install wrk`");
+    }
+    if args.manta_bin.is_none() && !args.no_build {
+        servers::build_manta()?;
+    }
+    let manta_bin = servers::locate_manta(args.manta_bin.clone())?;
+    let size = args.size_mib * 1024 * 1024;
+
+    let tmp = tempfile::Builder::new().prefix("manta-bench-").tempdir()?;
+    step(&format!("work dir {}", tmp.path().display()));
+    step(&format!("generating a {} MiB blob", args.size_mib));
+    let blob = generate(tmp.path().join("blob-0.bin"), size, 0).await?;
+    let config = content::config_bytes();
+    let manifest = content::manifest_bytes(&config, &blob)?;
+
+    let manta = servers::start_manta(
+        &manta_bin,
+        &tmp.path().join("manta"),
+        &tmp.path().join("manta.log"),
+    )?;
+    let docker = servers::start_docker_registry(
+        &args.docker_registry_bin,
+        &tmp.path().join("docker-registry"),
+        &tmp.path().join("docker-registry.log"),
+    )?;
+    let mut pair = Pair {
+        servers: [manta, docker],
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    for s in &mut pair.servers {
+        servers::wait_ready(s, &client).await?;
+        step(&format!("{} ready at {} (pid {})", s.name, s.base, s.pid()));
+    }
+    let pids = [pair.servers[0].pid(), pair.servers[1].pid()];
+    let sampler = rss::RssSampler::start(pids.to_vec())?;
+
+    // Load: config blob, then the big blob by monolithic upload (timed), then the manifest.
+    for s in &pair.servers {
+        client::upload_bytes(&client, &s.base, REPO, config.clone()).await?;
+    }
+    let mut uploads: [Vec<f64>; 2] = [vec![], vec![]];
+    for i in 0..args.upload_runs {
+        let b = if i == 0 {
+            blob.clone()
+        } else {
+            step(&format!("generating upload blob {i}"));
+            generate(tmp.path().join(format!("blob-{i}.bin")), size, i as u64).await?
+        };
+        for k in Pair::order(i) {
+            let s = &pair.servers[k];
+            step(&format!(
+                "upload {} to {} (run {})",
+                b.digest,
+                s.name,
+                i + 1
+            ));
+            let t = client::upload_file(&client, &s.base, REPO, &b)
+                .await
+                .with_context(|| format!("upload to {}", s.name))?;
+            uploads[k].push(t.mb_per_s());
+        }
+        if i > 0 {
+            std::fs::remove_file(&b.path)?;
+        }
+    }
+    for s in &pair.servers {
+        client::put_manifest(&client, &s.base, REPO, TAG, manifest.clone()).await?;
+        client::check_manifest(&client, &s.base, REPO, TAG, &manifest).await?;
+        step(&format!("verifying the blob from {}", s.name));
+        client::verify_blob(&client, &s.base, REPO, &blob).await?;
+    }
+    pair.check_alive()?;
+
+    // Single stream, alternating servers.
+    let mut single: [Vec<f64>; 2] = [vec![], vec![]];
+    for i in 0..args.runs {
+        for k in Pair::order(i) {
+            let s = &pair.servers[k];
+            let t = client::read_blob(&s.base, REPO, &blob).await?;
+            step(&format!(
+                "single-stream GET from {}: {:.0} MB/s",
+                s.name,
+                t.mb_per_s()
+            ));
+            single[k].push(t.mb_per_s());
+        }
+    }
+
+    // Concurrent streams, with each server's peak RSS during its own run.
+    let mut multi: Vec<Transfer> = vec![];
+    let mut multi_rss = [0.0; 2];
+    for (k, s) in pair.servers.iter().enumerate() {
+        sampler.begin_phase();
+        let t = client::read_blob_concurrently(&s.base, REPO, &blob, args.streams).await?;
+        multi_rss[k] = sampler.phase_peak(pids[k]).unwrap_or(0) as f64 / MIB;
+        step(&format!(
+            "{} streams from {}: {:.0} MB/s, peak RSS {:.1} MiB",
+            args.streams,
+            s.name,
+            t.mb_per_s(),
+            multi_rss[k]
+        ));
+        multi.push(t);
+    }
+    pair.check_alive()?;
+
+    // Manifest GETs by tag with wrk.
+    let accept = content::MANIFEST_MEDIA_TYPE;
+    let mut rps = [0.0; 2];
+    let mut wrk_notes = vec![];
+    for k in Pair::order(1) {
+        let s = &pair.servers[k];
+        let url = s.base.join(&format!("/v2/{REPO}/manifests/{TAG}"))?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let r = wrk::run(
+            &url,
+            accept,
+            threads,
+            args.wrk_connections,
+            Duration::from_secs(args.wrk_secs),
+        )
+        .await?;
+        step(&format!(
+            "manifest GETs on {}: {:.0} req/s",
+            s.name, r.requests_per_sec
+        ));
+        if let Some(e) = &r.socket_errors {
+            wrk_notes.push(format!("{}: wrk reported `{e}`", s.name));
+        }
+        rps[k] = r.requests_per_sec;
+    }
+    pair.check_alive()?;
+    let run_rss = [
+        sampler.run_peak(pids[0]).unwrap_or(0) as f64 / MIB,
+        sampler.run_peak(pids[1]).unwrap_or(0) as f64 / MIB,
+    ];
+    drop(sampler);
+
+    let rows = vec![
+        Row::new(
+            format!(
+                "GET {} MiB blob, 1 stream (median of {})",
+                args.size_mib, args.runs
+            ),
+            "MB/s",
+            median(single[0].clone()),
+            median(single[1].clone()),
+            Goal::RatioAtLeast(1.2),
+        ),
+        Row::new(
+            format!(
+                "GET {} MiB blob, {} concurrent streams (aggregate)",
+                args.size_mib, args.streams
+            ),
+            "MB/s",
+            multi[0].mb_per_s(),
+            multi[1].mb_per_s(),
+            Goal::RatioAtLeast(1.0),
+        ),
+        Row::new(
+            format!("peak RSS during the {} streams", args.streams),
+            "MiB",
+            multi_rss[0],
+            multi_rss[1],
+            Goal::MantaBelow(64.0),
+        ),
+        Row::new(
+            format!(
+                "GET manifest by tag, {} connections (wrk, {} s)",
+                args.wrk_connections, args.wrk_secs
+            ),
+            "req/s",
+            rps[0],
+            rps[1],
+            Goal::RatioAtLeast(2.0),
+        ),
+        Row::new(
+            format!(
+                "upload {} MiB blob, POST + PUT (median of {})",
+                args.size_mib, args.upload_runs
+            ),
+            "MB/s",
+            median(uploads[0].clone()),
+            median(uploads[1].clone()),
+            Goal::RatioAtLeast(1.0),
+        ),
+        Row::new(
+            "peak RSS over the whole run",
+            "MiB",
+            run_rss[0],
+            run_rss[1],
+            Goal::None,
+        ),
+    ];
+
+    let mut md = String::new();
+    md.push_str("# Manta vs docker-registry\n\n");
+    let _ = writeln!(
+        md,
+        "- Manta: `{}` ({})\n- docker-registry: `{}` ({})\n- machine: {} CPUs (shared by client and servers), Linux {}\n- blob: {} MiB, pseudo-random; repo `{REPO}`, tag `{TAG}`; loopback HTTP/1.1\n",
+        manta_bin.display(),
+        command_version(&manta_bin),
+        args.docker_registry_bin.display(),
+        command_version(&args.docker_registry_bin),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        args.size_mib,
+    );
+    md.push_str(&report::table(&rows));
+    md.push_str("\nMB/s = 10^6 bytes per second; ratio = Manta ÷ docker-registry (for RSS, lower is better).\n\n");
+    md.push_str("Runs (MB/s, in the order they ran for each server):\n\n");
+    let _ = writeln!(
+        md,
+        "- single stream: Manta {}; docker-registry {}",
+        fmt_runs(&single[0]),
+        fmt_runs(&single[1])
+    );
+    let _ = writeln!(
+        md,
+        "- upload: Manta {}; docker-registry {}",
+        fmt_runs(&uploads[0]),
+        fmt_runs(&uploads[1])
+    );
+    for n in &wrk_notes {
+        let _ = writeln!(md, "- {n}");
+    }
+
+    println!("{md}");
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(&args.out, &md).with_context(|| format!("write {}", args.out.display()))?;
+    step(&format!("report written to {}", args.out.display()));
+    drop(pair);
+    drop(tmp);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn servers_alternate() {
+        assert_eq!(Pair::order(0), [0, 1]);
+        assert_eq!(Pair::order(1), [1, 0]);
+    }
+}

@@ -1,0 +1,135 @@
+//! Resident-set-size tracking of the server processes: a thread polls `/proc/<pid>/status`
+//! (`VmRSS`) every 10 ms, and `VmHWM` (the kernel's own peak) is read around each phase.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const POLL: Duration = Duration::from_millis(10);
+
+/// A `kB` field (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in bytes.
+pub fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_field(&s, field)
+}
+
+fn parse_status_field(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// Resets the kernel's peak RSS (`VmHWM`) of `pid` to its current RSS (`echo 5 > clear_refs`).
+/// Returns false when the kernel refused (then the sampled maximum is all there is).
+pub fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+#[derive(Default)]
+struct Peaks {
+    phase: AtomicU64,
+    run: AtomicU64,
+}
+
+/// Polls the RSS of some processes until dropped.
+pub struct RssSampler {
+    pids: Vec<u32>,
+    peaks: Arc<Vec<Peaks>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    pub fn start(pids: Vec<u32>) -> anyhow::Result<Self> {
+        let peaks: Arc<Vec<Peaks>> = Arc::new(pids.iter().map(|_| Peaks::default()).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (pids, peaks, stop) = (pids.clone(), peaks.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("rss-sampler".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for (pid, p) in pids.iter().zip(peaks.iter()) {
+                            if let Some(rss) = status_field(*pid, "VmRSS") {
+                                p.phase.fetch_max(rss, Ordering::Relaxed);
+                                p.run.fetch_max(rss, Ordering::Relaxed);
+                            }
+                        }
+                        std::thread::sleep(POLL);
+                    }
+                })?
+        };
+        Ok(Self {
+            pids,
+            peaks,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn index(&self, pid: u32) -> Option<usize> {
+        self.pids.iter().position(|p| *p == pid)
+    }
+
+    /// Starts a new phase: the phase maximum restarts from zero and `VmHWM` is reset, after
+    /// folding the old `VmHWM` into the whole-run peak.
+    pub fn begin_phase(&self) {
+        for (pid, p) in self.pids.iter().zip(self.peaks.iter()) {
+            if let Some(hwm) = status_field(*pid, "VmHWM") {
+                p.run.fetch_max(hwm, Ordering::Relaxed);
+            }
+            p.phase.store(0, Ordering::Relaxed);
+            reset_hwm(*pid);
+        }
+    }
+
+    /// Peak RSS of `pid` since [`begin_phase`](Self::begin_phase): the larger of the sampled
+    /// maximum and `VmHWM`.
+    pub fn phase_peak(&self, pid: u32) -> Option<u64> {
+        let p = &self.peaks[self.index(pid)?];
+        let hwm = status_field(pid, "VmHWM").unwrap_or(0);
+        p.run.fetch_max(hwm, Ordering::Relaxed);
+        Some(p.phase.load(Ordering::Relaxed).max(hwm))
+    }
+
+    /// Peak RSS of `pid` over the sampler's whole life.
+    pub fn run_peak(&self, pid: u32) -> Option<u64> {
+        let p = &self.peaks[self.index(pid)?];
+        let hwm = status_field(pid, "VmHWM").unwrap_or(0);
+        Some(p.run.fetch_max(hwm, Ordering::Relaxed).max(hwm))
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kb_fields() {
+        let s = "Name:\tmanta\nVmHWM:\t   51200 kB\nVmRSS:\t   20480 kB\n";
+        assert_eq!(parse_status_field(s, "VmRSS"), Some(20480 * 1024));
+        assert_eq!(parse_status_field(s, "VmHWM"), Some(51200 * 1024));
+        assert_eq!(parse_status_field(s, "VmSwap"), None);
+    }
+
+    #[test]
+    fn samples_own_process() {
+        let me = std::process::id();
+        let s = RssSampler::start(vec![me]).expect("start");
+        std::thread::sleep(Duration::from_millis(30));
+        let peak = s.phase_peak(me).expect("peak");
+        assert!(peak > 0);
+        assert!(s.run_peak(me).expect("run peak") >= peak);
+    }
+}

@@ -1,0 +1,213 @@
+//! Starting the two servers side by side, each owning its process and killed on drop.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running server: its process (killed and reaped on drop), base URL and log file.
+pub struct Server {
+    pub name: &'static str,
+    pub base: reqwest::Url,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The tail of the server's stderr log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails (with the log tail) if the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); its log ({}):\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the `manta` binary is: `explicit`, else next to this executable (`target/release/manta`).
+pub fn locate_manta(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("cannot find this executable's path")?
+            .parent()
+            .context("this executable has no parent directory")?
+            .join("manta"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no manta binary at {}: run `cargo build --release -p manta-registry` first, \
+             or pass --manta-bin / MANTA_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `cargo build --release -p manta-registry --bin manta` in the workspace this crate belongs to.
+pub fn build_manta() -> anyhow::Result<()> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench crate has no parent directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building manta: cargo build --release -p manta-registry --bin manta");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "manta-registry",
+            "--bin",
+            "manta",
+        ])
+        .current_dir(workspace)
+        .status()
+        .context("cannot run cargo (pass --no-build or --manta-bin to skip the build)")?;
+    if !status.success() {
+        bail!("`cargo build --release -p manta-registry` failed ({status})");
+    }
+    Ok(())
+}
+
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::create(path).with_context(|| format!("create {}", path.display()))
+}
+
+/// `manta serve --listen 127.0.0.1:0 --data-dir <data_dir>`; waits for its "listening" line.
+pub fn start_manta(bin: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(data_dir)?;
+    let child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file(log)?)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let mut server = Server {
+        name: "manta",
+        base: reqwest::Url::parse("http://127.0.0.1/")?,
+        log: log.to_path_buf(),
+        child,
+    };
+    let stdout = server
+        .child
+        .stdout
+        .take()
+        .context("manta's stdout was not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        // Keep draining so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(START_DEADLINE) {
+        Ok(Some(Ok(line))) => line,
+        Ok(_) | Err(_) => {
+            server.check_alive()?;
+            bail!(
+                "manta printed no listening line within {START_DEADLINE:?}; log:\n{}",
+                server.log_tail()
+            );
+        }
+    };
+    let url = line
+        .strip_prefix("manta listening on ")
+        .with_context(|| format!("unexpected first line from manta: {line:?}"))?;
+    server.base = reqwest::Url::parse(url)?;
+    Ok(server)
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (docker-registry cannot listen on port 0 and
+/// tell us which port it got).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `/usr/bin/docker-registry serve <config>` with filesystem storage under `root`.
+pub fn start_docker_registry(bin: &Path, root: &Path, log: &Path) -> anyhow::Result<Server> {
+    let storage = root.join("storage");
+    std::fs::create_dir_all(&storage)?;
+    let port = free_port()?;
+    let config = format!(
+        "version: 0.1\n\
+         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
+         cache:\n    blobdescriptor: inmemory\n\
+         http:\n  addr: 127.0.0.1:{port}\n",
+        storage.display()
+    );
+    let config_path = root.join("config.yml");
+    std::fs::write(&config_path, config)?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log_file(&root.join("stdout.log"))?)
+        .stderr(log_file(log)?)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (Debian: apt-get install docker-registry)",
+                bin.display()
+            )
+        })?;
+    Ok(Server {
+        name: "docker-registry",
+        base: reqwest::Url::parse(&format!("http://127.0.0.1:{port}/"))?,
+        log: log.to_path_buf(),
+        child,
+    })
+}
+
+/// Polls `GET /v2/` until it answers 200 (or the deadline passes, or the process exits).
+pub async fn wait_ready(server: &mut Server, client: &reqwest::Client) -> anyhow::Result<()> {
+    let url = server.base.join("/v2/")?;
+    let start = Instant::now();
+    loop {
+        server.check_alive()?;
+        if let Ok(r) = client.get(url.clone()).send().await {
+            if r.status() == reqwest::StatusCode::OK {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > START_DEADLINE {
+            bail!(
+                "{} did not answer 200 on {url} within {START_DEADLINE:?}; log:\n{}",
+                server.name,
+                server.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
