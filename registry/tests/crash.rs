@@ -177,10 +177,7 @@ async fn restart_reconciles_what_a_crash_can_leave() {
     let db = push_blob(&c, &url, "rec/x", &b).await;
     srv.kill9().unwrap();
 
-    let blob_path = |d: &str| {
-        let hex = d.strip_prefix("sha256:").unwrap();
-        data.join("blobs/sha256").join(&hex[..2]).join(hex)
-    };
+    let blob_path = |d: &str| blob_file(&data, d);
     // A blob renamed into place but never indexed (crash between rename and index).
     let orphan = bytes(5000, 3);
     let orphan_path = blob_path(&sha256(&orphan));
@@ -302,8 +299,7 @@ async fn a_blob_file_that_vanishes_while_running_is_a_miss_and_a_push_heals_it()
     let (c, url) = (client(), srv.url());
     let blob = bytes(50_000, 4);
     let d = push_blob(&c, &url, "heal/x", &blob).await;
-    let hex = d.strip_prefix("sha256:").unwrap();
-    let path = data.join("blobs/sha256").join(&hex[..2]).join(hex);
+    let path = blob_file(&data, &d);
     std::fs::write(&path, &blob[..10]).unwrap();
     let r = c
         .get(format!("{url}/v2/heal/x/blobs/{d}"))

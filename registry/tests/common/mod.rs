@@ -91,6 +91,12 @@ pub fn partial_request(addr: &str, head: &str, body_part: &[u8]) -> std::net::Tc
     s
 }
 
+/// Where the store keeps a sha256 blob: `<data>/blobs/sha256/<xx>/<hex>`.
+pub fn blob_file(data: &Path, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    data.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
 /// Every regular file below `dir`, relative.
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
