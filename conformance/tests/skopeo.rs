@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use common::{
     build_test_image, build_test_index, http, layout_tagged, read_blob, require_skopeo, run,
-    skopeo_push, with_registry, LayoutImage, Registry,
+    sha256_digest, skopeo_push, with_registry, LayoutImage, Registry,
 };
 
 fn skopeo() -> Command {
@@ -370,5 +370,130 @@ fn multi_arch(reg: &Registry) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[test]
+fn skopeo_docker_schema2_and_manifest_list() {
+    with_registry(docker_formats);
+}
+
+const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Docker's formats: skopeo converts the image to schema 2 on the way in; Manta serves it with
+/// its media type, byte for byte; a Docker manifest list over it resolves to the instance.
+fn docker_formats(reg: &Registry) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let img = build_test_image(tmp.path(), "v1")?;
+    let repo = "e2e/skopeo/docker-v2";
+    let tagged = format!("{}/{repo}:v2s2", reg.addr());
+    run(skopeo()
+        .args(["copy", "--format", "v2s2", "--dest-tls-verify=false"])
+        .arg(format!(
+            "oci:{}:{}",
+            img.image.layout.display(),
+            img.image.tag
+        ))
+        .arg(format!("docker://{tagged}")))?;
+    let raw = inspect_raw(&tagged, false)?;
+    let m: serde_json::Value = serde_json::from_slice(&raw)?;
+    ensure!(
+        m["mediaType"] == DOCKER_V2,
+        "not converted to schema 2: {m}"
+    );
+    let digest = sha256_digest(&raw);
+    let resp = http(
+        "GET",
+        &format!("{}/v2/{repo}/manifests/v2s2", reg.url()),
+        &[("Accept", DOCKER_V2)],
+        None,
+    )?;
+    ensure!(resp.status == 200, "GET manifest: {}", resp.status);
+    ensure!(
+        resp.header("content-type").as_deref() == Some(DOCKER_V2),
+        "Content-Type {:?}",
+        resp.header("content-type")
+    );
+    ensure!(resp.header("docker-content-digest").as_deref() == Some(digest.as_str()));
+    ensure!(resp.body == raw, "GET body differs from what skopeo saw");
+
+    // Out again to a `dir:` copy, which keeps the manifest bytes and names blobs by digest.
+    let out = tmp.path().join("dir-out");
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{tagged}"))
+        .arg(format!("dir:{}", out.display())))?;
+    ensure!(
+        std::fs::read(out.join("manifest.json"))? == raw,
+        "dir: manifest differs"
+    );
+    let layers: Vec<String> = m["layers"]
+        .as_array()
+        .context("layers")?
+        .iter()
+        .map(|l| {
+            l["digest"]
+                .as_str()
+                .map(str::to_string)
+                .context("layer digest")
+        })
+        .collect::<Result<_>>()?;
+    ensure!(
+        layers.len() == img.image.layers.len(),
+        "layer count changed"
+    );
+    for d in &layers {
+        let bytes = std::fs::read(out.join(d.trim_start_matches("sha256:")))?;
+        ensure!(sha256_digest(&bytes) == *d, "layer {d} copied out corrupt");
+    }
+
+    // A Docker manifest list referencing it.
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_LIST,
+        "manifests": [{
+            "mediaType": DOCKER_V2, "digest": digest, "size": raw.len(),
+            "platform": {"architecture": "amd64", "os": "linux"}
+        }]
+    }))?;
+    let put = http(
+        "PUT",
+        &format!("{}/v2/{repo}/manifests/list", reg.url()),
+        &[("Content-Type", DOCKER_LIST)],
+        Some(list.clone()),
+    )?;
+    ensure!(
+        put.status == 201,
+        "PUT manifest list: {} {}",
+        put.status,
+        String::from_utf8_lossy(&put.body)
+    );
+    let listed = format!("{}/{repo}:list", reg.addr());
+    ensure!(
+        inspect_raw(&listed, false)? == list,
+        "manifest list not served byte for byte"
+    );
+    let out = run(skopeo()
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--override-arch",
+            "amd64",
+            "--override-os",
+            "linux",
+        ])
+        .arg(format!("docker://{listed}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let got: Vec<String> = v["Layers"]
+        .as_array()
+        .context("Layers")?
+        .iter()
+        .filter_map(|l| l.as_str().map(str::to_string))
+        .collect();
+    ensure!(
+        got == layers,
+        "the list did not resolve to its instance: {got:?}"
+    );
     Ok(())
 }
