@@ -4,3 +4,4 @@
 
 pub mod oci;
 pub mod server;
+pub mod upstream_fixtures;

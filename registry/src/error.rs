@@ -3,11 +3,20 @@
 //! Handlers return [`ApiError`]; its `IntoResponse` chooses the OCI code, the HTTP status and
 //! the JSON body. Internal detail (paths, rocksdb messages) is logged, never sent.
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use oci_spec::distribution::{ErrorCode, ErrorInfoBuilder, ErrorResponseBuilder};
 
 use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// What a request through an upstream was after, to name a 404 right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    Manifest,
+    Blob,
+}
 
 /// An error answered to an OCI client.
 #[derive(Debug, thiserror::Error)]
@@ -46,37 +55,43 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    #[error("{error}")]
+    Upstream {
+        wanted: Wanted,
+        error: Arc<UpstreamError>,
+    },
     #[error("internal storage error")]
     Store(#[from] StoreError),
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, ErrorCode) {
+    pub fn upstream(wanted: Wanted, error: impl Into<Arc<UpstreamError>>) -> Self {
+        ApiError::Upstream {
+            wanted,
+            error: error.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
         use ApiError::*;
         match self {
-            BlobUnknown => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
-            BlobUploadUnknown => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-            BlobUploadInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
-            DigestMismatch { .. } | DigestInvalid(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid)
-            }
-            ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
-            ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
-            ManifestUnknown => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
-            NameInvalid => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
-            NameUnknown | NotFound => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
-            SizeInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid),
-            TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
-            RangeNotSatisfiable { .. } => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUnknown)
-            }
-            UploadRangeInvalid(_) => (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-            ),
-            Unsupported(_) => (StatusCode::BAD_REQUEST, ErrorCode::Unsupported),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
-            Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unsupported),
+            BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            BlobUploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+            BlobUploadInvalid(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            DigestMismatch { .. } | DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+            ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            ManifestUnknown => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            NameInvalid => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            NameUnknown | NotFound => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            SizeInvalid(_) => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
+            TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+            RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+            UploadRangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Upstream { wanted, error } => upstream_parts(*wanted, error),
+            Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
 
@@ -91,37 +106,70 @@ impl ApiError {
     }
 }
 
+/// An upstream's own answer keeps its meaning (401, 403, 404, 429); its failures are 502/504.
+fn upstream_parts(wanted: Wanted, e: &UpstreamError) -> (StatusCode, &'static str) {
+    match e {
+        UpstreamError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        UpstreamError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UNKNOWN"),
+        UpstreamError::Auth(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        UpstreamError::Status { status, code, .. } => match status {
+            401 => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            403 => (StatusCode::FORBIDDEN, "DENIED"),
+            404 => match (code.as_deref(), wanted) {
+                (Some("NAME_UNKNOWN"), _) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+                (_, Wanted::Manifest) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+                (_, Wanted::Blob) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            },
+            429 => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            _ => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+        },
+        UpstreamError::Connect(_)
+        | UpstreamError::DigestMismatch { .. }
+        | UpstreamError::Malformed(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        if let ApiError::Store(e) = &self {
-            tracing::error!(error = %e, source = ?std::error::Error::source(e), "storage error");
-        } else {
-            tracing::debug!(%status, error = %self, "request refused");
+        match &self {
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(e), "storage error")
+            }
+            ApiError::Upstream { error, .. } => {
+                tracing::warn!(%status, error = %error, "upstream error")
+            }
+            _ => tracing::debug!(%status, error = %self, "request refused"),
         }
-        let mut info = ErrorInfoBuilder::default()
-            .code(code)
-            .message(self.to_string());
+        let mut info = serde_json::json!({ "code": code, "message": self.to_string() });
         if let Some(d) = self.detail() {
-            info = info.detail(d.to_string());
+            info["detail"] = d;
         }
-        let body = info
-            .build()
-            .and_then(|i| ErrorResponseBuilder::default().errors(vec![i]).build())
-            .ok()
-            .and_then(|r| serde_json::to_vec(&r).ok())
-            .unwrap_or_else(|| {
-                br#"{"errors":[{"code":"UNSUPPORTED","message":"error"}]}"#.to_vec()
-            });
+        let body = serde_json::to_vec(&serde_json::json!({ "errors": [info] })).unwrap_or_default();
         let mut resp = (status, body).into_response();
-        resp.headers_mut().insert(
+        let h = resp.headers_mut();
+        h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let ApiError::RangeNotSatisfiable { size } = self {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        match &self {
+            ApiError::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
             }
+            ApiError::Upstream { error, .. } => {
+                if let UpstreamError::Status {
+                    retry_after: Some(r),
+                    ..
+                } = &**error
+                {
+                    if let Ok(v) = HeaderValue::from_str(r) {
+                        h.insert(header::RETRY_AFTER, v);
+                    }
+                }
+            }
+            _ => {}
         }
         resp
     }

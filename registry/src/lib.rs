@@ -3,7 +3,10 @@
 pub mod api;
 pub mod digest;
 pub mod error;
+pub mod fetch;
 pub mod metrics;
+pub mod mirror_config;
 pub mod names;
 pub mod server;
 pub mod store;
+pub mod upstream;

@@ -35,6 +35,9 @@ enum LogFormat {
 enum Command {
     /// Run the node agent: an OCI distribution endpoint over the local content store.
     Serve(ServeArgs),
+    /// Point containerd or CRI-O at Manta as a registry mirror (hosts.toml files or a
+    /// registries.conf drop-in; --restore undoes it).
+    MirrorConfig(manta_registry::mirror_config::Args),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +51,10 @@ struct ServeArgs {
     /// Largest manifest accepted on PUT, in bytes (larger ones get 413).
     #[arg(long, env = "MANTA_MAX_MANIFEST_BYTES", default_value_t = 4 << 20)]
     max_manifest_bytes: u64,
+    /// Configuration file (TOML) for what flags cannot hold: upstream registries, aliases,
+    /// credentials (see docs/upstream.md).
+    #[arg(long, env = "MANTA_CONFIG")]
+    config: Option<PathBuf>,
     /// Purge an upload session (and its bytes) after this many seconds without a chunk.
     #[arg(long, env = "MANTA_UPLOAD_TTL_SECS", default_value_t = 24 * 3600)]
     upload_ttl_secs: u64,
@@ -100,7 +107,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => default_data_dir()?,
     };
+    let file = match &args.config {
+        Some(p) => manta_registry::upstream::FileConfig::load(p)?,
+        None => Default::default(),
+    };
     let cfg = ServeConfig {
+        upstream: file.upstream,
         listen: args.listen,
         data_dir,
         limits: Limits {
@@ -122,5 +134,8 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::MirrorConfig(args) => {
+            manta_registry::mirror_config::run(args, &mut std::io::stdout()).map_err(Into::into)
+        }
     }
 }

@@ -7,26 +7,28 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+#[allow(non_camel_case_types)] // the variant names are the label values
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum RouteKind {
-    Base,
-    Blob,
-    Upload,
-    Manifest,
-    Tags,
-    Referrers,
-    Other,
+    base,
+    blob,
+    upload,
+    manifest,
+    tags,
+    referrers,
+    other,
 }
 
+#[allow(non_camel_case_types)] // the variant names are the label values
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum MethodLabel {
-    Get,
-    Head,
-    Put,
-    Post,
-    Patch,
-    Delete,
-    Other,
+    get,
+    head,
+    put,
+    post,
+    patch,
+    delete,
+    other,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -49,6 +51,45 @@ impl EncodeLabelValue for StatusClass {
     }
 }
 
+/// What a pull-through lookup found.
+#[allow(non_camel_case_types)] // the variant names are the label values
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CacheResult {
+    /// Served from the cache (a tag confirmed fresh, or content held by digest).
+    hit,
+    /// Fetched from the upstream.
+    miss,
+    /// The upstream failed; the last known answer was served.
+    stale,
+}
+
+#[allow(non_camel_case_types)] // the variant names are the label values
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ObjectKind {
+    manifest,
+    blob,
+}
+
+/// Where content came from. Only upstream registries today; hubs and peers join later.
+#[allow(non_camel_case_types)] // the variant names are the label values
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum SourceKind {
+    upstream,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub source: SourceKind,
+    pub kind: ObjectKind,
+    pub result: CacheResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: SourceKind,
+    pub kind: ObjectKind,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: RouteKind,
@@ -63,6 +104,10 @@ pub struct Metrics {
     pub blob_bytes_received: Counter,
     pub blobs_indexed: Gauge,
     pub recovered_orphans: Counter,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    pub upstream_errors: Family<SourceLabels, Counter>,
+    pub upstream_fetched_bytes: Counter,
+    pub cache_served_bytes: Counter,
 }
 
 impl Metrics {
@@ -75,7 +120,31 @@ impl Metrics {
             blob_bytes_received: Counter::default(),
             blobs_indexed: Gauge::default(),
             recovered_orphans: Counter::default(),
+            cache_lookups: Family::default(),
+            upstream_errors: Family::default(),
+            upstream_fetched_bytes: Counter::default(),
+            cache_served_bytes: Counter::default(),
         };
+        registry.register(
+            "manta_cache_lookups",
+            "Pull-through lookups by source kind, object kind and result (hit, miss, stale)",
+            m.cache_lookups.clone(),
+        );
+        registry.register(
+            "manta_upstream_errors",
+            "Failed requests to sources by source kind and object kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "manta_upstream_fetched_bytes",
+            "Blob bytes fetched from upstream registries",
+            m.upstream_fetched_bytes.clone(),
+        );
+        registry.register(
+            "manta_cache_served_bytes",
+            "Blob bytes of pull-through repositories served from the local cache",
+            m.cache_served_bytes.clone(),
+        );
         registry.register(
             "manta_http_requests",
             "HTTP requests by route kind, method and status class",
@@ -106,13 +175,13 @@ impl Metrics {
 
     pub fn observe_request(&self, route: RouteKind, method: &Method, status: StatusCode) {
         let method = match *method {
-            Method::GET => MethodLabel::Get,
-            Method::HEAD => MethodLabel::Head,
-            Method::PUT => MethodLabel::Put,
-            Method::POST => MethodLabel::Post,
-            Method::PATCH => MethodLabel::Patch,
-            Method::DELETE => MethodLabel::Delete,
-            _ => MethodLabel::Other,
+            Method::GET => MethodLabel::get,
+            Method::HEAD => MethodLabel::head,
+            Method::PUT => MethodLabel::put,
+            Method::POST => MethodLabel::post,
+            Method::PATCH => MethodLabel::patch,
+            Method::DELETE => MethodLabel::delete,
+            _ => MethodLabel::other,
         };
         let status = match status.as_u16() {
             500.. => StatusClass::ServerError,
@@ -125,6 +194,25 @@ impl Metrics {
                 route,
                 method,
                 status,
+            })
+            .inc();
+    }
+
+    pub fn lookup(&self, kind: ObjectKind, result: CacheResult) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels {
+                source: SourceKind::upstream,
+                kind,
+                result,
+            })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: ObjectKind) {
+        self.upstream_errors
+            .get_or_create(&SourceLabels {
+                source: SourceKind::upstream,
+                kind,
             })
             .inc();
     }

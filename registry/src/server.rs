@@ -17,6 +17,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub limits: Limits,
+    pub upstream: crate::upstream::UpstreamConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,10 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
+        let fetcher = crate::fetch::Fetcher::new(store.clone(), metrics.clone());
         let state = Arc::new(AppState {
+            upstreams: Arc::new(crate::upstream::Upstreams::new(cfg.upstream)),
+            fetcher,
             store,
             uploads: UploadSessions::default(),
             limits: cfg.limits,

@@ -74,7 +74,7 @@ async fn health_metrics_and_graceful_shutdown() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"manta_http_requests_total{route="Blob",method="Get",status="2xx"} 1"#),
+        metrics.contains(r#"manta_http_requests_total{route="blob",method="get",status="2xx"} 1"#),
         "{metrics}"
     );
     assert!(

@@ -24,6 +24,9 @@ use anyhow::{bail, ensure, Context, Result};
 use manta_conformance::server::MantaServer;
 use sha2::{Digest as _, Sha256};
 
+pub mod containerd;
+pub mod upstream;
+
 /// Default deadline for one client command: generous, but a stalled server fails the test
 /// instead of hanging CI.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);

@@ -1,8 +1,9 @@
-//! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`.
+//! `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`, and the pieces every blob response shares.
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use oci_spec::image::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::range::{self, RangeRequest};
@@ -15,38 +16,28 @@ use crate::store::StoreError;
 /// streams stay within a few MiB.
 const READ_CHUNK: usize = 256 << 10;
 
-pub(super) async fn get(
-    st: &Shared,
-    name: &str,
-    digest_s: &str,
-    req: &Head,
-) -> ApiResult<Response> {
-    let (digest, _) =
-        digest::parse(digest_s).map_err(|e| ApiError::DigestInvalid(e.to_string()))?;
-    let Some((mut file, size)) = st.store.open_blob(name, &digest).await? else {
-        return Err(ApiError::BlobUnknown);
-    };
-    let range_header = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, len) = match range::parse(range_header, size) {
-        RangeRequest::Full => (StatusCode::OK, 0, size),
+/// The status and the `start, len` a request's `Range` asks of a blob of `size` bytes.
+pub(super) fn range_of(req: &Head, size: u64) -> ApiResult<(StatusCode, u64, u64)> {
+    let h = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    match range::parse(h, size) {
+        RangeRequest::Full => Ok((StatusCode::OK, 0, size)),
         RangeRequest::Partial { start, end } => {
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            Ok((StatusCode::PARTIAL_CONTENT, start, end - start + 1))
         }
-        RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
-    };
-    let mut resp = if req.method == Method::HEAD {
-        Response::new(Body::empty())
-    } else {
-        if start > 0 {
-            let path = st.store.files().blob_path(&digest);
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(StoreError::io("seek", &path))?;
-        }
-        st.metrics.blob_bytes_served.inc_by(len);
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
-        Response::new(Body::from_stream(stream))
-    };
+        RangeRequest::Unsatisfiable => Err(ApiError::RangeNotSatisfiable { size }),
+    }
+}
+
+/// A blob response: `body` is `len` bytes from `start` of a blob of `size`.
+pub(super) fn blob_response(
+    body: Body,
+    digest: &Digest,
+    status: StatusCode,
+    start: u64,
+    len: u64,
+    size: u64,
+) -> ApiResult<Response> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -68,6 +59,56 @@ pub(super) async fn get(
         );
     }
     Ok(resp)
+}
+
+/// A body of `len` bytes of an open blob file from `start`, read in bounded chunks.
+pub(super) async fn file_body(
+    st: &Shared,
+    digest: &Digest,
+    mut file: tokio::fs::File,
+    start: u64,
+    len: u64,
+) -> ApiResult<Body> {
+    if start > 0 {
+        let path = st.store.files().blob_path(digest);
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(StoreError::io("seek", &path))?;
+    }
+    st.metrics.blob_bytes_served.inc_by(len);
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+    Ok(Body::from_stream(stream))
+}
+
+/// Serve an open blob file (GET or HEAD, with `Range`).
+pub(super) async fn serve_file(
+    st: &Shared,
+    digest: &Digest,
+    file: tokio::fs::File,
+    size: u64,
+    req: &Head,
+) -> ApiResult<Response> {
+    let (status, start, len) = range_of(req, size)?;
+    let body = if req.method == Method::HEAD {
+        Body::empty()
+    } else {
+        file_body(st, digest, file, start, len).await?
+    };
+    blob_response(body, digest, status, start, len, size)
+}
+
+pub(super) async fn get(
+    st: &Shared,
+    name: &str,
+    digest_s: &str,
+    req: &Head,
+) -> ApiResult<Response> {
+    let (digest, _) =
+        digest::parse(digest_s).map_err(|e| ApiError::DigestInvalid(e.to_string()))?;
+    let Some((file, size)) = st.store.open_blob(name, &digest).await? else {
+        return Err(ApiError::BlobUnknown);
+    };
+    serve_file(st, &digest, file, size, req).await
 }
 
 pub(super) async fn delete(st: &Shared, name: &str, digest_s: &str) -> ApiResult<Response> {

@@ -287,6 +287,7 @@ pub(super) async fn put(st: &Shared, name: &str, reference: &str, req: Req) -> A
                 record: &record,
                 tag: tag.as_deref(),
                 referrer_descriptor: referrer.as_deref(),
+                resolved_at: None,
             })
         })
         .await?;

@@ -7,6 +7,7 @@
 mod blobs;
 mod discovery;
 mod manifests;
+mod proxy;
 pub mod range;
 mod uploads;
 
@@ -19,10 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Wanted};
+use crate::fetch::Fetcher;
 use crate::metrics::{Metrics, RouteKind};
 use crate::names;
 use crate::store::Store;
+use crate::upstream::{Target, Upstreams};
 pub use uploads::UploadSessions;
 
 /// Limits applied to requests.
@@ -46,6 +49,8 @@ impl Default for Limits {
 /// Everything a handler needs.
 pub struct AppState {
     pub store: Store,
+    pub upstreams: Arc<Upstreams>,
+    pub fetcher: Arc<Fetcher>,
     pub uploads: UploadSessions,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
@@ -112,12 +117,12 @@ enum Route<'a> {
 impl Route<'_> {
     fn kind(&self) -> RouteKind {
         match self {
-            Route::Base => RouteKind::Base,
-            Route::Blob { .. } => RouteKind::Blob,
-            Route::UploadStart { .. } | Route::Upload { .. } => RouteKind::Upload,
-            Route::Manifest { .. } => RouteKind::Manifest,
-            Route::Tags { .. } => RouteKind::Tags,
-            Route::Referrers { .. } => RouteKind::Referrers,
+            Route::Base => RouteKind::base,
+            Route::Blob { .. } => RouteKind::blob,
+            Route::UploadStart { .. } | Route::Upload { .. } => RouteKind::upload,
+            Route::Manifest { .. } => RouteKind::manifest,
+            Route::Tags { .. } => RouteKind::tags,
+            Route::Referrers { .. } => RouteKind::referrers,
         }
     }
 }
@@ -213,7 +218,7 @@ async fn dispatch(State(st): State<Shared>, request: Request) -> Response {
     let method = head.method.clone();
     let req = Req { head, body };
     let route = parse_route(&path);
-    let kind = route.as_ref().map(Route::kind).unwrap_or(RouteKind::Other);
+    let kind = route.as_ref().map(Route::kind).unwrap_or(RouteKind::other);
     let mut resp = match route {
         None => ApiError::NotFound.into_response(),
         Some(route) => handle(&st, route, req)
@@ -226,8 +231,61 @@ async fn dispatch(State(st): State<Shared>, request: Request) -> Response {
     resp
 }
 
+/// The upstream a name (with the request's `ns`) addresses, if any.
+fn upstream_of(st: &Shared, name: &str, req: &Req, wanted: Wanted) -> ApiResult<Option<Target>> {
+    st.upstreams
+        .resolve(name, req.head.query.get("ns"))
+        .map_err(|e| ApiError::upstream(wanted, e))
+}
+
 async fn handle(st: &Shared, route: Route<'_>, req: Req) -> ApiResult<Response> {
     use Method as M;
+    // Every name is validated before anything else looks at it (a `..` must never look like a host).
+    let name = match &route {
+        Route::Base => None,
+        Route::Blob { name, .. }
+        | Route::UploadStart { name }
+        | Route::Upload { name, .. }
+        | Route::Manifest { name, .. }
+        | Route::Tags { name }
+        | Route::Referrers { name, .. } => Some(*name),
+    };
+    if let Some(name) = name {
+        check_name(name)?;
+    }
+    // Pull-through repositories: reads go to the cache and the upstream; nothing is written to them.
+    let wanted = if matches!(
+        route,
+        Route::Blob { .. } | Route::UploadStart { .. } | Route::Upload { .. }
+    ) {
+        Wanted::Blob
+    } else {
+        Wanted::Manifest
+    };
+    let upstream = match name {
+        Some(name) => upstream_of(st, name, &req, wanted)?,
+        None => None,
+    };
+    if let Some(target) = upstream {
+        return match (route, &req.head.method) {
+            (Route::Manifest { reference, .. }, &M::GET | &M::HEAD) => {
+                proxy::manifest(st, target, reference, &req.head).await
+            }
+            (Route::Blob { digest, .. }, &M::GET | &M::HEAD) => {
+                proxy::blob(st, target, digest, &req.head).await
+            }
+            // What the cache holds of the upstream repository.
+            (Route::Tags { .. }, &M::GET | &M::HEAD) => {
+                discovery::tags(st, &target.cache_repo, &req.head).await
+            }
+            (Route::Referrers { digest, .. }, &M::GET | &M::HEAD) => {
+                discovery::referrers(st, &target.cache_repo, digest, &req.head).await
+            }
+            _ => Err(ApiError::Unsupported(
+                "pull-through repositories are read-only".into(),
+            )),
+        };
+    }
     match route {
         Route::Base => match req.head.method {
             M::GET | M::HEAD => {
@@ -235,54 +293,36 @@ async fn handle(st: &Shared, route: Route<'_>, req: Req) -> ApiResult<Response> 
             }
             _ => Err(ApiError::MethodNotAllowed),
         },
-        Route::Blob { name, digest } => {
-            check_name(name)?;
-            match req.head.method {
-                M::GET | M::HEAD => blobs::get(st, name, digest, &req.head).await,
-                M::DELETE => blobs::delete(st, name, digest).await,
-                _ => Err(ApiError::MethodNotAllowed),
-            }
-        }
-        Route::UploadStart { name } => {
-            check_name(name)?;
-            match req.head.method {
-                M::POST => uploads::start(st, name, req).await,
-                _ => Err(ApiError::MethodNotAllowed),
-            }
-        }
-        Route::Upload { name, id } => {
-            check_name(name)?;
-            match req.head.method {
-                M::PATCH => uploads::patch(st, name, id, req).await,
-                M::PUT => uploads::put(st, name, id, req).await,
-                M::GET => uploads::status(st, name, id).await,
-                M::DELETE => uploads::cancel(st, name, id).await,
-                _ => Err(ApiError::MethodNotAllowed),
-            }
-        }
-        Route::Manifest { name, reference } => {
-            check_name(name)?;
-            match req.head.method {
-                M::GET | M::HEAD => manifests::get(st, name, reference, &req.head).await,
-                M::PUT => manifests::put(st, name, reference, req).await,
-                M::DELETE => manifests::delete(st, name, reference).await,
-                _ => Err(ApiError::MethodNotAllowed),
-            }
-        }
-        Route::Tags { name } => {
-            check_name(name)?;
-            match req.head.method {
-                M::GET | M::HEAD => discovery::tags(st, name, &req.head).await,
-                _ => Err(ApiError::MethodNotAllowed),
-            }
-        }
-        Route::Referrers { name, digest } => {
-            check_name(name)?;
-            match req.head.method {
-                M::GET | M::HEAD => discovery::referrers(st, name, digest, &req.head).await,
-                _ => Err(ApiError::MethodNotAllowed),
-            }
-        }
+        Route::Blob { name, digest } => match req.head.method {
+            M::GET | M::HEAD => blobs::get(st, name, digest, &req.head).await,
+            M::DELETE => blobs::delete(st, name, digest).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Route::UploadStart { name } => match req.head.method {
+            M::POST => uploads::start(st, name, req).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Route::Upload { name, id } => match req.head.method {
+            M::PATCH => uploads::patch(st, name, id, req).await,
+            M::PUT => uploads::put(st, name, id, req).await,
+            M::GET => uploads::status(st, name, id).await,
+            M::DELETE => uploads::cancel(st, name, id).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Route::Manifest { name, reference } => match req.head.method {
+            M::GET | M::HEAD => manifests::get(st, name, reference, &req.head).await,
+            M::PUT => manifests::put(st, name, reference, req).await,
+            M::DELETE => manifests::delete(st, name, reference).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Route::Tags { name } => match req.head.method {
+            M::GET | M::HEAD => discovery::tags(st, name, &req.head).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Route::Referrers { name, digest } => match req.head.method {
+            M::GET | M::HEAD => discovery::referrers(st, name, digest, &req.head).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        },
     }
 }
 

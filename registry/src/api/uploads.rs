@@ -23,7 +23,7 @@ use super::{
 };
 use crate::digest::{self, Algorithm, Hasher};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{unix_now, Store, StoreError, TempBlob, UploadRecord};
+use crate::store::{unix_now, Origin, Store, StoreError, TempBlob, UploadRecord};
 
 struct Session {
     record: UploadRecord,
@@ -189,7 +189,9 @@ async fn finish_verified(
             actual: actual.to_string(),
         });
     }
-    st.store.commit_blob(name, blob, expected).await?;
+    st.store
+        .commit_blob(name, blob, expected, Origin::Pushed)
+        .await?;
     created(name, expected)
 }
 

@@ -251,6 +251,20 @@ impl TempWriter {
         self.blob.len
     }
 
+    /// Where the bytes are being written.
+    pub fn path(&self) -> &Path {
+        self.blob.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Make everything written so far visible to readers of the file (no fsync).
+    pub async fn flush(&mut self) -> Result<()> {
+        let path = self.blob.path.clone().unwrap_or_default();
+        self.file
+            .flush()
+            .await
+            .map_err(StoreError::io("flush", &path))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.blob.len == 0
     }

@@ -13,6 +13,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     Pushed,
+    /// Fetched from an upstream registry: cache, may be evicted.
+    Upstream,
 }
 
 /// A verified blob on disk.
@@ -59,6 +61,8 @@ pub struct ManifestPut<'a> {
     pub tag: Option<&'a str>,
     /// The referrers-API descriptor of this manifest (JSON), when it has a subject.
     pub referrer_descriptor: Option<&'a [u8]>,
+    /// For a tag of a pull-through cache: when it was resolved upstream (Unix seconds).
+    pub resolved_at: Option<u64>,
 }
 
 /// The index of the content store. Methods block (they are quick reads, or writes that may
@@ -88,6 +92,10 @@ pub trait Index: Send + Sync + 'static {
     /// Tags of `repo` in lexical order, strictly after `after`, at most `limit`.
     fn tags(&self, repo: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool>;
+    /// When a pull-through tag was last resolved upstream (Unix seconds).
+    fn tag_resolved_at(&self, repo: &str, tag: &str) -> Result<Option<u64>>;
+    /// Record that a pull-through tag was just confirmed upstream.
+    fn touch_tag(&self, repo: &str, tag: &str, at: u64) -> Result<()>;
     /// Referrer descriptors (JSON) of `subject` in `repo`.
     fn referrers(&self, repo: &str, subject: &str) -> Result<Vec<Vec<u8>>>;
     fn repo_exists(&self, repo: &str) -> Result<bool>;

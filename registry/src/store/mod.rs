@@ -134,7 +134,13 @@ impl Store {
     }
 
     /// Put a verified temp blob in place and link it into `repo`.
-    pub async fn commit_blob(&self, repo: &str, blob: TempBlob, digest: &Digest) -> Result<()> {
+    pub async fn commit_blob(
+        &self,
+        repo: &str,
+        blob: TempBlob,
+        digest: &Digest,
+        origin: Origin,
+    ) -> Result<()> {
         let size = blob.len();
         let _g = self.locks.lock(digest).await;
         let files = self.files.clone();
@@ -154,7 +160,7 @@ impl Store {
             version: 1,
             size,
             created_at: unix_now(),
-            origin: Origin::Pushed,
+            origin,
         };
         let (repo, key) = (repo.to_string(), digest.to_string());
         self.blocking(move |idx| idx.put_blob(&repo, &key, &record))
@@ -182,6 +188,12 @@ impl Store {
         if !self.index.blob_linked(repo, digest.as_ref())? {
             return Ok(None);
         }
+        self.open_verified(digest).await
+    }
+
+    /// Open a blob the node holds, whichever repository it came through: content addressed and
+    /// verified, so a pull-through repository may be served it.
+    pub async fn open_verified(&self, digest: &Digest) -> Result<Option<(tokio::fs::File, u64)>> {
         let Some(rec) = self.index.blob(digest.as_ref())? else {
             return Ok(None);
         };

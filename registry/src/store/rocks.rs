@@ -9,6 +9,7 @@
 //! - `referrers`: repo `\0` subject `\0` digest → descriptor JSON
 //! - `repos`: repo → ""
 //! - `uploads`: session id → [`UploadRecord`] (JSON)
+//! - `tag_resolved`: repo `\0` tag → Unix seconds (u64 BE) the pull-through tag was last confirmed upstream
 //!
 //! Compound updates are one `WriteBatch`: a crash leaves either all of a manifest PUT or none.
 
@@ -32,7 +33,8 @@ const CF_TAGS: &str = "tags";
 const CF_REFERRERS: &str = "referrers";
 const CF_REPOS: &str = "repos";
 const CF_UPLOADS: &str = "uploads";
-const ALL_CFS: [&str; 8] = [
+const CF_TAG_RESOLVED: &str = "tag_resolved";
+const ALL_CFS: [&str; 9] = [
     CF_BLOBS,
     CF_BLOB_LINKS,
     CF_MANIFESTS,
@@ -41,6 +43,7 @@ const ALL_CFS: [&str; 8] = [
     CF_REFERRERS,
     CF_REPOS,
     CF_UPLOADS,
+    CF_TAG_RESOLVED,
 ];
 
 const MANIFEST_RECORD_VERSION: u8 = 1;
@@ -315,6 +318,7 @@ impl Index for RocksIndex {
             if target == digest.as_bytes() {
                 let mut k = repo_prefix.clone();
                 k.extend_from_slice(&tag);
+                b.delete_cf(self.cf(CF_TAG_RESOLVED)?, &k);
                 b.delete_cf(self.cf(CF_TAGS)?, k);
             }
         }
@@ -352,9 +356,23 @@ impl Index for RocksIndex {
             return Ok(false);
         }
         let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_TAG_RESOLVED)?, &k);
         b.delete_cf(self.cf(CF_TAGS)?, k);
         self.write(b, true)?;
         Ok(true)
+    }
+
+    fn tag_resolved_at(&self, repo: &str, tag: &str) -> Result<Option<u64>> {
+        Ok(self
+            .get(CF_TAG_RESOLVED, &key2(repo, tag))?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    fn touch_tag(&self, repo: &str, tag: &str, at: u64) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_TAG_RESOLVED)?, key2(repo, tag), at.to_be_bytes());
+        self.write(b, false)
     }
 
     fn referrers(&self, repo: &str, subject: &str) -> Result<Vec<Vec<u8>>> {

@@ -1,0 +1,390 @@
+//! `manta mirror-config`: the files it writes for containerd and CRI-O, idempotence, backups
+//! and `--restore`, through the real binary on real files in temp directories.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const MARKER: &str = "# Written by manta mirror-config";
+
+fn manta(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_manta"))
+        .arg("mirror-config")
+        .args(args)
+        .env_remove("MANTA_MIRROR_REGISTRIES")
+        .env_remove("MANTA_CONTAINERD_HOSTS_DIR")
+        .env_remove("MANTA_MIRROR_URL")
+        .env_remove("MANTA_MIRROR_DIAL_TIMEOUT")
+        .env_remove("MANTA_CRIO_REGISTRIES_FILE")
+        .env_remove("MANTA_MIRROR_ADDR")
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = manta(args);
+    assert!(
+        out.status.success(),
+        "manta mirror-config {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn refused(args: &[&str]) -> String {
+    let out = manta(args);
+    assert!(
+        !out.status.success(),
+        "manta mirror-config {args:?} succeeded"
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn toml_file(path: &Path) -> toml::Table {
+    let text = fs::read_to_string(path).unwrap();
+    assert!(
+        text.starts_with(MARKER),
+        "{} has no marker:\n{text}",
+        path.display()
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            if p.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(base, &p, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out.sort();
+    out
+}
+
+const REGISTRIES: &str = "docker.io,ghcr.io,127.0.0.1:5055";
+
+fn containerd_args<'a>(root: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "containerd",
+        "--registries",
+        REGISTRIES,
+        "--root",
+        root,
+        "--mirror",
+        "http://127.0.0.1:5000",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn containerd_writes_one_hosts_toml_per_registry_and_is_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("certs.d");
+    let root_s = root.to_str().unwrap();
+
+    let report = ok(&containerd_args(root_s, &["--dial-timeout", "500ms"]));
+    assert_eq!(report.matches(": written").count(), 3, "{report}");
+
+    // containerd looks "host:port" registries up in a "host:port" directory (after "host_port_").
+    assert_eq!(
+        tree(&root),
+        [
+            "127.0.0.1:5055/",
+            "127.0.0.1:5055/hosts.toml",
+            "docker.io/",
+            "docker.io/hosts.toml",
+            "ghcr.io/",
+            "ghcr.io/hosts.toml"
+        ]
+    );
+    for (dir, server) in [
+        ("docker.io", "https://registry-1.docker.io"),
+        ("ghcr.io", "https://ghcr.io"),
+        ("127.0.0.1:5055", "http://127.0.0.1:5055"),
+    ] {
+        let t = toml_file(&root.join(dir).join("hosts.toml"));
+        assert_eq!(t["server"].as_str(), Some(server), "{dir}");
+        let hosts = t["host"].as_table().unwrap();
+        assert_eq!(hosts.keys().collect::<Vec<_>>(), ["http://127.0.0.1:5000"]);
+        let mirror = hosts["http://127.0.0.1:5000"].as_table().unwrap();
+        assert_eq!(
+            mirror["capabilities"],
+            toml::Value::Array(vec!["pull".into(), "resolve".into()])
+        );
+        assert_eq!(mirror["dial_timeout"].as_str(), Some("500ms"));
+        assert_eq!(t.len(), 2, "{dir}: only server and host: {t:?}");
+    }
+
+    let before: Vec<Vec<u8>> = ["docker.io", "ghcr.io", "127.0.0.1:5055"]
+        .iter()
+        .map(|d| fs::read(root.join(d).join("hosts.toml")).unwrap())
+        .collect();
+    let again = ok(&containerd_args(root_s, &["--dial-timeout", "500ms"]));
+    assert_eq!(again.matches(": unchanged").count(), 3, "{again}");
+    assert!(!again.contains("written"), "{again}");
+    let after: Vec<Vec<u8>> = ["docker.io", "ghcr.io", "127.0.0.1:5055"]
+        .iter()
+        .map(|d| fs::read(root.join(d).join("hosts.toml")).unwrap())
+        .collect();
+    assert_eq!(before, after);
+
+    // A changed setting rewrites Manta's own files without backing them up.
+    let changed = ok(&containerd_args(root_s, &["--dial-timeout", "none"]));
+    assert_eq!(changed.matches(": updated").count(), 3, "{changed}");
+    let t = toml_file(&root.join("ghcr.io/hosts.toml"));
+    assert!(!t["host"]["http://127.0.0.1:5000"]
+        .as_table()
+        .unwrap()
+        .contains_key("dial_timeout"));
+    assert!(!tree(&root).iter().any(|f| f.contains("manta-backup")));
+
+    // Nothing was there before: --restore removes Manta's files and their directories.
+    let restored = ok(&["containerd", "--restore", "--root", root_s]);
+    assert_eq!(restored.matches("removed").count(), 3, "{restored}");
+    assert_eq!(tree(&root), Vec::<String>::new());
+}
+
+#[test]
+fn containerd_backs_up_a_foreign_hosts_toml_once_and_restores_it_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("certs.d");
+    let root_s = root.to_str().unwrap();
+    let foreign: &[u8] = b"server = \"https://ghcr.io\"\n\n[host.\"https://other-mirror.example\"]\n  capabilities = [\"pull\"]\n\x00\xff";
+    fs::create_dir_all(root.join("ghcr.io")).unwrap();
+    fs::write(root.join("ghcr.io/hosts.toml"), foreign).unwrap();
+    // A foreign file for a registry Manta is not asked about.
+    fs::create_dir_all(root.join("quay.io")).unwrap();
+    fs::write(
+        root.join("quay.io/hosts.toml"),
+        b"server = \"https://quay.io\"\n",
+    )
+    .unwrap();
+
+    let report = ok(&containerd_args(root_s, &[]));
+    assert!(report.contains("backed up as"), "{report}");
+    let backup = root.join("ghcr.io/hosts.toml.manta-backup");
+    assert_eq!(fs::read(&backup).unwrap(), foreign);
+    assert_eq!(
+        toml_file(&root.join("ghcr.io/hosts.toml"))["server"].as_str(),
+        Some("https://ghcr.io")
+    );
+
+    // Second run (with other content): Manta's file is replaced, the backup is not.
+    let again = ok(&containerd_args(root_s, &["--dial-timeout", "2s"]));
+    assert_eq!(again.matches(": updated").count(), 3, "{again}");
+    assert_eq!(fs::read(&backup).unwrap(), foreign);
+
+    let restored = ok(&["containerd", "--restore", "--root", root_s]);
+    assert!(restored.contains("restored from"), "{restored}");
+    assert_eq!(fs::read(root.join("ghcr.io/hosts.toml")).unwrap(), foreign);
+    assert_eq!(
+        fs::read(root.join("quay.io/hosts.toml")).unwrap(),
+        b"server = \"https://quay.io\"\n"
+    );
+    assert_eq!(
+        tree(&root),
+        [
+            "ghcr.io/",
+            "ghcr.io/hosts.toml",
+            "quay.io/",
+            "quay.io/hosts.toml"
+        ]
+    );
+
+    // Restoring again, or naming a foreign file, changes nothing.
+    let twice = ok(&[
+        "containerd",
+        "--restore",
+        "--root",
+        root_s,
+        "--registries",
+        "ghcr.io,quay.io",
+    ]);
+    assert_eq!(
+        twice.matches("not written by Manta, left alone").count(),
+        2,
+        "{twice}"
+    );
+    assert_eq!(fs::read(root.join("ghcr.io/hosts.toml")).unwrap(), foreign);
+}
+
+#[test]
+fn containerd_refuses_bad_registries_and_mirrors_before_writing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("certs.d");
+    let root_s = root.to_str().unwrap();
+    for (registries, named) in [
+        ("https://ghcr.io", "https://ghcr.io"),
+        ("docker.io,ghcr.io/org/repo", "ghcr.io/org/repo"),
+        ("docker.io,,ghcr.io", "empty entry"),
+        ("ghcr.io:99999", "ghcr.io:99999"),
+        ("Docker.io", "Docker.io"),
+        ("docker.io,../etc", "../etc"),
+    ] {
+        let err = refused(&["containerd", "--registries", registries, "--root", root_s]);
+        assert!(err.contains(named), "{registries:?}: {err}");
+        assert!(err.contains("--registries"), "{registries:?}: {err}");
+        assert!(!root.exists(), "{registries:?} wrote {:?}", tree(&root));
+    }
+    for mirror in [
+        "127.0.0.1:5000",
+        "ftp://127.0.0.1:5000",
+        "http://127.0.0.1:5000/v2",
+    ] {
+        let err = refused(&[
+            "containerd",
+            "--registries",
+            "docker.io",
+            "--root",
+            root_s,
+            "--mirror",
+            mirror,
+        ]);
+        assert!(err.contains("--mirror"), "{mirror}: {err}");
+        assert!(!root.exists());
+    }
+    let err = refused(&[
+        "containerd",
+        "--registries",
+        "docker.io",
+        "--root",
+        root_s,
+        "--dial-timeout",
+        "500",
+    ]);
+    assert!(err.contains("--dial-timeout"), "{err}");
+    assert!(!root.exists());
+    // --registries is required unless restoring.
+    refused(&["containerd", "--root", root_s]);
+}
+
+fn crio_args<'a>(file: &'a str, registries: &'a str) -> Vec<&'a str> {
+    vec![
+        "crio",
+        "--registries",
+        registries,
+        "--file",
+        file,
+        "--mirror",
+        "127.0.0.1:5000",
+    ]
+}
+
+#[test]
+fn crio_writes_one_dropin_idempotently_and_restore_removes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("registries.conf.d/50-manta.conf");
+    let file_s = file.to_str().unwrap();
+    let regs = "docker.io,ghcr.io,127.0.0.1:5055=up1,localhost";
+
+    let report = ok(&crio_args(file_s, regs));
+    assert!(report.contains(": written"), "{report}");
+    let t = toml_file(&file);
+    let registries = t["registry"].as_array().unwrap();
+    let got: Vec<(String, String, Option<bool>, String, bool)> = registries
+        .iter()
+        .map(|r| {
+            let mirrors = r["mirror"].as_array().unwrap();
+            assert_eq!(mirrors.len(), 1);
+            (
+                r["prefix"].as_str().unwrap().to_owned(),
+                r["location"].as_str().unwrap().to_owned(),
+                r.get("insecure").map(|v| v.as_bool().unwrap()),
+                mirrors[0]["location"].as_str().unwrap().to_owned(),
+                mirrors[0]["insecure"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let row = |p: &str, i: Option<bool>, m: &str| (p.into(), p.into(), i, m.into(), true);
+    assert_eq!(
+        got,
+        [
+            row("docker.io", None, "127.0.0.1:5000/docker.io"),
+            row("ghcr.io", None, "127.0.0.1:5000/ghcr.io"),
+            row("127.0.0.1:5055", Some(true), "127.0.0.1:5000/up1"),
+            row("localhost", Some(true), "127.0.0.1:5000/localhost"),
+        ]
+    );
+    assert_eq!(t.len(), 1, "only [[registry]] tables: {t:?}");
+
+    let before = fs::read(&file).unwrap();
+    let again = ok(&crio_args(file_s, regs));
+    assert!(again.contains(": unchanged"), "{again}");
+    assert_eq!(fs::read(&file).unwrap(), before);
+
+    let restored = ok(&["crio", "--restore", "--file", file_s]);
+    assert!(restored.contains("removed"), "{restored}");
+    assert!(!file.exists());
+    assert_eq!(
+        tree(&tmp.path().join("registries.conf.d")),
+        Vec::<String>::new()
+    );
+    let nothing = ok(&["crio", "--restore", "--file", file_s]);
+    assert!(nothing.contains("nothing to restore"), "{nothing}");
+}
+
+#[test]
+fn crio_backs_up_a_foreign_dropin_and_restores_it_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("50-manta.conf");
+    let file_s = file.to_str().unwrap();
+    let foreign: &[u8] = b"[[registry]]\nlocation = \"quay.io\"\nblocked = true\n";
+    fs::write(&file, foreign).unwrap();
+
+    let report = ok(&crio_args(file_s, "docker.io"));
+    assert!(report.contains("backed up as"), "{report}");
+    let backup = tmp.path().join("50-manta.conf.manta-backup");
+    assert_eq!(fs::read(&backup).unwrap(), foreign);
+    let again = ok(&crio_args(file_s, "docker.io,ghcr.io"));
+    assert!(again.contains(": updated"), "{again}");
+    assert_eq!(fs::read(&backup).unwrap(), foreign);
+
+    let restored = ok(&["crio", "--restore", "--file", file_s]);
+    assert!(restored.contains("restored from"), "{restored}");
+    assert_eq!(fs::read(&file).unwrap(), foreign);
+    assert!(!backup.exists());
+
+    // A foreign file is never touched by --restore.
+    let left = ok(&["crio", "--restore", "--file", file_s]);
+    assert!(left.contains("not written by Manta, left alone"), "{left}");
+    assert_eq!(fs::read(&file).unwrap(), foreign);
+}
+
+#[test]
+fn crio_refuses_a_registry_with_a_port_unless_given_an_alias() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("50-manta.conf");
+    let file_s = file.to_str().unwrap();
+    let err = refused(&crio_args(file_s, "docker.io,127.0.0.1:5055"));
+    assert!(err.contains("127.0.0.1:5055"), "{err}");
+    assert!(err.contains("alias"), "{err}");
+    assert!(!file.exists());
+    let err = refused(&crio_args(file_s, "127.0.0.1:5055=a.b"));
+    assert!(err.contains("a.b"), "{err}");
+    let err = refused(&[
+        "crio",
+        "--registries",
+        "docker.io",
+        "--file",
+        file_s,
+        "--mirror",
+        "http://127.0.0.1:5000",
+    ]);
+    assert!(err.contains("--mirror"), "{err}");
+    let err = refused(&crio_args(file_s, "ghcr.io/org"));
+    assert!(err.contains("ghcr.io/org"), "{err}");
+    assert!(!file.exists());
+}
