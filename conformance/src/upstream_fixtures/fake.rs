@@ -11,6 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, ReadBuf};
 use tokio_util::io::ReaderStream;
 
@@ -28,6 +29,9 @@ pub enum FakeMode {
     HangAfterHeaders,
     /// Every manifest and blob request is accepted and never answered (`/v2/` still answers).
     HangBeforeHeaders,
+    /// Layer blobs are sent whole and correct, but slowly: [`FakeUpstream::TRICKLE_CHUNK`] bytes
+    /// every [`FakeUpstream::TRICKLE_EVERY`], so a test can act while a download is under way.
+    Trickle,
     /// The Docker token flow: `/v2/…` needs `Authorization: Bearer <token>`; tokens come from
     /// `GET /token?service=fake&scope=…` with basic auth of these credentials.
     Token(Credentials),
@@ -139,6 +143,10 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Bytes a [`FakeMode::HangAfterHeaders`] blob response sends before stalling.
     pub const HANG_AFTER: usize = 16 * 1024;
+    /// A [`FakeMode::Trickle`] blob response sends this much...
+    pub const TRICKLE_CHUNK: usize = 8 * 1024;
+    /// ...this often.
+    pub const TRICKLE_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
     /// Start serving `fake/app:v1` in `mode`.
     pub fn start(mode: FakeMode) -> Result<Self> {
@@ -344,6 +352,19 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
                 let reader = std::io::Cursor::new(start).chain(Silence);
                 let mut resp = content(bytes, digest, "application/octet-stream", true);
                 *resp.body_mut() = Body::from_stream(ReaderStream::new(reader));
+                resp
+            }
+            FakeMode::Trickle => {
+                let chunks: Vec<Vec<u8>> = bytes
+                    .chunks(FakeUpstream::TRICKLE_CHUNK)
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                let stream = futures_util::stream::iter(chunks).then(|c| async move {
+                    tokio::time::sleep(FakeUpstream::TRICKLE_EVERY).await;
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(c))
+                });
+                let mut resp = content(bytes, digest, "application/octet-stream", true);
+                *resp.body_mut() = Body::from_stream(stream);
                 resp
             }
             _ => content(bytes, digest, "application/octet-stream", false),
