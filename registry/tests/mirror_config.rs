@@ -388,3 +388,158 @@ fn crio_refuses_a_registry_with_a_port_unless_given_an_alias() {
     assert!(err.contains("ghcr.io/org"), "{err}");
     assert!(!file.exists());
 }
+
+/// A stand-in for Manta that records each request line and answers 404, so containerd moves on
+/// to the next host.
+fn recording_stub() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            if tx.send(first.trim_end().to_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// Kills the throwaway containerd when the test ends, however it ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The installed containerd's own resolver (`ctr images pull --hosts-dir`, which resolves in the
+/// ctr process with containerd's hosts.toml parser) reads the generated files: it asks the mirror
+/// first, with `ns` naming the registry, for a `host:port` directory and for docker.io. A file it
+/// cannot decode is logged ("failed to decode hosts.toml") and the mirror skipped, so this fails
+/// if containerd (1.6 included, which has no `dial_timeout`) rejects what Manta writes.
+#[test]
+fn containerd_itself_reads_the_generated_hosts_files() {
+    // CI installs containerd and runs as root; missing either is a failure, not a skip.
+    assert!(
+        on_path("containerd") && on_path("ctr") && is_root(),
+        "needs containerd and ctr on PATH (apt-get install containerd) and root"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::write(
+        dir.join("config.toml"),
+        format!(
+            "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = {sock:?}\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt:?}\n",
+            root = dir.join("root"),
+            state = dir.join("state"),
+            sock = dir.join("sock"),
+            opt = dir.join("opt"),
+        ),
+    )
+    .unwrap();
+    let log = fs::File::create(dir.join("containerd.log")).unwrap();
+    let _daemon = Daemon(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !dir.join("sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not start: {}",
+            fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let (mirror_port, requests) = recording_stub();
+    // An upstream with a port that nothing listens on.
+    let upstream = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let certs = dir.join("certs.d");
+    let mirror = format!("http://127.0.0.1:{mirror_port}");
+    ok(&[
+        "containerd",
+        "--registries",
+        &format!("{upstream},docker.io"),
+        "--root",
+        certs.to_str().unwrap(),
+        "--mirror",
+        &mirror,
+    ]);
+
+    for (reference, want) in [
+        (
+            format!("{upstream}/foo:latest"),
+            format!(
+                "HEAD /v2/foo/manifests/latest?ns={} HTTP/1.1",
+                upstream.replace(':', "%3A")
+            ),
+        ),
+        (
+            "docker.io/library/foo:latest".to_owned(),
+            "HEAD /v2/library/foo/manifests/latest?ns=docker.io HTTP/1.1".to_owned(),
+        ),
+    ] {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(dir.join("sock"))
+            .args(["images", "pull", "--hosts-dir"])
+            .arg(&certs)
+            .arg(&reference)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("failed to decode hosts.toml"), "{stderr}");
+        let got = requests
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!("{reference}: the mirror saw no request; ctr said: {stderr}")
+            });
+        assert_eq!(got, want, "{reference}");
+        // The mirror said 404, so the pull went on to the upstream (unreachable here) and failed.
+        assert!(!out.status.success());
+        assert!(requests.try_recv().is_err(), "one request per pull");
+    }
+}
