@@ -137,7 +137,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, source = ?std::error::Error::source(e), "storage error")
             }
             ApiError::Upstream { error, .. } => {
-                tracing::warn!(%status, error = %error, "upstream error")
+                tracing::warn!(%status, error = %error, cause = ?std::error::Error::source(&**error), "upstream error")
             }
             _ => tracing::debug!(%status, error = %self, "request refused"),
         }
