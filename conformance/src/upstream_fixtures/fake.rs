@@ -29,6 +29,9 @@ pub enum FakeMode {
     HangAfterHeaders,
     /// Every manifest and blob request is accepted and never answered (`/v2/` still answers).
     HangBeforeHeaders,
+    /// The first request for each manifest or blob path answers `503` with `Retry-After: 1`;
+    /// the next one is served normally.
+    Flaky,
     /// Layer blobs are sent whole and correct, but slowly: [`FakeUpstream::TRICKLE_CHUNK`] bytes
     /// every [`FakeUpstream::TRICKLE_EVERY`], so a test can act while a download is under way.
     Trickle,
@@ -314,6 +317,23 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     if matches!(s.mode, FakeMode::HangBeforeHeaders) {
         std::future::pending::<()>().await;
+    }
+    if matches!(s.mode, FakeMode::Flaky) {
+        let seen = s
+            .requests
+            .lock()
+            .map(|r| r.iter().filter(|q| q.path == path).count())
+            .unwrap_or(0);
+        if seen <= 1 {
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "fake upstream: try again",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
     }
     let head = method == Method::HEAD;
     if let Some(reference) = rest.strip_prefix("manifests/") {
