@@ -7,7 +7,8 @@
 //! client that disconnects stops following; the download goes on for the others and the cache.
 //!
 //! Nothing unverified is ever delivered as a complete blob: followers never send the last byte
-//! until the leader has verified the digest and put the blob in the store. A digest mismatch fails
+//! until the leader has verified the digest (then it fsyncs, installs and indexes the file for
+//! the cache; a failure there costs the cache its copy, never a client a byte). A mismatch fails
 //! every follower's stream, so its client sees a broken connection, and nothing is indexed.
 
 use std::collections::HashMap;
@@ -45,6 +46,11 @@ pub enum FetchState {
     Streaming {
         size: u64,
         written: u64,
+        path: Arc<PathBuf>,
+    },
+    /// All `size` bytes are in `path` and match the digest; being made durable and indexed.
+    Verified {
+        size: u64,
         path: Arc<PathBuf>,
     },
     /// Verified and in the store.
@@ -188,18 +194,19 @@ impl Fetcher {
                 w.len()
             )));
         }
-        let (blob, actual) = w.finish().await.map_err(store_err)?;
-        fetch.state.send_replace(FetchState::Streaming {
-            size,
-            written: size,
-            path,
-        });
+        let (blob, actual) = w.finish_unsynced().await.map_err(store_err)?;
         if actual != fetch.digest {
             // `blob` is dropped: its temp file goes; followers fail on the state below.
             return Err(UpstreamError::DigestMismatch {
                 expected: fetch.digest.to_string(),
             });
         }
+        // Verified: followers may send the last byte now. Durability is the cache's business:
+        // the file is fsynced before it is installed and indexed, never indexed before.
+        fetch
+            .state
+            .send_replace(FetchState::Verified { size, path });
+        blob.sync().await.map_err(store_err)?;
         self.store
             .commit_blob(repo, blob, &fetch.digest, Origin::Upstream)
             .await
@@ -219,7 +226,9 @@ pub async fn size_of(
         .map_err(|_| Arc::new(UpstreamError::Malformed("fetch vanished".into())))?
         .clone();
     match state {
-        FetchState::Streaming { size, .. } | FetchState::Done { size } => Ok(size),
+        FetchState::Streaming { size, .. }
+        | FetchState::Verified { size, .. }
+        | FetchState::Done { size } => Ok(size),
         FetchState::Failed(e) => Err(e),
         FetchState::Starting => Err(Arc::new(UpstreamError::Malformed(
             "fetch did not start".into(),
@@ -252,6 +261,7 @@ impl Follower {
                     written,
                     path,
                 } => (written.min(size.saturating_sub(1)), Some(path)),
+                FetchState::Verified { size, path } => (size, Some(path)),
                 FetchState::Done { size } => (size, None),
                 FetchState::Failed(e) => {
                     self.finished = true;

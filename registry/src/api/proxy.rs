@@ -415,7 +415,12 @@ async fn blob_inner(
         // Nothing to stream: answer once the (empty) content is verified.
         let done = tokio::time::timeout(
             idle,
-            rx.wait_for(|s| matches!(s, FetchState::Done { .. } | FetchState::Failed(_))),
+            rx.wait_for(|s| {
+                matches!(
+                    s,
+                    FetchState::Verified { .. } | FetchState::Done { .. } | FetchState::Failed(_)
+                )
+            }),
         )
         .await
         .map_err(|_| up(UpstreamError::Timeout("blob")))?

@@ -201,6 +201,15 @@ impl TempBlob {
         self.len
     }
 
+    /// Make the bytes durable (before the blob is installed and indexed).
+    pub async fn sync(&self) -> Result<()> {
+        let path = self.path.clone().unwrap_or_default();
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(StoreError::io("open", &path))?;
+        f.sync_all().await.map_err(StoreError::io("fsync", &path))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -270,6 +279,17 @@ impl TempWriter {
     }
 
     /// Flush and fsync; the digest of everything written.
+    /// Flush (no fsync) and return the digest of everything written: for a fetch that wants to
+    /// tell its readers the bytes are verified before it pays for durability.
+    pub async fn finish_unsynced(mut self) -> Result<(TempBlob, Digest)> {
+        let path = self.blob.path.clone().unwrap_or_default();
+        self.file
+            .flush()
+            .await
+            .map_err(StoreError::io("flush", &path))?;
+        Ok((self.blob, self.hasher.finish()))
+    }
+
     pub async fn finish(mut self) -> Result<(TempBlob, Digest)> {
         let path = self.blob.path.clone().unwrap_or_default();
         self.file
