@@ -103,6 +103,21 @@ pub fn config_bytes() -> Vec<u8> {
 
 /// An OCI image manifest referencing `config` and the single layer `layer`.
 pub fn manifest_bytes(config: &[u8], layer: &BlobFile) -> anyhow::Result<Vec<u8>> {
+    image_manifest_bytes(config, std::slice::from_ref(layer))
+}
+
+/// An OCI image manifest referencing `config` and `layers`, in order.
+pub fn image_manifest_bytes(config: &[u8], layers: &[BlobFile]) -> anyhow::Result<Vec<u8>> {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "mediaType": LAYER_MEDIA_TYPE,
+                "digest": l.digest,
+                "size": l.size,
+            })
+        })
+        .collect();
     let m = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
@@ -111,11 +126,7 @@ pub fn manifest_bytes(config: &[u8], layer: &BlobFile) -> anyhow::Result<Vec<u8>
             "digest": sha256_digest(config),
             "size": config.len(),
         },
-        "layers": [{
-            "mediaType": LAYER_MEDIA_TYPE,
-            "digest": layer.digest,
-            "size": layer.size,
-        }],
+        "layers": layers,
     });
     Ok(serde_json::to_vec(&m)?)
 }

@@ -1,9 +1,13 @@
 //! `manta-bench`: Manta side by side with Debian's docker-registry on loopback, one markdown table.
+//! `manta-bench pull-through`: both as pull-through caches of a rate-limited upstream.
 //!
 //! See bench/README.md for what is measured and how to read it.
 
 mod client;
 mod content;
+mod pull;
+mod pullthrough;
+mod ratelimit;
 mod rawget;
 mod report;
 mod rss;
@@ -15,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use client::Transfer;
 use content::BlobFile;
@@ -27,8 +31,32 @@ const TAG: &str = "bench";
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Benchmark Manta against docker-registry (distribution 2.8) on 127.0.0.1.
+///
+/// Without a subcommand, runs `registry` (the flags below are its flags).
 #[derive(Parser, Debug)]
-#[command(name = "manta-bench", version, about)]
+#[command(
+    name = "manta-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    registry: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Both as local registries: blob GETs, manifest GETs, uploads (the default).
+    Registry(Args),
+    /// Both as pull-through caches of a rate-limited upstream: cold, warm and concurrent pulls.
+    PullThrough(pullthrough::Args),
+}
+
+/// Flags of the `registry` benchmark.
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Size of the generated blob, in MiB.
     #[arg(long, env = "MANTA_BENCH_SIZE_MIB", default_value_t = 1024)]
@@ -72,11 +100,17 @@ struct Args {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let limit = Duration::from_secs(args.timeout_secs);
-    // Dropping `run` (on Ctrl-C or time-out) kills both servers and removes the temp dirs.
+    let cli = Cli::parse();
+    let (limit, bench): (u64, std::pin::Pin<Box<dyn std::future::Future<Output = _>>>) =
+        match cli.command {
+            None => (cli.registry.timeout_secs, Box::pin(run(cli.registry))),
+            Some(Command::Registry(a)) => (a.timeout_secs, Box::pin(run(a))),
+            Some(Command::PullThrough(a)) => (a.timeout_secs, Box::pin(pullthrough::run(a))),
+        };
+    let limit = Duration::from_secs(limit);
+    // Dropping the benchmark (on Ctrl-C or time-out) kills the servers and removes the temp dirs.
     tokio::select! {
-        r = tokio::time::timeout(limit, run(args)) => match r {
+        r = tokio::time::timeout(limit, bench) => match r {
             Ok(r) => r,
             Err(_) => anyhow::bail!("benchmark did not finish within {limit:?}"),
         },

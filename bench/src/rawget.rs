@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use sha2::{Digest as _, Sha256};
 
 use crate::client::Transfer;
 
@@ -48,6 +49,27 @@ fn parse_head(head: &[u8]) -> anyhow::Result<(u16, Option<u64>, bool)> {
 /// One GET of `url` (http://host:port/path) expecting 200 and exactly `expected` body bytes;
 /// timed from connect to the last byte. Blocking: run it on a blocking thread.
 pub fn get_count(url: &reqwest::Url, expected: u64) -> anyhow::Result<Transfer> {
+    get_inner(url, expected, None)
+}
+
+/// Like [`get_count`], but also hashes the body and fails unless its `sha256:` digest is
+/// `digest` (so a wrong byte fails the run).
+pub fn get_verify(url: &reqwest::Url, expected: u64, digest: &str) -> anyhow::Result<Transfer> {
+    let mut hasher = Sha256::new();
+    let t = get_inner(url, expected, Some(&mut hasher))?;
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    ensure!(
+        got == digest,
+        "GET {url}: {expected} bytes with digest {got}, expected {digest}"
+    );
+    Ok(t)
+}
+
+fn get_inner(
+    url: &reqwest::Url,
+    expected: u64,
+    mut hasher: Option<&mut Sha256>,
+) -> anyhow::Result<Transfer> {
     let host = url.host_str().context("URL without host")?;
     let port = url.port_or_known_default().context("URL without port")?;
     let mut target = url.path().to_owned();
@@ -94,12 +116,18 @@ pub fn get_count(url: &reqwest::Url, expected: u64) -> anyhow::Result<Transfer> 
         "GET {url}: Content-Length {len:?}, expected {expected}"
     );
     let mut got = (filled - head_end) as u64;
+    if let Some(h) = hasher.as_deref_mut() {
+        h.update(&buf[head_end..filled]);
+    }
     while got < expected {
         let n = sock.read(&mut buf)?;
         ensure!(
             n > 0,
             "GET {url}: connection closed after {got} of {expected} bytes"
         );
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
         got += n as u64;
     }
     let elapsed = start.elapsed();

@@ -101,10 +101,24 @@ fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
 
 /// `manta serve --listen 127.0.0.1:0 --data-dir <data_dir>`; waits for its "listening" line.
 pub fn start_manta(bin: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Server> {
+    start_manta_with_config(bin, data_dir, log, None)
+}
+
+/// [`start_manta`] with `--config <config>` when given.
+pub fn start_manta_with_config(
+    bin: &Path,
+    data_dir: &Path,
+    log: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<Server> {
     std::fs::create_dir_all(data_dir)?;
-    let child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let child = cmd
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -156,6 +170,17 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// `/usr/bin/docker-registry serve <config>` with filesystem storage under `root`.
 pub fn start_docker_registry(bin: &Path, root: &Path, log: &Path) -> anyhow::Result<Server> {
+    start_docker_registry_with_proxy(bin, root, log, None)
+}
+
+/// [`start_docker_registry`], in pull-through cache mode (`proxy: remoteurl:`) when
+/// `remote_url` is given.
+pub fn start_docker_registry_with_proxy(
+    bin: &Path,
+    root: &Path,
+    log: &Path,
+    remote_url: Option<&str>,
+) -> anyhow::Result<Server> {
     let storage = root.join("storage");
     std::fs::create_dir_all(&storage)?;
     let port = free_port()?;
@@ -164,8 +189,9 @@ pub fn start_docker_registry(bin: &Path, root: &Path, log: &Path) -> anyhow::Res
          log:\n  level: warn\n  accesslog:\n    disabled: true\n\
          storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
          cache:\n    blobdescriptor: inmemory\n\
-         http:\n  addr: 127.0.0.1:{port}\n",
-        storage.display()
+         http:\n  addr: 127.0.0.1:{port}\n{}",
+        storage.display(),
+        remote_url.map_or(String::new(), |u| format!("proxy:\n  remoteurl: {u}\n")),
     );
     let config_path = root.join("config.yml");
     std::fs::write(&config_path, config)?;
