@@ -3,5 +3,6 @@
 //! runs against any registry URL and reports pass/fail per case.
 
 pub mod oci;
+pub mod process;
 pub mod server;
 pub mod upstream_fixtures;

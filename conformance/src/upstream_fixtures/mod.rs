@@ -13,12 +13,11 @@ mod docker_registry;
 mod fake;
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
 pub use docker_registry::{AccessLogEntry, DockerRegistry};
@@ -110,50 +109,9 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Run `cmd` to completion within `timeout`; fail with its command line and output otherwise.
+/// Run `cmd` to completion within `timeout`; its stdout, or an error with everything it printed.
 pub(crate) fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<String> {
-    let mut line = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        line.push(' ');
-        line.push_str(&a.to_string_lossy());
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn `{line}`"))?;
-    let mut out = child.stdout.take().context("stdout pipe")?;
-    let mut err = child.stderr.take().context("stderr pipe")?;
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    match status {
-        Some(st) if st.success() => Ok(stdout),
-        Some(st) => bail!("`{line}` failed with {st}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"),
-        None => bail!("`{line}` did not finish within {timeout:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"),
-    }
+    crate::process::run_with_timeout(cmd, timeout).map(|o| o.stdout_str())
 }
 
 /// The `[upstream]` part of Manta's configuration file, as docs/upstream.md specifies it.

@@ -1,0 +1,88 @@
+//! Running the real clients (skopeo, umoci, ctr, docker-registry's tools) from tests: with a
+//! deadline, and failing with the command line and what it printed.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Captured result of a finished command.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Run `cmd` to completion within `timeout`; fail (with the command line, exit status, stdout
+/// and stderr) if it exits non-zero or overruns.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let line = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn `{line}`"))?;
+    let mut out_pipe = child.stdout.take().context("stdout pipe")?;
+    let mut err_pipe = child.stderr.take().context("stderr pipe")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    let shown = |v: &[u8]| {
+        let s = String::from_utf8_lossy(v);
+        // Progress bars can be long; keep the end, where errors are.
+        let chars: Vec<char> = s.chars().collect();
+        let start = chars.len().saturating_sub(6000);
+        chars[start..].iter().collect::<String>()
+    };
+    match status {
+        None => bail!(
+            "`{line}` did not finish within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            shown(&stdout),
+            shown(&stderr)
+        ),
+        Some(st) if !st.success() => bail!(
+            "`{line}` failed with {st}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            shown(&stdout),
+            shown(&stderr)
+        ),
+        Some(_) => Ok(Output { stdout, stderr }),
+    }
+}
