@@ -263,7 +263,6 @@ async fn manifest_inner(
                 st.metrics.lookup(ObjectKind::manifest, CacheResult::miss);
                 return manifest_response(&digest, rec, head);
             };
-            let cached = Some((cached_digest, cached_record));
             // Confirm the tag upstream with a HEAD: the manifest itself is only fetched when it changed.
             let confirmed = async {
                 let resp = target
@@ -285,22 +284,22 @@ async fn manifest_inner(
                     .map(str::to_string))
             }
             .await;
-            match (confirmed, cached) {
-                (Ok(Some(upstream_digest)), Some((d, rec))) if upstream_digest == d => {
+            match confirmed {
+                Ok(Some(upstream_digest)) if upstream_digest == cached_digest => {
                     let (r, t) = (repo.clone(), tag.clone());
                     st.store
                         .blocking(move |idx| idx.touch_tag(&r, &t, unix_now()))
                         .await?;
                     st.metrics.lookup(ObjectKind::manifest, CacheResult::hit);
-                    manifest_response(&d, rec, head)
+                    manifest_response(&cached_digest, cached_record, head)
                 }
-                (Err(e), Some((d, rec))) if e.is_unavailable() => {
+                Err(e) if e.is_unavailable() => {
                     tracing::warn!(upstream = %target.client.host, error = %e, "upstream unavailable; serving the cached tag (stale-if-error)");
                     st.metrics.lookup(ObjectKind::manifest, CacheResult::stale);
-                    manifest_response(&d, rec, head)
+                    manifest_response(&cached_digest, cached_record, head)
                 }
-                (Err(e), _) => Err(ApiError::upstream(Wanted::Manifest, e)),
-                (Ok(upstream_digest), _) => {
+                Err(e) => Err(ApiError::upstream(Wanted::Manifest, e)),
+                Ok(upstream_digest) => {
                     let expected = upstream_digest
                         .as_deref()
                         .and_then(|d| digest::parse(d).ok())
