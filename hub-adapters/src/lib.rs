@@ -11,6 +11,7 @@
 pub mod filter;
 pub mod forms;
 pub mod hf;
+mod http;
 pub mod ms;
 
 use std::time::Duration;

@@ -1,0 +1,243 @@
+//! File downloads: which bytes an answer carries, and a body that resumes with `Range` from
+//! the byte reached when the connection breaks.
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use reqwest::{Response, StatusCode, Url};
+
+use super::{backoff, header_text, Http, Missing};
+use crate::{Download, HubError};
+
+impl Http {
+    /// GET a file from byte `offset` on, as a body stream that resumes where it broke.
+    pub(crate) async fn download(
+        &self,
+        url: Url,
+        offset: u64,
+        subject: &str,
+    ) -> Result<Download, HubError> {
+        let range = (offset > 0).then_some(offset);
+        let resp = self
+            .execute(
+                &url,
+                range,
+                self.attempts,
+                Missing::Entry,
+                subject,
+                |r| async { Ok(r) },
+            )
+            .await?;
+        let window = Window::of(&resp, offset, subject)?;
+        let size = window.size;
+        let body = Body {
+            http: self.clone(),
+            url,
+            subject: subject.to_owned(),
+            size,
+            pos: offset,
+            skip: window.skip,
+            stream: resp.bytes_stream().boxed(),
+            failures: 0,
+            done: false,
+        };
+        let body = stream::unfold(
+            body,
+            |mut b| async move { b.next().await.map(|item| (item, b)) },
+        );
+        Ok(Download {
+            len: size - offset,
+            size,
+            body: body.boxed(),
+        })
+    }
+}
+
+/// Which bytes of the file an answer carries.
+struct Window {
+    /// The whole file's size.
+    size: u64,
+    /// Bytes to drop from the start of the body (a `200` to a ranged request).
+    skip: u64,
+}
+
+impl Window {
+    fn of(resp: &Response, offset: u64, subject: &str) -> Result<Window, HubError> {
+        let malformed = |what: &str| HubError::Malformed(format!("{subject}: {what}"));
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let range = header_text(resp.headers(), "content-range")
+                    .ok_or_else(|| malformed("206 without Content-Range"))?;
+                let (start, end, total) = parse_content_range(&range)
+                    .ok_or_else(|| malformed(&format!("bad Content-Range {range:?}")))?;
+                if start != offset {
+                    return Err(malformed(&format!(
+                        "asked for bytes from {offset}, got Content-Range {range:?}"
+                    )));
+                }
+                Ok(Window {
+                    size: total.unwrap_or(end + 1),
+                    skip: 0,
+                })
+            }
+            StatusCode::OK => {
+                let size = header_text(resp.headers(), "content-length")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| malformed("no Content-Length"))?;
+                if offset > size {
+                    return Err(HubError::Status {
+                        status: 416,
+                        message: format!("{subject}: offset {offset} is past the end ({size})"),
+                    });
+                }
+                Ok(Window { size, skip: offset })
+            }
+            other => Err(malformed(&format!(
+                "unexpected status {} for a file",
+                other.as_u16()
+            ))),
+        }
+    }
+}
+
+/// A download body that re-requests the rest of the file when the connection breaks.
+struct Body {
+    http: Http,
+    /// The request URL (before redirects: signed CDN URLs expire).
+    url: Url,
+    subject: String,
+    size: u64,
+    /// Absolute offset of the next byte to yield.
+    pos: u64,
+    skip: u64,
+    stream: BoxStream<'static, reqwest::Result<Bytes>>,
+    /// Resume attempts since the last byte arrived.
+    failures: u32,
+    done: bool,
+}
+
+impl Body {
+    async fn next(&mut self) -> Option<Result<Bytes, HubError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let mut cause = match self.stream.next().await {
+                Some(Ok(mut chunk)) => {
+                    if self.skip > 0 {
+                        let drop = self.skip.min(chunk.len() as u64);
+                        self.skip -= drop;
+                        chunk = chunk.slice(drop as usize..);
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    if chunk.len() as u64 > self.size - self.pos {
+                        self.done = true;
+                        return Some(Err(HubError::Malformed(format!(
+                            "{}: the hub sent more than the {} bytes it announced",
+                            self.subject, self.size
+                        ))));
+                    }
+                    self.pos += chunk.len() as u64;
+                    self.failures = 0;
+                    return Some(Ok(chunk));
+                }
+                None if self.pos == self.size && self.skip == 0 => {
+                    self.done = true;
+                    return None;
+                }
+                None => HubError::Malformed(format!(
+                    "{}: the body ended at byte {} of {}",
+                    self.subject, self.pos, self.size
+                )),
+                Some(Err(e)) => self.http.transport_error(e),
+            };
+            // Resume from the byte reached, within the retry budget.
+            loop {
+                if self.failures >= self.http.attempts {
+                    self.done = true;
+                    return Some(Err(cause));
+                }
+                self.failures += 1;
+                tracing::warn!(
+                    pos = self.pos,
+                    size = self.size,
+                    attempt = self.failures,
+                    error = %cause,
+                    "{}: download interrupted, resuming",
+                    self.subject
+                );
+                tokio::time::sleep(backoff(self.failures)).await;
+                match self.reopen().await {
+                    Ok(()) => break,
+                    Err(e) if e.is_unavailable() => cause = e,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reopen(&mut self) -> Result<(), HubError> {
+        let range = (self.pos > 0).then_some(self.pos);
+        let resp = self
+            .http
+            .execute(
+                &self.url,
+                range,
+                1,
+                Missing::Entry,
+                &self.subject,
+                |r| async { Ok(r) },
+            )
+            .await?;
+        let window = Window::of(&resp, self.pos, &self.subject)?;
+        if window.size != self.size {
+            return Err(HubError::Malformed(format!(
+                "{}: the file changed size while downloading ({} then {})",
+                self.subject, self.size, window.size
+            )));
+        }
+        self.skip = window.skip;
+        self.stream = resp.bytes_stream().boxed();
+        Ok(())
+    }
+}
+
+/// `bytes start-end/total` (total may be `*`).
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.trim().split_once('-')?;
+    let (start, end) = (
+        start.trim().parse::<u64>().ok()?,
+        end.trim().parse::<u64>().ok()?,
+    );
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse::<u64>().ok()?),
+    };
+    if end < start || total.is_some_and(|t| end >= t) {
+        return None;
+    }
+    Some((start, end, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, 99, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, 0, None)));
+        assert_eq!(parse_content_range("bytes 10-99/50"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+}
