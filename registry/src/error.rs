@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
+use manta_hub::HubError;
 
 /// What a request through an upstream was after, to name a 404 right.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +102,10 @@ impl ApiError {
                 Some(serde_json::json!({ "expected": expected, "actual": actual }))
             }
             ApiError::RangeNotSatisfiable { size } => Some(serde_json::json!({ "size": size })),
+            ApiError::Upstream { error, .. } => match &**error {
+                UpstreamError::Hub(h) => Some(serde_json::json!({ "hub": h.to_string() })),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -126,6 +131,27 @@ fn upstream_parts(wanted: Wanted, e: &UpstreamError) -> (StatusCode, &'static st
         UpstreamError::Connect(_)
         | UpstreamError::DigestMismatch { .. }
         | UpstreamError::Malformed(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+        UpstreamError::Hub(h) => hub_parts(wanted, h),
+    }
+}
+
+/// A hub's answer as an OCI error: a missing repo is an unknown name, a missing revision an
+/// unknown manifest, a gated repo unauthorized (no token) or denied (token not approved).
+fn hub_parts(wanted: Wanted, e: &HubError) -> (StatusCode, &'static str) {
+    match e {
+        HubError::RepoNotFound(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        HubError::RevisionNotFound(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        HubError::EntryNotFound(_) => match wanted {
+            Wanted::Manifest => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            Wanted::Blob => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        },
+        HubError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        HubError::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+        HubError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+        HubError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UNKNOWN"),
+        HubError::Status { .. } | HubError::Connect(_) | HubError::Malformed(_) => {
+            (StatusCode::BAD_GATEWAY, "UNKNOWN")
+        }
     }
 }
 

@@ -20,12 +20,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use oci_spec::image::Digest;
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use crate::digest;
 use crate::metrics::Metrics;
-use crate::store::{Origin, Store, StoreError};
+use crate::store::{Origin, RecipeRecord, Store, StoreError};
 use crate::upstream::UpstreamError;
 
 /// Followers read at most this much at a time.
@@ -77,6 +78,17 @@ impl Fetch {
     }
 }
 
+/// Also hash a blob as the content of an image-form tar layer while it streams (the layer's
+/// digest is then known the moment the blob is, without reading it again), and record the
+/// layer's recipe with the blob.
+#[derive(Clone, Debug)]
+pub struct TarHash {
+    /// The file's path in the layer.
+    pub path: String,
+    /// Tar headers before the content.
+    pub prefix: Vec<u8>,
+}
+
 /// The in-flight fetches of one agent.
 pub struct Fetcher {
     inflight: Mutex<HashMap<String, Arc<Fetch>>>,
@@ -100,6 +112,7 @@ impl Fetcher {
         digest: &Digest,
         repo: &str,
         idle: Duration,
+        tar: Option<TarHash>,
         open: F,
     ) -> (Arc<Fetch>, bool)
     where
@@ -119,7 +132,7 @@ impl Fetcher {
         drop(map);
         let (me, f, repo) = (self.clone(), fetch.clone(), repo.to_string());
         tokio::spawn(async move {
-            let outcome = me.lead(&f, &repo, idle, open).await;
+            let outcome = me.lead(&f, &repo, idle, tar, open).await;
             let state = match outcome {
                 Ok(size) => FetchState::Done { size },
                 Err(e) => {
@@ -136,11 +149,21 @@ impl Fetcher {
         (fetch, true)
     }
 
+    /// The fetch of `digest` in flight, if any.
+    pub fn get(&self, digest: &str) -> Option<Arc<Fetch>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
     async fn lead<F, Fut>(
         &self,
         fetch: &Fetch,
         repo: &str,
         idle: Duration,
+        tar: Option<TarHash>,
         open: F,
     ) -> Result<u64, UpstreamError>
     where
@@ -156,6 +179,11 @@ impl Fetcher {
             .await
             .map_err(store_err)?;
         let path = Arc::new(w.path().to_path_buf());
+        let mut tar_hasher = tar.as_ref().map(|t| {
+            let mut h = Sha256::new();
+            h.update(&t.prefix);
+            h
+        });
         fetch.state.send_replace(FetchState::Streaming {
             size,
             written: 0,
@@ -174,6 +202,9 @@ impl Fetcher {
                 )));
             }
             w.write(&chunk).await.map_err(store_err)?;
+            if let Some(h) = tar_hasher.as_mut() {
+                h.update(&chunk);
+            }
             self.metrics
                 .upstream_fetched_bytes
                 .inc_by(chunk.len() as u64);
@@ -211,7 +242,32 @@ impl Fetcher {
             .commit_blob(repo, blob, &fetch.digest, Origin::Upstream)
             .await
             .map_err(store_err)?;
+        if let (Some(t), Some(mut h)) = (tar, tar_hasher) {
+            finish_tar_hash(&mut h, size);
+            let tar_digest = format!("sha256:{}", hex::encode(h.finalize()));
+            let recipe = RecipeRecord {
+                version: 1,
+                raw: fetch.digest.to_string(),
+                size,
+                prefix: t.prefix,
+            };
+            self.store
+                .blocking(move |idx| idx.put_recipe(&tar_digest, &t.path, &recipe))
+                .await
+                .map_err(store_err)?;
+        }
         Ok(size)
+    }
+}
+
+/// Feed a tar hasher the zeros after `size` bytes of content: padding, then the end marker.
+pub fn finish_tar_hash(h: &mut Sha256, size: u64) {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut left = manta_hub::forms::tar_suffix_len(size);
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..n]);
+        left -= n as u64;
     }
 }
 

@@ -38,6 +38,11 @@ enum Command {
     /// Point containerd or CRI-O at Manta as a registry mirror (hosts.toml files or a
     /// registries.conf drop-in; --restore undoes it).
     MirrorConfig(manta_registry::mirror_config::Args),
+    /// Ask the agent to fetch a Hugging Face or ModelScope repo (hf://org/name[@revision]) into its
+    /// cache and follow the job; prints the OCI references it serves the repo as.
+    Prefetch(manta_registry::cli::PrefetchArgs),
+    /// List the hub repo revisions in the agent's cache.
+    Ls(manta_registry::cli::LsArgs),
 }
 
 #[derive(clap::Args)]
@@ -58,6 +63,34 @@ struct ServeArgs {
     /// Purge an upload session (and its bytes) after this many seconds without a chunk.
     #[arg(long, env = "MANTA_UPLOAD_TTL_SECS", default_value_t = 24 * 3600)]
     upload_ttl_secs: u64,
+    /// Hugging Face endpoint that `hf/…` and `hf-raw/…` repositories (and the /hf facade) fetch from.
+    #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
+    hf_endpoint: String,
+    /// Hugging Face token, for gated and private repos (never logged, never sent to another host).
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    hf_token: Option<String>,
+    /// ModelScope endpoint for `ms/…` and `ms-raw/…` repositories.
+    #[arg(
+        long,
+        env = "MODELSCOPE_ENDPOINT",
+        default_value = "https://www.modelscope.cn"
+    )]
+    ms_endpoint: String,
+    /// ModelScope token.
+    #[arg(long, env = "MODELSCOPE_API_TOKEN", hide_env_values = true)]
+    ms_token: Option<String>,
+    /// Seconds a branch's resolution to a commit is trusted before the hub is asked again (a
+    /// commit is never re-resolved).
+    #[arg(long, env = "MANTA_HUB_REVISION_TTL_SECS", default_value_t = 300)]
+    hub_revision_ttl_secs: u64,
+    /// Seconds a hub request may wait for an answer, or a download may stall.
+    #[arg(long, env = "MANTA_HUB_TIMEOUT_SECS", default_value_t = 30)]
+    hub_timeout_secs: u64,
+    /// Platforms the image form of a model is offered for, comma-separated (`linux/amd64,linux/arm64`).
+    /// One platform gives a manifest, several an index; give every node the same list so that
+    /// digests agree across the cluster [default: this node's platform].
+    #[arg(long, env = "MANTA_IMAGE_PLATFORMS", value_delimiter = ',')]
+    image_platforms: Vec<String>,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -111,7 +144,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(p) => manta_registry::upstream::FileConfig::load(p)?,
         None => Default::default(),
     };
+    let platforms = if args.image_platforms.is_empty() {
+        vec![manta_hub::forms::platform_of_host()]
+    } else {
+        args.image_platforms
+            .iter()
+            .map(|p| manta_hub::forms::parse_platform(p.trim()))
+            .collect::<Result<_, _>>()
+            .context("--image-platforms")?
+    };
+    let timeout = std::time::Duration::from_secs(args.hub_timeout_secs.max(1));
+    let hub = |endpoint: String, token: Option<String>| manta_hub::HubConfig {
+        endpoint: endpoint.trim_end_matches('/').to_string(),
+        token: token.filter(|t| !t.is_empty()),
+        timeout,
+        retries: 4,
+        user_agent: format!("manta/{}", env!("CARGO_PKG_VERSION")),
+    };
     let cfg = ServeConfig {
+        hubs: manta_registry::server::HubServeConfig {
+            hf: hub(args.hf_endpoint, args.hf_token),
+            ms: hub(args.ms_endpoint, args.ms_token),
+            settings: manta_registry::hub::HubSettings {
+                revision_ttl: std::time::Duration::from_secs(args.hub_revision_ttl_secs),
+                platforms,
+                idle: timeout,
+            },
+        },
         upstream: file.upstream,
         listen: args.listen,
         data_dir,
@@ -137,5 +196,13 @@ async fn main() -> anyhow::Result<()> {
         Command::MirrorConfig(args) => {
             manta_registry::mirror_config::run(args, &mut std::io::stdout()).map_err(Into::into)
         }
+        Command::Prefetch(args) => {
+            manta_registry::cli::prefetch(args, &mut std::io::stdout(), shutdown_signal())
+                .await
+                .map_err(Into::into)
+        }
+        Command::Ls(args) => manta_registry::cli::ls(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
     }
 }

@@ -18,6 +18,15 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub upstream: crate::upstream::UpstreamConfig,
+    pub hubs: HubServeConfig,
+}
+
+/// The model hubs the agent turns into OCI repositories.
+#[derive(Clone, Debug)]
+pub struct HubServeConfig {
+    pub hf: manta_hub::HubConfig,
+    pub ms: manta_hub::HubConfig,
+    pub settings: crate::hub::HubSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("configuring the model hubs: {0}")]
+    Hub(String),
     #[error("serving")]
     Serve(#[source] std::io::Error),
     #[error("flushing the index at shutdown")]
@@ -76,7 +87,16 @@ impl Server {
                 source,
             })?;
         let fetcher = crate::fetch::Fetcher::new(store.clone(), metrics.clone());
+        let hub_err = |e: manta_hub::HubError| ServeError::Hub(e.to_string());
+        let adapters: Vec<Arc<dyn manta_hub::HubAdapter>> = vec![
+            Arc::new(manta_hub::hf::HfAdapter::new(cfg.hubs.hf).map_err(hub_err)?),
+            Arc::new(manta_hub::ms::MsAdapter::new(cfg.hubs.ms).map_err(hub_err)?),
+        ];
+        let hubs =
+            crate::hub::Hubs::new(adapters, cfg.hubs.settings, store.clone(), fetcher.clone());
         let state = Arc::new(AppState {
+            hubs,
+            jobs: Default::default(),
             upstreams: Arc::new(crate::upstream::Upstreams::new(cfg.upstream)),
             fetcher,
             store,

@@ -8,9 +8,14 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::range::{self, RangeRequest};
 use super::{header_value, Head, Shared, DOCKER_CONTENT_DIGEST};
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::digest;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Wanted};
+use crate::fetch::{self, Fetch, FetchState};
 use crate::store::StoreError;
+use crate::upstream::UpstreamError;
 
 /// Read size for blob bodies: large enough for throughput, small enough that many concurrent
 /// streams stay within a few MiB.
@@ -93,6 +98,54 @@ pub(super) async fn serve_file(
         Body::empty()
     } else {
         file_body(st, digest, file, start, len).await?
+    };
+    blob_response(body, digest, status, start, len, size)
+}
+
+/// Serve a blob (GET, with `Range`) while a fetch brings it in: wait for its size, then follow
+/// the bytes as they arrive.
+pub(super) async fn serve_fetch(
+    st: &Shared,
+    f: &Arc<Fetch>,
+    digest: &Digest,
+    req: &Head,
+    idle: Duration,
+) -> ApiResult<Response> {
+    let up = |e: Arc<UpstreamError>| ApiError::upstream(Wanted::Blob, e);
+    let mut rx = f.subscribe();
+    let size = fetch::size_of(&mut rx, idle + Duration::from_secs(5))
+        .await
+        .map_err(up)?;
+    if size == 0 {
+        // Nothing to stream: answer once the (empty) content is verified.
+        let done = tokio::time::timeout(
+            idle,
+            rx.wait_for(|s| {
+                matches!(
+                    s,
+                    FetchState::Verified { .. } | FetchState::Done { .. } | FetchState::Failed(_)
+                )
+            }),
+        )
+        .await
+        .map_err(|_| up(Arc::new(UpstreamError::Timeout("blob"))))?
+        .map(|s| s.clone());
+        if let Ok(FetchState::Failed(e)) = done {
+            return Err(up(e));
+        }
+    }
+    let (status, start, len) = range_of(req, size)?;
+    st.metrics.blob_bytes_served.inc_by(len);
+    let body = if len == 0 {
+        Body::empty()
+    } else {
+        Body::from_stream(fetch::follow(
+            f,
+            st.store.files().blob_path(digest),
+            start,
+            start + len - 1,
+            idle,
+        ))
     };
     blob_response(body, digest, status, start, len, size)
 }

@@ -4,8 +4,11 @@
 //! parsing the *raw* path from its end (`…/manifests/<ref>`, `…/blobs/uploads/<id>`, …). Nothing
 //! is percent-decoded: a `%` can never be part of a valid name, tag or digest.
 
+mod admin;
 mod blobs;
 mod discovery;
+mod facade;
+mod hub;
 mod manifests;
 mod proxy;
 pub mod range;
@@ -51,6 +54,8 @@ pub struct AppState {
     pub store: Store,
     pub upstreams: Arc<Upstreams>,
     pub fetcher: Arc<Fetcher>,
+    pub hubs: Arc<crate::hub::Hubs>,
+    pub jobs: admin::Jobs,
     pub uploads: UploadSessions,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
@@ -69,6 +74,10 @@ pub fn router(state: Shared) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/manta/v1/prefetch", axum::routing::post(admin::start))
+        .route("/manta/v1/prefetch/{id}", get(admin::status))
+        .route("/manta/v1/cache", get(admin::cache))
+        .route("/hf/{*rest}", axum::routing::any(facade::dispatch))
         .route("/v2", axum::routing::any(dispatch))
         .route("/v2/", axum::routing::any(dispatch))
         .route("/v2/{*rest}", axum::routing::any(dispatch))
@@ -252,6 +261,26 @@ async fn handle(st: &Shared, route: Route<'_>, req: Req) -> ApiResult<Response> 
     };
     if let Some(name) = name {
         check_name(name)?;
+    }
+    // Model hub repositories: read-only views of a hub, built on demand.
+    if let Some(hn) = name.and_then(crate::hub::parse_name) {
+        return match (route, &req.head.method) {
+            (Route::Manifest { reference, .. }, &M::GET | &M::HEAD) => {
+                hub::manifest(st, hn, reference, &req.head).await
+            }
+            (Route::Blob { digest, .. }, &M::GET | &M::HEAD) => {
+                hub::blob(st, hn, digest, &req.head).await
+            }
+            (Route::Tags { name }, &M::GET | &M::HEAD) => {
+                discovery::tags(st, name, &req.head).await
+            }
+            (Route::Referrers { name, digest }, &M::GET | &M::HEAD) => {
+                discovery::referrers(st, name, digest, &req.head).await
+            }
+            _ => Err(ApiError::Unsupported(
+                "model hub repositories are read-only".into(),
+            )),
+        };
     }
     // Pull-through repositories: reads go to the cache and the upstream; nothing is written to them.
     let wanted = if matches!(

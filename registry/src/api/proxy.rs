@@ -12,12 +12,12 @@ use futures_util::StreamExt;
 use oci_spec::image::Digest;
 use reqwest::Method as UpMethod;
 
-use super::blobs::{blob_response, range_of, serve_file};
+use super::blobs::{blob_response, range_of, serve_fetch, serve_file};
 use super::manifests::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use super::{header_value, Head, Shared, DOCKER_CONTENT_DIGEST};
 use crate::digest;
 use crate::error::{ApiError, ApiResult, Wanted};
-use crate::fetch::{self, Download, FetchState};
+use crate::fetch::Download;
 use crate::metrics::{CacheResult, ObjectKind};
 use crate::names::{Reference, ReferenceError};
 use crate::store::{unix_now, ManifestPut, ManifestRecord};
@@ -39,7 +39,11 @@ fn with_ns(mut resp: Response, target: &Target) -> Response {
     resp
 }
 
-fn manifest_response(digest: &str, record: ManifestRecord, head: bool) -> ApiResult<Response> {
+pub(super) fn manifest_response(
+    digest: &str,
+    record: ManifestRecord,
+    head: bool,
+) -> ApiResult<Response> {
     let len = record.bytes.len();
     let mut resp = if head {
         Response::new(Body::empty())
@@ -397,7 +401,9 @@ async fn blob_inner(
         Ok(Download { size, body })
     };
     let idle = st.upstreams.timeout();
-    let (f, started) = st.fetcher.fetch(&digest, &target.cache_repo, idle, open);
+    let (f, started) = st
+        .fetcher
+        .fetch(&digest, &target.cache_repo, idle, None, open);
     st.metrics.lookup(
         ObjectKind::blob,
         if started {
@@ -406,40 +412,5 @@ async fn blob_inner(
             CacheResult::hit
         },
     );
-    let mut rx = f.subscribe();
-    let size = fetch::size_of(&mut rx, idle + std::time::Duration::from_secs(5))
-        .await
-        .map_err(|e| ApiError::upstream(Wanted::Blob, e))?;
-    if size == 0 {
-        // Nothing to stream: answer once the (empty) content is verified.
-        let done = tokio::time::timeout(
-            idle,
-            rx.wait_for(|s| {
-                matches!(
-                    s,
-                    FetchState::Verified { .. } | FetchState::Done { .. } | FetchState::Failed(_)
-                )
-            }),
-        )
-        .await
-        .map_err(|_| up(UpstreamError::Timeout("blob")))?
-        .map(|s| s.clone());
-        if let Ok(FetchState::Failed(e)) = done {
-            return Err(ApiError::upstream(Wanted::Blob, e));
-        }
-    }
-    let (status, start, len) = range_of(req, size)?;
-    st.metrics.blob_bytes_served.inc_by(len);
-    let body = if len == 0 {
-        Body::empty()
-    } else {
-        Body::from_stream(fetch::follow(
-            &f,
-            st.store.files().blob_path(&digest),
-            start,
-            start + len - 1,
-            idle,
-        ))
-    };
-    blob_response(body, &digest, status, start, len, size)
+    serve_fetch(st, &f, &digest, req, idle).await
 }

@@ -278,7 +278,6 @@ impl TempWriter {
         self.blob.len == 0
     }
 
-    /// Flush and fsync; the digest of everything written.
     /// Flush (no fsync) and return the digest of everything written: for a fetch that wants to
     /// tell its readers the bytes are verified before it pays for durability.
     pub async fn finish_unsynced(mut self) -> Result<(TempBlob, Digest)> {
@@ -290,6 +289,7 @@ impl TempWriter {
         Ok((self.blob, self.hasher.finish()))
     }
 
+    /// Flush and fsync; the digest of everything written.
     pub async fn finish(mut self) -> Result<(TempBlob, Digest)> {
         let path = self.blob.path.clone().unwrap_or_default();
         self.file

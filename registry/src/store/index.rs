@@ -13,7 +13,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     Pushed,
-    /// Fetched from an upstream registry: cache, may be evicted.
+    /// Fetched from an upstream registry, a model hub or a peer: cache, may be evicted.
     Upstream,
 }
 
@@ -51,6 +51,87 @@ pub struct UploadRecord {
     /// Unix seconds of the last chunk received (sessions idle past the upload TTL are purged).
     #[serde(default)]
     pub updated_at: u64,
+}
+
+/// One file of a hub revision as the cache knows it: every file has its sha256 (listed by the
+/// hub for LFS files, hashed on download for the rest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubFileRecord {
+    pub path: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+    /// Git blob id (Hugging Face), the facade's `ETag` for non-LFS files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<String>,
+    /// Stored in LFS on the hub (the facade's `ETag` is then the sha256).
+    #[serde(default)]
+    pub lfs: bool,
+}
+
+/// What a tag of a hub repository stands for: a revision (and subset) resolved to a commit,
+/// with the digests of the forms built from it. Keyed by hub, lowercase repo and tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubRevisionRecord {
+    #[serde(rename = "v")]
+    pub version: u8,
+    /// Canonical repo id.
+    pub repo: String,
+    /// The revision as asked of the hub (`main`, `refs/pr/1`, a commit).
+    pub revision: String,
+    pub filter: manta_hub::Filter,
+    pub commit: String,
+    /// The selected files, sorted by path.
+    pub files: Vec<HubFileRecord>,
+    /// Unix seconds of the last confirmation by the hub.
+    pub resolved_at: u64,
+    /// Digest of the raw-form manifest.
+    pub raw: String,
+    /// Digest of the image form's tagged manifest or index, once every layer is hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Where the bytes of a blob can be fetched from the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubSource {
+    pub hub: manta_hub::HubKind,
+    pub repo: String,
+    pub commit: String,
+    pub path: String,
+    pub size: u64,
+}
+
+/// An image-form tar layer that is never stored: `prefix` ++ the raw blob ++ zeros.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeRecord {
+    #[serde(rename = "v")]
+    pub version: u8,
+    /// `sha256:<hex>` of the file's content.
+    pub raw: String,
+    /// The file's size.
+    pub size: u64,
+    /// Tar headers before the content (hex in JSON).
+    #[serde(with = "hex_bytes")]
+    pub prefix: Vec<u8>,
+}
+
+impl RecipeRecord {
+    /// Size of the whole tar layer.
+    pub fn tar_len(&self) -> u64 {
+        self.prefix.len() as u64 + self.size + manta_hub::forms::tar_suffix_len(self.size)
+    }
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One manifest PUT, applied atomically.
@@ -106,6 +187,28 @@ pub trait Index: Send + Sync + 'static {
     fn delete_upload(&self, id: &str) -> Result<()>;
     fn for_each_upload(&self, f: &mut dyn FnMut(&str, &UploadRecord)) -> Result<()>;
 
+    /// The record of a hub repository's tag (`key` from [`hub_key`]).
+    fn hub_revision(&self, key: &str) -> Result<Option<HubRevisionRecord>>;
+    /// Store a tag's record and where each of its blobs can be fetched, atomically.
+    fn put_hub_revision(
+        &self,
+        key: &str,
+        record: &HubRevisionRecord,
+        sources: &[(String, HubSource)],
+    ) -> Result<()>;
+    fn for_each_hub_revision(&self, f: &mut dyn FnMut(&str, &HubRevisionRecord)) -> Result<()>;
+    fn hub_source(&self, digest: &str) -> Result<Option<HubSource>>;
+    /// The recipe of an image-form tar layer.
+    fn recipe(&self, tar_digest: &str) -> Result<Option<RecipeRecord>>;
+    /// The tar digest of `raw` laid out at `path`, once hashed.
+    fn recipe_for(&self, raw: &str, path: &str) -> Result<Option<String>>;
+    fn put_recipe(&self, tar_digest: &str, path: &str, recipe: &RecipeRecord) -> Result<()>;
+
     /// Flush memtables to disk (graceful shutdown).
     fn flush(&self) -> Result<()>;
+}
+
+/// The key of a hub tag's record: hub, lowercase repo, tag.
+pub fn hub_key(hub: manta_hub::HubKind, repo: &str, tag: &str) -> String {
+    format!("{}\0{}\0{}", hub.as_str(), repo.to_ascii_lowercase(), tag)
 }

@@ -17,7 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use oci_spec::image::Digest;
 
 pub use files::{BlobFiles, TempBlob};
-pub use index::{BlobRecord, Index, ManifestPut, ManifestRecord, Origin, UploadRecord};
+pub use index::{
+    hub_key, BlobRecord, HubFileRecord, HubRevisionRecord, HubSource, Index, ManifestPut,
+    ManifestRecord, Origin, RecipeRecord, UploadRecord,
+};
 pub use rocks::RocksIndex;
 
 /// Failures of the store. Callers map them to 500s; the detail goes to the log.

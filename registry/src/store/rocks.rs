@@ -10,6 +10,9 @@
 //! - `repos`: repo → ""
 //! - `uploads`: session id → [`UploadRecord`] (JSON)
 //! - `tag_resolved`: repo `\0` tag → Unix seconds (u64 BE) the pull-through tag was last confirmed upstream
+//! - `hub_revisions`: hub `\0` lowercase repo `\0` tag → [`HubRevisionRecord`] (JSON)
+//! - `hub_sources`: digest → [`HubSource`] (JSON): where a hub file's bytes come from
+//! - `layer_recipes`: `t\0` tar digest → [`RecipeRecord`] (JSON); `f\0` raw digest `\0` path → tar digest
 //!
 //! Compound updates are one `WriteBatch`: a crash leaves either all of a manifest PUT or none.
 
@@ -22,7 +25,10 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::index::{BlobRecord, Index, ManifestPut, ManifestRecord, Result, UploadRecord};
+use super::index::{
+    BlobRecord, HubRevisionRecord, HubSource, Index, ManifestPut, ManifestRecord, RecipeRecord,
+    Result, UploadRecord,
+};
 use super::StoreError;
 
 const CF_BLOBS: &str = "blobs";
@@ -34,7 +40,10 @@ const CF_REFERRERS: &str = "referrers";
 const CF_REPOS: &str = "repos";
 const CF_UPLOADS: &str = "uploads";
 const CF_TAG_RESOLVED: &str = "tag_resolved";
-const ALL_CFS: [&str; 9] = [
+const CF_HUB_REVISIONS: &str = "hub_revisions";
+const CF_HUB_SOURCES: &str = "hub_sources";
+const CF_LAYER_RECIPES: &str = "layer_recipes";
+const ALL_CFS: [&str; 12] = [
     CF_BLOBS,
     CF_BLOB_LINKS,
     CF_MANIFESTS,
@@ -44,6 +53,9 @@ const ALL_CFS: [&str; 9] = [
     CF_REPOS,
     CF_UPLOADS,
     CF_TAG_RESOLVED,
+    CF_HUB_REVISIONS,
+    CF_HUB_SOURCES,
+    CF_LAYER_RECIPES,
 ];
 
 const MANIFEST_RECORD_VERSION: u8 = 1;
@@ -418,6 +430,75 @@ impl Index for RocksIndex {
             f(id, &from_json("upload", &v)?);
         }
         Ok(())
+    }
+
+    fn hub_revision(&self, key: &str) -> Result<Option<HubRevisionRecord>> {
+        self.get(CF_HUB_REVISIONS, key.as_bytes())?
+            .map(|v| from_json("hub revision", &v))
+            .transpose()
+    }
+
+    fn put_hub_revision(
+        &self,
+        key: &str,
+        record: &HubRevisionRecord,
+        sources: &[(String, HubSource)],
+    ) -> Result<()> {
+        let mut b = WriteBatch::default();
+        for (digest, source) in sources {
+            b.put_cf(self.cf(CF_HUB_SOURCES)?, digest.as_bytes(), json(source)?);
+        }
+        b.put_cf(self.cf(CF_HUB_REVISIONS)?, key.as_bytes(), json(record)?);
+        self.write(b, true)
+    }
+
+    fn for_each_hub_revision(&self, f: &mut dyn FnMut(&str, &HubRevisionRecord)) -> Result<()> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_HUB_REVISIONS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            let key = std::str::from_utf8(&k)
+                .map_err(|_| StoreError::Corrupt("hub revision key not utf-8".into()))?;
+            f(key, &from_json("hub revision", &v)?);
+        }
+        Ok(())
+    }
+
+    fn hub_source(&self, digest: &str) -> Result<Option<HubSource>> {
+        self.get(CF_HUB_SOURCES, digest.as_bytes())?
+            .map(|v| from_json("hub source", &v))
+            .transpose()
+    }
+
+    fn recipe(&self, tar_digest: &str) -> Result<Option<RecipeRecord>> {
+        self.get(CF_LAYER_RECIPES, &key2("t", tar_digest))?
+            .map(|v| from_json("layer recipe", &v))
+            .transpose()
+    }
+
+    fn recipe_for(&self, raw: &str, path: &str) -> Result<Option<String>> {
+        self.get(CF_LAYER_RECIPES, &key3("f", raw, path))?
+            .map(|v| {
+                String::from_utf8(v)
+                    .map_err(|_| StoreError::Corrupt("recipe target not utf-8".into()))
+            })
+            .transpose()
+    }
+
+    fn put_recipe(&self, tar_digest: &str, path: &str, recipe: &RecipeRecord) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            self.cf(CF_LAYER_RECIPES)?,
+            key2("t", tar_digest),
+            json(recipe)?,
+        );
+        b.put_cf(
+            self.cf(CF_LAYER_RECIPES)?,
+            key3("f", &recipe.raw, path),
+            tar_digest.as_bytes(),
+        );
+        self.write(b, true)
     }
 
     fn flush(&self) -> Result<()> {

@@ -33,6 +33,9 @@ pub enum UpstreamError {
     DigestMismatch { expected: String },
     #[error("upstream sent a malformed response: {0}")]
     Malformed(String),
+    /// A model hub's answer, with the hub's own message.
+    #[error(transparent)]
+    Hub(#[from] manta_hub::HubError),
 }
 
 impl UpstreamError {

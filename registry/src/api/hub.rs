@@ -1,0 +1,164 @@
+//! `/v2/hf/…`, `/v2/hf-raw/…`, `/v2/ms/…`, `/v2/ms-raw/…`: model hub repositories, read-only.
+//!
+//! A manifest by tag resolves the revision (see [`crate::hub`]); by digest it is whatever the
+//! node built. A blob is a held file, an image-form tar layer (streamed from its recipe), or a
+//! hub file fetched on first use through the single-flight fetcher.
+
+use axum::body::Body;
+use axum::http::Method;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use oci_spec::image::Digest;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::blobs::{blob_response, range_of, serve_fetch, serve_file};
+use super::proxy::manifest_response;
+use super::{Head, Shared};
+use crate::digest;
+use crate::error::{ApiError, ApiResult, Wanted};
+use crate::fetch::{self, FetchError};
+use crate::hub::{self, Form, HubName};
+use crate::metrics::{CacheResult, ObjectKind};
+use crate::names::{Reference, ReferenceError};
+use crate::store::{RecipeRecord, StoreError};
+
+fn hub_error(wanted: Wanted, e: FetchError) -> ApiError {
+    ApiError::upstream(wanted, e)
+}
+
+pub(super) async fn manifest(
+    st: &Shared,
+    hn: HubName<'_>,
+    reference: &str,
+    req: &Head,
+) -> ApiResult<Response> {
+    let head = req.method == Method::HEAD;
+    let repo = hub::oci_repo(hn.hub, hn.form, hn.repo);
+    let digest = match Reference::parse(reference) {
+        Ok(Reference::Digest(d, _)) => d.to_string(),
+        Ok(Reference::Tag(tag)) => {
+            let rec = st
+                .hubs
+                .revision(hn.hub, hn.repo, &tag, hn.form, None)
+                .await
+                .map_err(|e| {
+                    st.metrics.upstream_error(ObjectKind::manifest);
+                    hub_error(Wanted::Manifest, e)
+                })?;
+            match hn.form {
+                Form::Raw => rec.raw,
+                Form::Image => rec.image.ok_or(ApiError::ManifestUnknown)?,
+            }
+        }
+        Err(ReferenceError::InvalidTag(_)) => return Err(ApiError::ManifestUnknown),
+        Err(ReferenceError::InvalidDigest(e)) => {
+            return Err(ApiError::DigestInvalid(e.to_string()))
+        }
+    };
+    if !st.store.index().manifest_linked(&repo, &digest)? {
+        return Err(ApiError::ManifestUnknown);
+    }
+    let record = st
+        .store
+        .index()
+        .manifest(&digest)?
+        .ok_or(ApiError::ManifestUnknown)?;
+    manifest_response(&digest, record, head)
+}
+
+pub(super) async fn blob(
+    st: &Shared,
+    hn: HubName<'_>,
+    digest_s: &str,
+    req: &Head,
+) -> ApiResult<Response> {
+    let (digest, _) =
+        digest::parse(digest_s).map_err(|e| ApiError::DigestInvalid(e.to_string()))?;
+    if hn.form == Form::Image && st.store.index().blob(digest.as_ref())?.is_none() {
+        if let Some(recipe) = st.store.index().recipe(digest.as_ref())? {
+            return serve_recipe(st, &digest, recipe, req).await;
+        }
+    }
+    file_blob(st, &digest, req).await
+}
+
+/// A hub file's blob: held, or fetched through the single-flight fetcher (HEAD answers from the
+/// file list without fetching).
+pub(super) async fn file_blob(st: &Shared, digest: &Digest, req: &Head) -> ApiResult<Response> {
+    if let Some((file, size)) = st.store.open_verified(digest).await? {
+        st.metrics.lookup(ObjectKind::blob, CacheResult::hit);
+        return serve_file(st, digest, file, size, req).await;
+    }
+    let up = |e| hub_error(Wanted::Blob, e);
+    let Some(size) = st.hubs.source_size(digest).map_err(up)? else {
+        return Err(ApiError::BlobUnknown);
+    };
+    if req.method == Method::HEAD {
+        let (status, start, len) = range_of(req, size)?;
+        return blob_response(Body::empty(), digest, status, start, len, size);
+    }
+    let f = st.hubs.fetch_blob(digest, None).map_err(up)?;
+    st.metrics.lookup(ObjectKind::blob, CacheResult::miss);
+    serve_fetch(st, &f, digest, req, st.hubs.settings().idle).await
+}
+
+/// An image-form tar layer: its headers, the raw blob's bytes (held, or streaming in), zeros.
+async fn serve_recipe(
+    st: &Shared,
+    digest: &Digest,
+    recipe: RecipeRecord,
+    req: &Head,
+) -> ApiResult<Response> {
+    let total = recipe.tar_len();
+    let (status, start, len) = range_of(req, total)?;
+    if req.method == Method::HEAD || len == 0 {
+        return blob_response(Body::empty(), digest, status, start, len, total);
+    }
+    let end = start + len; // exclusive
+    let plen = recipe.prefix.len() as u64;
+    let content_end = plen + recipe.size;
+    let mut parts: Vec<BoxStream<'static, std::io::Result<Bytes>>> = Vec::new();
+    if start < plen {
+        let b = Bytes::from(recipe.prefix[start as usize..end.min(plen) as usize].to_vec());
+        parts.push(futures_util::stream::once(async move { Ok(b) }).boxed());
+    }
+    let (cs, ce) = (start.max(plen), end.min(content_end));
+    if cs < ce {
+        let raw = digest::parse(&recipe.raw)
+            .map_err(|e| StoreError::Corrupt(format!("recipe of {digest}: {e}")))?
+            .0;
+        parts.push(raw_range(st, &raw, cs - plen, ce - plen).await?);
+    }
+    if end > content_end {
+        parts.push(hub::zeros(end - start.max(content_end)).boxed());
+    }
+    st.metrics.blob_bytes_served.inc_by(len);
+    let body = Body::from_stream(futures_util::stream::iter(parts).flatten());
+    blob_response(body, digest, status, start, len, total)
+}
+
+/// Bytes `start..end` of a raw blob: from disk when held, else following its fetch.
+pub(super) async fn raw_range(
+    st: &Shared,
+    raw: &Digest,
+    start: u64,
+    end: u64,
+) -> ApiResult<BoxStream<'static, std::io::Result<Bytes>>> {
+    if let Some((mut file, _)) = st.store.open_verified(raw).await? {
+        let path = st.store.files().blob_path(raw);
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(StoreError::io("seek", &path))?;
+        return Ok(
+            tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 << 10).boxed(),
+        );
+    }
+    let idle = st.hubs.settings().idle;
+    let f = st
+        .hubs
+        .fetch_blob(raw, None)
+        .map_err(|e| hub_error(Wanted::Blob, e))?;
+    Ok(fetch::follow(&f, st.store.files().blob_path(raw), start, end - 1, idle).boxed())
+}
