@@ -21,6 +21,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use manta_hub::forms::{self, ImageLayer, ModelMeta, Platform, RawFile};
 use manta_hub::{Filter, HubAdapter, HubError, HubKind};
 use oci_spec::image::Digest;
+use sha1::Sha1;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -337,7 +338,8 @@ impl Hubs {
                     let sha256 = match f.sha256 {
                         Some(s) => s.to_ascii_lowercase(),
                         None => {
-                            self.hash_file(&*adapter, &repo_id, &commit, &f.path, f.size, &raw_repo)
+                            let file = (f.path.as_str(), f.size, f.oid.as_deref());
+                            self.hash_file(&*adapter, &repo_id, &commit, file, &raw_repo)
                                 .await?
                         }
                     };
@@ -436,13 +438,14 @@ impl Hubs {
     }
 
     /// Download a file the hub lists without a sha256, hash it and keep it.
+    /// `file` is (path, size, git blob id): a listed git id is checked, so a hub cannot swap
+    /// the bytes of a file it lists without a sha256 either.
     async fn hash_file(
         &self,
         adapter: &dyn HubAdapter,
         repo: &str,
         commit: &str,
-        path: &str,
-        size: u64,
+        (path, size, oid): (&str, u64, Option<&str>),
         cache_repo: &str,
     ) -> Result<String, FetchError> {
         if size > MAX_HASHED_FILE {
@@ -461,6 +464,8 @@ impl Hubs {
             .await
             .map_err(store_err)?;
         let mut body = dl.body;
+        let mut git = Sha1::new();
+        git.update(format!("blob {size}\0").as_bytes());
         while let Some(chunk) = tokio::time::timeout(self.settings.idle, body.next())
             .await
             .map_err(|_| Arc::new(UpstreamError::Timeout("hub file body")))?
@@ -471,6 +476,7 @@ impl Hubs {
                     "{path}: longer than the listed {size} bytes"
                 ))));
             }
+            git.update(&chunk);
             w.write(&chunk).await.map_err(store_err)?;
         }
         if w.len() != size {
@@ -478,6 +484,13 @@ impl Hubs {
                 "{path}: {} bytes, the hub lists {size}",
                 w.len()
             ))));
+        }
+        if let Some(oid) = oid {
+            if !hex::encode(git.finalize()).eq_ignore_ascii_case(oid) {
+                return Err(Arc::new(UpstreamError::DigestMismatch {
+                    expected: format!("git blob {oid} of {path}"),
+                }));
+            }
         }
         let (blob, d) = w.finish().await.map_err(store_err)?;
         self.store
