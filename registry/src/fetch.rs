@@ -271,6 +271,20 @@ pub fn finish_tar_hash(h: &mut Sha256, size: u64) {
     }
 }
 
+/// Wait until the fetch is over: the blob is in the store, or the fetch failed.
+pub async fn wait_done(fetch: &Fetch) -> Result<(), FetchError> {
+    let mut rx = fetch.subscribe();
+    let state = rx
+        .wait_for(|s| matches!(s, FetchState::Done { .. } | FetchState::Failed(_)))
+        .await
+        .map_err(|_| Arc::new(UpstreamError::Malformed("fetch vanished".into())))?
+        .clone();
+    match state {
+        FetchState::Failed(e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Wait until the fetch knows the blob's size (or failed).
 pub async fn size_of(
     rx: &mut watch::Receiver<FetchState>,

@@ -27,7 +27,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::digest;
-use crate::fetch::{self, Download, Fetch, FetchError, FetchState, Fetcher, TarHash};
+use crate::fetch::{self, Download, Fetch, FetchError, Fetcher, TarHash};
 use crate::names;
 use crate::store::{
     hub_key, HubFileRecord, HubRevisionRecord, HubSource, ManifestPut, ManifestRecord, Origin,
@@ -630,16 +630,7 @@ impl Hubs {
                 path: f.path.clone(),
                 prefix: prefix.clone(),
             };
-            let fetch = self.fetch_blob(&raw_d, Some(tar))?;
-            let mut rx = fetch.subscribe();
-            let state = rx
-                .wait_for(|s| matches!(s, FetchState::Done { .. } | FetchState::Failed(_)))
-                .await
-                .map_err(|_| Arc::new(UpstreamError::Malformed("fetch vanished".into())))?
-                .clone();
-            if let FetchState::Failed(e) = state {
-                return Err(e);
-            }
+            fetch::wait_done(&*self.fetch_blob(&raw_d, Some(tar))?).await?;
             if let Some(layer) = self.known_layer(&raw, &f.path)? {
                 return Ok(layer);
             }

@@ -290,17 +290,7 @@ async fn prefetch(st: &Shared, job: &Job, spec: Spec) -> Result<(), FetchError> 
             {
                 return Ok(());
             }
-            let fetch = st.hubs.fetch_blob(&digest, None)?;
-            let mut rx = fetch.subscribe();
-            let state = rx
-                .wait_for(|s| matches!(s, FetchState::Done { .. } | FetchState::Failed(_)))
-                .await
-                .map_err(|_| Arc::new(UpstreamError::Malformed("fetch vanished".into())))?
-                .clone();
-            match state {
-                FetchState::Failed(e) => Err(e),
-                _ => Ok(()),
-            }
+            crate::fetch::wait_done(&*st.hubs.fetch_blob(&digest, None)?).await
         })
         .buffer_unordered(PARALLEL_FILES)
         .try_collect::<()>()
