@@ -16,22 +16,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use manta_hub::forms::{self, ImageLayer, ModelMeta, Platform, RawFile};
+use manta_hub::forms::{self, ModelMeta, Platform, RawFile};
 use manta_hub::{Filter, HubAdapter, HubError, HubKind};
 use oci_spec::image::Digest;
 use sha1::Sha1;
-use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt;
+use sha2::Digest as _;
 use tokio::sync::watch;
 
+mod image;
+
+pub use image::zeros;
+
 use crate::digest;
-use crate::fetch::{self, Download, Fetch, FetchError, Fetcher, TarHash};
+use crate::fetch::{Download, Fetch, FetchError, Fetcher, TarHash};
 use crate::names;
 use crate::store::{
     hub_key, HubFileRecord, HubRevisionRecord, HubSource, ManifestPut, ManifestRecord, Origin,
-    RecipeRecord, Store, StoreError,
+    Store, StoreError,
 };
 use crate::upstream::UpstreamError;
 
@@ -545,134 +547,6 @@ impl Hubs {
             .await
     }
 
-    /// Resolve (if needed), then hash every file as a tar layer and build the image form.
-    async fn build_image(
-        self: &Arc<Self>,
-        hub: HubKind,
-        repo: &str,
-        tag: &str,
-        spec: Option<Spec>,
-    ) -> Result<HubRevisionRecord, FetchError> {
-        let rec = self.revision(hub, repo, tag, Form::Raw, spec).await?;
-        if rec.image.is_some() {
-            return Ok(rec);
-        }
-        let layers: Vec<ImageLayer> = futures_util::stream::iter(rec.files.clone())
-            .map(|f| self.tar_layer(f))
-            .buffered(PARALLEL_FILES)
-            .try_collect()
-            .await?;
-        let meta = ModelMeta {
-            repo: rec.repo.clone(),
-            commit: rec.commit.clone(),
-        };
-        let form = forms::image_form(&meta, &layers, &self.settings.platforms)
-            .map_err(|e| Arc::new(UpstreamError::Malformed(e.to_string())))?;
-        let image_repo = oci_repo(hub, Form::Image, repo);
-        for c in &form.configs {
-            self.put_config(&image_repo, &c.bytes)
-                .await
-                .map_err(store_err)?;
-        }
-        if form.manifests.len() > 1 || form.manifests.first() != Some(&form.top) {
-            for m in &form.manifests {
-                self.put_manifest(&image_repo, m, None)
-                    .await
-                    .map_err(store_err)?;
-            }
-        }
-        self.put_manifest(&image_repo, &form.top, Some(tag))
-            .await
-            .map_err(store_err)?;
-        // Record the image form on the record of the commit it was built from (a branch that moved
-        // meanwhile keeps its new record).
-        let key = hub_key(hub, repo, tag);
-        let (top, commit) = (form.top.digest.clone(), rec.commit.clone());
-        let updated = self
-            .store
-            .blocking(move |idx| {
-                let Some(mut cur) = idx.hub_revision(&key)? else {
-                    return Ok(None);
-                };
-                if cur.commit != commit {
-                    return Ok(None);
-                }
-                cur.image = Some(top);
-                idx.put_hub_revision(&key, &cur, &[])?;
-                Ok(Some(cur))
-            })
-            .await
-            .map_err(store_err)?;
-        Ok(updated.unwrap_or(HubRevisionRecord {
-            image: Some(form.top.digest),
-            ..rec
-        }))
-    }
-
-    /// The tar layer of one file: its recipe when known, else hashed from the held blob or
-    /// while the blob streams in.
-    async fn tar_layer(&self, f: HubFileRecord) -> Result<ImageLayer, FetchError> {
-        let raw = format!("sha256:{}", f.sha256);
-        if let Some(layer) = self.known_layer(&raw, &f.path)? {
-            return Ok(layer);
-        }
-        let prefix = forms::tar_prefix(&f.path, f.size)
-            .map_err(|e| Arc::new(UpstreamError::Malformed(e.to_string())))?;
-        let raw_d = parse_digest(&raw)?;
-        if self
-            .store
-            .open_verified(&raw_d)
-            .await
-            .map_err(store_err)?
-            .is_none()
-        {
-            let tar = TarHash {
-                path: f.path.clone(),
-                prefix: prefix.clone(),
-            };
-            fetch::wait_done(&*self.fetch_blob(&raw_d, Some(tar))?).await?;
-            if let Some(layer) = self.known_layer(&raw, &f.path)? {
-                return Ok(layer);
-            }
-        }
-        // Held, or fetched by a request that did not hash the tar: hash it from disk.
-        let Some((file, size)) = self.store.open_verified(&raw_d).await.map_err(store_err)? else {
-            return Err(Arc::new(UpstreamError::Malformed(format!(
-                "{raw} vanished while building the image form"
-            ))));
-        };
-        let tar_digest = hash_tar(file, &prefix, size)
-            .await
-            .map_err(|e| Arc::new(UpstreamError::Malformed(format!("reading {raw}: {e}"))))?;
-        let recipe = RecipeRecord {
-            version: 1,
-            raw: raw.clone(),
-            size,
-            prefix,
-        };
-        let layer = ImageLayer {
-            digest: tar_digest.clone(),
-            size: recipe.tar_len(),
-        };
-        let path = f.path.clone();
-        self.store
-            .blocking(move |idx| idx.put_recipe(&tar_digest, &path, &recipe))
-            .await
-            .map_err(store_err)?;
-        Ok(layer)
-    }
-
-    fn known_layer(&self, raw: &str, path: &str) -> Result<Option<ImageLayer>, FetchError> {
-        let idx = self.store.index();
-        let Some(t) = idx.recipe_for(raw, path).map_err(store_err)? else {
-            return Ok(None);
-        };
-        Ok(idx.recipe(&t).map_err(store_err)?.map(|r| ImageLayer {
-            digest: t,
-            size: r.tar_len(),
-        }))
-    }
-
     /// Join (or start) the single-flight fetch of a hub file's blob.
     pub fn fetch_blob(
         &self,
@@ -746,41 +620,6 @@ fn parse_digest(s: &str) -> Result<Digest, FetchError> {
     digest::parse(s)
         .map(|(d, _)| d)
         .map_err(|e| Arc::new(UpstreamError::Malformed(format!("{s}: {e}"))))
-}
-
-/// sha256 of a tar layer: `prefix`, the file's `size` bytes, the zero suffix.
-pub async fn hash_tar(
-    mut file: tokio::fs::File,
-    prefix: &[u8],
-    size: u64,
-) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    h.update(prefix);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "blob shorter than its record",
-            ));
-        }
-        let n = (n as u64).min(left) as usize;
-        h.update(&buf[..n]);
-        left -= n as u64;
-    }
-    fetch::finish_tar_hash(&mut h, size);
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
-}
-
-/// Zero bytes, for a tar layer's suffix.
-pub fn zeros(len: u64) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
-    const CHUNK: u64 = 64 << 10;
-    futures_util::stream::iter((0..len.div_ceil(CHUNK)).map(move |i| {
-        let n = CHUNK.min(len - i * CHUNK) as usize;
-        Ok(Bytes::from(vec![0u8; n]))
-    }))
 }
 
 #[cfg(test)]
