@@ -111,13 +111,25 @@ pub fn start_manta_with_config(
     log: &Path,
     config: Option<&Path>,
 ) -> anyhow::Result<Server> {
+    let mut extra: Vec<&std::ffi::OsStr> = vec![];
+    if let Some(c) = config {
+        extra.extend(["--config".as_ref(), c.as_os_str()]);
+    }
+    start_manta_with_args(bin, data_dir, log, &extra)
+}
+
+/// [`start_manta`] with more `manta serve` arguments (`--hf-endpoint <url>`, …).
+pub fn start_manta_with_args(
+    bin: &Path,
+    data_dir: &Path,
+    log: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<Server> {
     std::fs::create_dir_all(data_dir)?;
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
+        .arg(data_dir)
+        .args(extra);
     let child = cmd
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

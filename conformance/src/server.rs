@@ -50,6 +50,16 @@ impl MantaServer {
         Ok(s)
     }
 
+    /// Start on a fresh temporary data directory with extra `manta serve` arguments
+    /// (`--hf-endpoint <url>`, …).
+    pub fn start_with_args(extra_args: &[&str]) -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path().join("data");
+        let mut s = Self::start_in(&data, extra_args)?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
     /// Start on `data_dir` (kept by the caller) with extra `manta serve` arguments.
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
         Self::spawn(&manta_bin()?, data_dir, extra_args)
