@@ -140,11 +140,13 @@ impl Fetcher {
                     FetchState::Failed(Arc::new(e))
                 }
             };
-            f.state.send_replace(state);
+            // Out of the map first: a request that comes after the outcome starts afresh (a
+            // retry after a failure; a store hit after success) instead of joining a dead fetch.
             me.inflight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(f.digest.as_ref());
+            f.state.send_replace(state);
         });
         (fetch, true)
     }

@@ -24,6 +24,8 @@ use manta_conformance::server::MantaServer;
 use sha2::{Digest as _, Sha256};
 
 pub mod containerd;
+pub mod hub;
+pub mod hub_agent;
 pub mod upstream;
 
 /// Default deadline for one client command: generous, but a stalled server fails the test

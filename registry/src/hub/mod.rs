@@ -326,7 +326,17 @@ impl Hubs {
             ))));
         }
         let raw_repo = oci_repo(hub, Form::Raw, repo);
-        // Files the hub lists without a sha256 are small: fetch and hash them now.
+        // Files the hub lists without a sha256 are small: fetch and hash them now, unless the
+        // same commit's whole record (another subset, or the commit's own tag) knows them.
+        let known: HashMap<String, String> = self
+            .store
+            .index()
+            .hub_revision(&hub_key(hub, repo, &resolved.commit))
+            .map_err(store_err)?
+            .filter(|c| c.commit == resolved.commit)
+            .map(|c| c.files.into_iter().map(|f| (f.path, f.sha256)).collect())
+            .unwrap_or_default();
+        let known = &known;
         let files: Vec<HubFileRecord> = futures_util::stream::iter(selected)
             .map(|f| {
                 let (adapter, repo_id, commit) = (
@@ -337,7 +347,7 @@ impl Hubs {
                 let raw_repo = raw_repo.clone();
                 async move {
                     let lfs = f.sha256.is_some();
-                    let sha256 = match f.sha256 {
+                    let sha256 = match f.sha256.or_else(|| known.get(&f.path).cloned()) {
                         Some(s) => s.to_ascii_lowercase(),
                         None => {
                             let file = (f.path.as_str(), f.size, f.oid.as_deref());
