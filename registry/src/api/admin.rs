@@ -79,7 +79,12 @@ struct JobStatus {
     state: JobState,
     record: Option<HubRevisionRecord>,
     error: Option<String>,
+    /// When the job ended; ended jobs are forgotten after [`KEEP_ENDED`].
+    ended: Option<std::time::Instant>,
 }
+
+/// How long an ended job stays readable.
+const KEEP_ENDED: std::time::Duration = std::time::Duration::from_secs(3600);
 
 struct Job {
     id: String,
@@ -91,7 +96,8 @@ struct Job {
     status: Mutex<JobStatus>,
 }
 
-/// The prefetch jobs of this agent (kept in memory: a restart forgets them, not their content).
+/// The prefetch jobs of this agent, in memory: a restart forgets them (not what they fetched),
+/// and an ended job is forgotten an hour after it ended.
 #[derive(Default)]
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
@@ -222,13 +228,17 @@ pub(super) async fn start(
                 state: JobState::Pending,
                 record: None,
                 error: None,
+                ended: None,
             }),
         });
-        st.jobs
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.id.clone(), job.clone());
+        {
+            let mut jobs = st.jobs.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.retain(|_, j| {
+                let s = j.status.lock().unwrap_or_else(|p| p.into_inner());
+                s.ended.is_none_or(|t| t.elapsed() < KEEP_ENDED)
+            });
+            jobs.insert(job.id.clone(), job.clone());
+        }
         let spec = Spec {
             revision,
             filter: req.filter,
@@ -247,12 +257,16 @@ async fn run(st: Shared, job: Arc<Job>, spec: Spec) {
     match outcome {
         Ok(()) => {
             tracing::info!(id = %job.id, repo = %job.repo, revision = %job.revision, "prefetch done");
-            job.set(|s| s.state = JobState::Succeeded);
+            job.set(|s| {
+                s.state = JobState::Succeeded;
+                s.ended = Some(std::time::Instant::now());
+            });
         }
         Err(e) => {
             tracing::warn!(id = %job.id, repo = %job.repo, revision = %job.revision, error = %e, "prefetch failed");
             job.set(|s| {
                 s.state = JobState::Failed;
+                s.ended = Some(std::time::Instant::now());
                 s.error = Some(e.to_string());
             });
         }
