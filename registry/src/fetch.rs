@@ -210,7 +210,11 @@ impl Fetcher {
             self.metrics
                 .upstream_fetched_bytes
                 .inc_by(chunk.len() as u64);
-            if w.len() - published >= PUBLISH_BYTES || last.elapsed() >= PUBLISH_EVERY {
+            // The first bytes go out at once (time to first byte); then in batches.
+            if published == 0
+                || w.len() - published >= PUBLISH_BYTES
+                || last.elapsed() >= PUBLISH_EVERY
+            {
                 w.flush().await.map_err(store_err)?;
                 published = w.len();
                 last = Instant::now();
@@ -234,16 +238,9 @@ impl Fetcher {
                 expected: fetch.digest.to_string(),
             });
         }
-        // Verified: followers may send the last byte now. Durability is the cache's business:
-        // the file is fsynced before it is installed and indexed, never indexed before.
-        fetch
-            .state
-            .send_replace(FetchState::Verified { size, path });
-        blob.sync().await.map_err(store_err)?;
-        self.store
-            .commit_blob(repo, blob, &fetch.digest, Origin::Upstream)
-            .await
-            .map_err(store_err)?;
+        // The layer recipe is content-addressed over verified bytes: record it now, so an image
+        // form waiting on it is built while the blob is made durable (a recipe whose raw blob is
+        // not held just fetches it again).
         if let (Some(t), Some(mut h)) = (tar, tar_hasher) {
             finish_tar_hash(&mut h, size);
             let tar_digest = format!("sha256:{}", hex::encode(h.finalize()));
@@ -258,6 +255,16 @@ impl Fetcher {
                 .await
                 .map_err(store_err)?;
         }
+        // Verified: followers may send the last byte now. Durability is the cache's business:
+        // the file is fsynced before it is installed and indexed, never indexed before.
+        fetch
+            .state
+            .send_replace(FetchState::Verified { size, path });
+        blob.sync().await.map_err(store_err)?;
+        self.store
+            .commit_blob(repo, blob, &fetch.digest, Origin::Upstream)
+            .await
+            .map_err(store_err)?;
         Ok(size)
     }
 }
@@ -275,9 +282,28 @@ pub fn finish_tar_hash(h: &mut Sha256, size: u64) {
 
 /// Wait until the fetch is over: the blob is in the store, or the fetch failed.
 pub async fn wait_done(fetch: &Fetch) -> Result<(), FetchError> {
+    wait_for(fetch, |s| {
+        matches!(s, FetchState::Done { .. } | FetchState::Failed(_))
+    })
+    .await
+}
+
+/// Wait until every byte is verified (and, with a [`TarHash`], the layer recipe recorded), or the
+/// fetch failed; durability and indexing may still be under way.
+pub async fn wait_verified(fetch: &Fetch) -> Result<(), FetchError> {
+    wait_for(fetch, |s| {
+        matches!(
+            s,
+            FetchState::Verified { .. } | FetchState::Done { .. } | FetchState::Failed(_)
+        )
+    })
+    .await
+}
+
+async fn wait_for(fetch: &Fetch, until: impl Fn(&FetchState) -> bool) -> Result<(), FetchError> {
     let mut rx = fetch.subscribe();
     let state = rx
-        .wait_for(|s| matches!(s, FetchState::Done { .. } | FetchState::Failed(_)))
+        .wait_for(until)
         .await
         .map_err(|_| Arc::new(UpstreamError::Malformed("fetch vanished".into())))?
         .clone();

@@ -101,10 +101,13 @@ impl Hubs {
                 path: f.path.clone(),
                 prefix: prefix.clone(),
             };
-            fetch::wait_done(&*self.fetch_blob(&raw_d, Some(tar))?).await?;
+            let fetch = self.fetch_blob(&raw_d, Some(tar))?;
+            fetch::wait_verified(&fetch).await?;
             if let Some(layer) = self.known_layer(&raw, &f.path)? {
                 return Ok(layer);
             }
+            // Joined a fetch that did not hash the tar: read the blob once it is in the store.
+            fetch::wait_done(&fetch).await?;
         }
         // Held, or fetched by a request that did not hash the tar: hash it from disk.
         let Some((file, size)) = self.store.open_verified(&raw_d).await.map_err(store_err)? else {
