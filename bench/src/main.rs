@@ -1,10 +1,12 @@
 //! `manta-bench`: Manta side by side with Debian's docker-registry on loopback, one markdown table.
 //! `manta-bench pull-through`: both as pull-through caches of a rate-limited upstream.
+//! `manta-bench hub`: Manta in front of a rate-limited local Hugging Face Hub.
 //!
 //! See bench/README.md for what is measured and how to read it.
 
 mod client;
 mod content;
+mod hub;
 mod pull;
 mod pullthrough;
 mod ratelimit;
@@ -53,6 +55,9 @@ enum Command {
     Registry(Args),
     /// Both as pull-through caches of a rate-limited upstream: cold, warm and concurrent pulls.
     PullThrough(pullthrough::Args),
+    /// Manta in front of a rate-limited local Hugging Face Hub: cold, warm and concurrent
+    /// `hf-raw` pulls and an image-form prefetch, against direct downloads.
+    Hub(hub::Args),
 }
 
 /// Flags of the `registry` benchmark.
@@ -106,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             None => (cli.registry.timeout_secs, Box::pin(run(cli.registry))),
             Some(Command::Registry(a)) => (a.timeout_secs, Box::pin(run(a))),
             Some(Command::PullThrough(a)) => (a.timeout_secs, Box::pin(pullthrough::run(a))),
+            Some(Command::Hub(a)) => (a.timeout_secs, Box::pin(hub::run(a))),
         };
     let limit = Duration::from_secs(limit);
     // Dropping the benchmark (on Ctrl-C or time-out) kills the servers and removes the temp dirs.
@@ -419,11 +425,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = writeln!(md, "- {n}");
     }
 
-    println!("{md}");
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    std::fs::write(&args.out, &md).with_context(|| format!("write {}", args.out.display()))?;
+    crate::report::publish(&md, &args.out)?;
     step(&format!("report written to {}", args.out.display()));
     drop(pair);
     drop(tmp);

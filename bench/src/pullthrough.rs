@@ -382,11 +382,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let md = report::render(
         &args, &manta_bin, &image, &direct, &ceiling, &manta, &docker,
     );
-    println!("{md}");
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    std::fs::write(&args.out, &md).with_context(|| format!("write {}", args.out.display()))?;
+    crate::report::publish(&md, &args.out)?;
     step(&format!("report written to {}", args.out.display()));
     drop(limiter);
     drop(upstream);

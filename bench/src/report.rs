@@ -1,12 +1,17 @@
-//! The markdown report: one table (Manta, docker-registry, ratio, goal) and the raw runs.
+//! The markdown report: one table (Manta, a peer — docker-registry unless told otherwise —,
+//! ratio, goal) and the raw runs.
 
 use std::fmt::Write as _;
 
 /// A goal on a row of the table.
 #[derive(Clone, Copy, Debug)]
 pub enum Goal {
-    /// Manta ÷ docker-registry at least this.
+    /// The ratio at least this.
     RatioAtLeast(f64),
+    /// The ratio at most this.
+    RatioAtMost(f64),
+    /// The ratio exactly this (for counts, such as bytes fetched ÷ bytes needed).
+    RatioExactly(f64),
     /// Manta's figure below this (in the row's unit).
     MantaBelow(f64),
     /// Reported, no goal.
@@ -19,8 +24,11 @@ pub struct Row {
     pub what: String,
     pub unit: &'static str,
     pub manta: f64,
+    /// The peer's figure (docker-registry's in the `registry` benchmark); NaN for none.
     pub docker: f64,
     pub goal: Goal,
+    /// The ratio is peer ÷ Manta (a speed-up from times) rather than Manta ÷ peer.
+    pub inverted: bool,
 }
 
 impl Row {
@@ -37,12 +45,24 @@ impl Row {
             manta,
             docker,
             goal,
+            inverted: false,
         }
     }
 
+    /// Show (and judge) peer ÷ Manta instead.
+    pub fn inverted(mut self) -> Self {
+        self.inverted = true;
+        self
+    }
+
     fn ratio(&self) -> f64 {
-        if self.docker > 0.0 {
-            self.manta / self.docker
+        let (a, b) = if self.inverted {
+            (self.docker, self.manta)
+        } else {
+            (self.manta, self.docker)
+        };
+        if b > 0.0 {
+            a / b
         } else {
             f64::NAN
         }
@@ -51,6 +71,8 @@ impl Row {
     fn goal_text(&self) -> String {
         match self.goal {
             Goal::RatioAtLeast(r) => format!("≥ {r:.1}×"),
+            Goal::RatioAtMost(r) => format!("≤ {r}×"),
+            Goal::RatioExactly(r) => format!("= {r:.1}×"),
             Goal::MantaBelow(v) => format!("Manta < {v:.0} {}", self.unit),
             Goal::None => "—".into(),
         }
@@ -59,6 +81,8 @@ impl Row {
     fn met(&self) -> &'static str {
         let ok = match self.goal {
             Goal::RatioAtLeast(r) => self.ratio() >= r,
+            Goal::RatioAtMost(r) => self.ratio() <= r,
+            Goal::RatioExactly(r) => self.ratio() == r,
             Goal::MantaBelow(v) => self.manta < v,
             Goal::None => return "",
         };
@@ -71,29 +95,52 @@ impl Row {
 }
 
 fn fmt_value(v: f64) -> String {
-    if v >= 100.0 {
+    if v.is_nan() {
+        "—".into()
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
     }
 }
 
-/// The table, in markdown.
+/// Prints the report on stdout and writes it to `out` (creating its directory).
+pub fn publish(md: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    println!("{md}");
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(out, md).with_context(|| format!("write {}", out.display()))
+}
+
+/// The table, in markdown, Manta against docker-registry.
 pub fn table(rows: &[Row]) -> String {
+    table_with(rows, "docker-registry", "Manta ÷ docker-registry")
+}
+
+/// The table with other headers for the peer's column and the ratio's.
+pub fn table_with(rows: &[Row], peer: &str, ratio: &str) -> String {
     let mut s = String::new();
-    s.push_str(
-        "| measure | unit | Manta | docker-registry | Manta ÷ docker-registry | goal | met |\n",
+    let _ = writeln!(
+        s,
+        "| measure | unit | Manta | {peer} | {ratio} | goal | met |"
     );
     s.push_str("| --- | --- | ---: | ---: | ---: | --- | --- |\n");
     for r in rows {
+        let ratio = r.ratio();
+        let ratio = if ratio.is_nan() {
+            "—".to_owned()
+        } else {
+            format!("{ratio:.2}×")
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.2}× | {} | {} |",
+            "| {} | {} | {} | {} | {ratio} | {} | {} |",
             r.what,
             r.unit,
             fmt_value(r.manta),
             fmt_value(r.docker),
-            r.ratio(),
             r.goal_text(),
             r.met()
         );
@@ -131,5 +178,37 @@ mod tests {
         );
         assert!(lines[4].ends_with("| 0.90× | ≥ 1.0× | **no** |"));
         assert!(lines[5].ends_with("| — |  |"));
+    }
+
+    #[test]
+    fn other_peers_inverted_and_exact_goals() {
+        let t = table_with(
+            &[
+                Row::new("warm", "s", 2.0, 30.0, Goal::RatioAtLeast(10.0)).inverted(),
+                Row::new("cold", "s", 21.0, 20.0, Goal::RatioAtMost(1.05)),
+                Row::new("bytes", "B", 4096.0, 4096.0, Goal::RatioExactly(1.0)),
+                Row::new("rss", "MiB", 40.0, f64::NAN, Goal::MantaBelow(128.0)),
+            ],
+            "peer",
+            "ratio",
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| measure | unit | Manta | peer | ratio | goal | met |"
+        );
+        assert_eq!(
+            lines[2],
+            "| warm | s | 2.0 | 30.0 | 15.00× | ≥ 10.0× | yes |"
+        );
+        assert_eq!(
+            lines[3],
+            "| cold | s | 21.0 | 20.0 | 1.05× | ≤ 1.05× | yes |"
+        );
+        assert!(lines[4].ends_with("| 1.00× | = 1.0× | yes |"));
+        assert_eq!(
+            lines[5],
+            "| rss | MiB | 40.0 | — | — | Manta < 128 MiB | yes |"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Resident-set-size tracking of the server processes: a thread polls `/proc/<pid>/status`
-//! (`VmRSS`) every 10 ms, and `VmHWM` (the kernel's own peak) is read around each phase.
+//! (`VmRSS`) every 10 ms, and `VmHWM` (the kernel's own peak) is read around each phase. Also
+//! the CPU time a process has used, to tell where a phase's cycles went.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,23 @@ fn parse_status_field(status: &str, field: &str) -> Option<u64> {
         let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
         Some(kb * 1024)
     })
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds (`/proc/<pid>/stat`, 100 ticks a
+/// second as on every Linux this runs on).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_seconds(&stat)
+}
+
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // After the command name (in parentheses, which may hold spaces) come the fields from
+    // `state` (field 3) on; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// Resets the kernel's peak RSS (`VmHWM`) of `pid` to its current RSS (`echo 5 > clear_refs`).
@@ -121,6 +139,13 @@ mod tests {
         assert_eq!(parse_status_field(s, "VmRSS"), Some(20480 * 1024));
         assert_eq!(parse_status_field(s, "VmHWM"), Some(51200 * 1024));
         assert_eq!(parse_status_field(s, "VmSwap"), None);
+    }
+
+    #[test]
+    fn parses_cpu_ticks() {
+        let stat = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 1 1";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
 
     #[test]
