@@ -124,7 +124,7 @@ impl HubError {
 }
 
 /// Connection settings shared by the adapters.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HubConfig {
     /// Base URL (`https://huggingface.co`, `https://www.modelscope.cn`), no trailing slash.
     pub endpoint: String,
@@ -136,6 +136,19 @@ pub struct HubConfig {
     pub retries: u32,
     /// `User-Agent` sent with every request.
     pub user_agent: String,
+}
+
+impl std::fmt::Debug for HubConfig {
+    /// The token is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubConfig")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
 }
 
 /// One model hub.
@@ -160,4 +173,23 @@ pub trait HubAdapter: Send + Sync + 'static {
         path: &str,
         offset: u64,
     ) -> Result<Download, HubError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_hides_the_token() {
+        let cfg = HubConfig {
+            endpoint: "https://huggingface.co".into(),
+            token: Some("hf_secret123".into()),
+            timeout: Duration::from_secs(1),
+            retries: 1,
+            user_agent: "t".into(),
+        };
+        let s = format!("{cfg:?}");
+        assert!(!s.contains("hf_secret123"), "{s}");
+        assert!(s.contains("<redacted>"));
+    }
 }
