@@ -393,3 +393,23 @@ pub(super) async fn cache(State(st): State<Shared>) -> Response {
         .collect();
     Json(serde_json::json!({ "revisions": revisions })).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_requests_parse_and_refuse_unknown_fields() {
+        let r: PrefetchRequest = serde_json::from_str(
+            r#"{"hub":"hf","repo":"a/B","revision":"main","allowPatterns":["*.json"],"forms":["raw"]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.filter.allow_patterns, vec!["*.json".to_string()]);
+        assert_eq!(r.forms, vec![Form::Raw]);
+        assert!(
+            serde_json::from_str::<PrefetchRequest>(r#"{"hub":"hf","repo":"a/b","bogus":1}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<PrefetchRequest>(r#"{"hub":"xx","repo":"a/b"}"#).is_err());
+    }
+}
