@@ -39,6 +39,9 @@ use crate::upstream::UpstreamError;
 
 /// Files fetched at once while building a revision's forms.
 const PARALLEL_FILES: usize = 4;
+/// While the hub is unreachable, a branch's last resolution is served this long before the hub
+/// is asked again.
+const STALE_RETRY_SECS: u64 = 30;
 /// Largest file hashed on the way to a raw manifest (non-LFS files are small on every hub).
 const MAX_HASHED_FILE: u64 = 1 << 30;
 
@@ -267,13 +270,23 @@ impl Hubs {
             Ok(r) => r,
             Err(e) => {
                 return match old {
-                    Some(r) if e.is_unavailable() => {
+                    Some(mut r) if e.is_unavailable() => {
                         tracing::warn!(hub = hub.as_str(), repo = %r.repo, %revision, commit = %r.commit, error = %e,
                             "hub unreachable; serving the last resolution of this revision");
+                        // Ask the hub again in a while, not on every request (a hung hub would
+                        // cost each one its timeouts).
+                        let ttl = self.settings.revision_ttl.as_secs();
+                        r.resolved_at = crate::store::unix_now().saturating_sub(ttl)
+                            + ttl.min(STALE_RETRY_SECS);
+                        let stored = r.clone();
+                        self.store
+                            .blocking(move |idx| idx.put_hub_revision(&key, &stored, &[]))
+                            .await
+                            .map_err(store_err)?;
                         Ok(r)
                     }
                     _ => Err(hub_err(e)),
-                }
+                };
             }
         };
         let now = crate::store::unix_now();
