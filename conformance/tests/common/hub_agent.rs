@@ -672,38 +672,7 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `python3` with `HF_ENDPOINT=endpoint` and a private `HF_HOME`; no token, proxy, offline or
-/// Xet setting from the caller's environment leaks in (Xet is left as installed: the facade
-/// must keep the client on HTTP by itself).
-pub fn python(endpoint: &str, home: &Path) -> Command {
-    let mut cmd = Command::new("python3");
-    for var in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_HUB_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-        "HF_HUB_DISABLE_XET",
-        "HF_HUB_ENABLE_HF_TRANSFER",
-        "HF_HUB_CACHE",
-        "HUGGINGFACE_HUB_CACHE",
-        "HF_XET_CACHE",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HF_ENDPOINT", endpoint)
-        .env("HF_HOME", home)
-        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost");
-    cmd
-}
+pub use manta_conformance::hub_fixture::hf_python as python;
 
 /// Run `hf_facade_client.py <mode>` with `config` against `endpoint`; its results.
 pub fn facade_client(endpoint: &str, home: &Path, mode: &str, config: &Value) -> Value {
