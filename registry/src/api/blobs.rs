@@ -66,22 +66,36 @@ pub(super) fn blob_response(
     Ok(resp)
 }
 
-/// A body of `len` bytes of an open blob file from `start`, read in bounded chunks.
-pub(super) async fn file_body(
+/// `len` bytes of an open blob file from `start`, read in bounded chunks.
+pub(super) async fn file_stream(
     st: &Shared,
     digest: &Digest,
     mut file: tokio::fs::File,
     start: u64,
     len: u64,
-) -> ApiResult<Body> {
+) -> ApiResult<tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>>> {
     if start > 0 {
         let path = st.store.files().blob_path(digest);
         file.seek(std::io::SeekFrom::Start(start))
             .await
             .map_err(StoreError::io("seek", &path))?;
     }
+    Ok(tokio_util::io::ReaderStream::with_capacity(
+        file.take(len),
+        READ_CHUNK,
+    ))
+}
+
+/// A body of `len` bytes of an open blob file from `start`.
+pub(super) async fn file_body(
+    st: &Shared,
+    digest: &Digest,
+    file: tokio::fs::File,
+    start: u64,
+    len: u64,
+) -> ApiResult<Body> {
+    let stream = file_stream(st, digest, file, start, len).await?;
     st.metrics.blob_bytes_served.inc_by(len);
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
     Ok(Body::from_stream(stream))
 }
 

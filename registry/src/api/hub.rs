@@ -11,22 +11,17 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use oci_spec::image::Digest;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::blobs::{blob_response, range_of, serve_fetch, serve_file};
+use super::blobs::{blob_response, file_stream, range_of, serve_fetch, serve_file};
 use super::proxy::manifest_response;
 use super::{Head, Shared};
 use crate::digest;
 use crate::error::{ApiError, ApiResult, Wanted};
-use crate::fetch::{self, FetchError};
+use crate::fetch;
 use crate::hub::{self, Form, HubName};
 use crate::metrics::{CacheResult, ObjectKind};
 use crate::names::{Reference, ReferenceError};
 use crate::store::{RecipeRecord, StoreError};
-
-fn hub_error(wanted: Wanted, e: FetchError) -> ApiError {
-    ApiError::upstream(wanted, e)
-}
 
 pub(super) async fn manifest(
     st: &Shared,
@@ -45,7 +40,7 @@ pub(super) async fn manifest(
                 .await
                 .map_err(|e| {
                     st.metrics.upstream_error(ObjectKind::manifest);
-                    hub_error(Wanted::Manifest, e)
+                    ApiError::upstream(Wanted::Manifest, e)
                 })?;
             match hn.form {
                 Form::Raw => rec.raw,
@@ -91,7 +86,7 @@ pub(super) async fn file_blob(st: &Shared, digest: &Digest, req: &Head) -> ApiRe
         st.metrics.lookup(ObjectKind::blob, CacheResult::hit);
         return serve_file(st, digest, file, size, req).await;
     }
-    let up = |e| hub_error(Wanted::Blob, e);
+    let up = |e| ApiError::upstream(Wanted::Blob, e);
     let Some(size) = st.hubs.source_size(digest).map_err(up)? else {
         return Err(ApiError::BlobUnknown);
     };
@@ -146,19 +141,15 @@ pub(super) async fn raw_range(
     start: u64,
     end: u64,
 ) -> ApiResult<BoxStream<'static, std::io::Result<Bytes>>> {
-    if let Some((mut file, _)) = st.store.open_verified(raw).await? {
-        let path = st.store.files().blob_path(raw);
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(StoreError::io("seek", &path))?;
-        return Ok(
-            tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 << 10).boxed(),
-        );
+    if let Some((file, _)) = st.store.open_verified(raw).await? {
+        return Ok(file_stream(st, raw, file, start, end - start)
+            .await?
+            .boxed());
     }
     let idle = st.hubs.settings().idle;
     let f = st
         .hubs
         .fetch_blob(raw, None)
-        .map_err(|e| hub_error(Wanted::Blob, e))?;
+        .map_err(|e| ApiError::upstream(Wanted::Blob, e))?;
     Ok(fetch::follow(&f, st.store.files().blob_path(raw), start, end - 1, idle).boxed())
 }
