@@ -54,6 +54,9 @@ pub enum ApiError {
     Unsupported(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request conflicts with the cache's state (removing pinned content).
+    #[error("{0}")]
+    Conflict(String),
     #[error("not found")]
     NotFound,
     #[error("{error}")]
@@ -61,7 +64,7 @@ pub enum ApiError {
         wanted: Wanted,
         error: Arc<UpstreamError>,
     },
-    #[error("internal storage error")]
+    #[error("{}", .0.client_message())]
     Store(#[from] StoreError),
 }
 
@@ -91,7 +94,9 @@ impl ApiError {
             UploadRangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             Unsupported(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Conflict(_) => (StatusCode::CONFLICT, "DENIED"),
             Upstream { wanted, error } => upstream_parts(*wanted, error),
+            Store(e) if e.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
@@ -132,6 +137,8 @@ fn upstream_parts(wanted: Wanted, e: &UpstreamError) -> (StatusCode, &'static st
         | UpstreamError::DigestMismatch { .. }
         | UpstreamError::Malformed(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
         UpstreamError::Hub(h) => hub_parts(wanted, h),
+        UpstreamError::Local(l) if l.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
+        UpstreamError::Local(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::digest;
 use crate::metrics::Metrics;
-use crate::store::{Origin, RecipeRecord, Store, StoreError};
+use crate::store::{Origin, RecipeRecord, Store};
 use crate::upstream::UpstreamError;
 
 /// Followers read at most this much at a time.
@@ -172,8 +172,12 @@ impl Fetcher {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Download, UpstreamError>>,
     {
-        let store_err = |e: StoreError| UpstreamError::Malformed(format!("local store: {e}"));
+        let store_err = UpstreamError::Local;
+        // Held against eviction from the first byte to the index (and by each reader after).
+        let _lease = self.store.lease(fetch.digest.as_ref());
         let Download { size, mut body } = open().await?;
+        // The whole size is promised before a byte is written: a blob that cannot fit fails now.
+        let _room = self.store.reserve(size).await.map_err(store_err)?;
         let mut w = self
             .store
             .files()

@@ -41,8 +41,24 @@ enum Command {
     /// Ask the agent to fetch a Hugging Face or ModelScope repo (hf://org/name[@revision]) into its
     /// cache and follow the job; prints the OCI references it serves the repo as.
     Prefetch(manta_registry::cli::PrefetchArgs),
-    /// List the hub repo revisions in the agent's cache.
+    /// Show the agent's cache: space used, hub repo revisions, and every entry eviction can remove
+    /// (size, last access, pins).
     Ls(manta_registry::cli::LsArgs),
+    /// Remove a repo revision, tag, manifest or blob from the agent's cache now (pinned ones are
+    /// refused); prints what was freed.
+    Rm(manta_registry::cli::RmArgs),
+    /// Evict the least recently used cache content now (down to the low watermark, or --free);
+    /// prints each evicted entry and the total freed.
+    Gc(manta_registry::cli::GcArgs),
+    /// List the pins: named targets the agent never evicts.
+    Pins(manta_registry::cli::PinsArgs),
+    /// Create or replace a pin on a hub repo (hf://org/name[@revision]) or a reference in the
+    /// agent's registry; it protects what is cached now and what is fetched later.
+    Pin(manta_registry::cli::PinArgs),
+    /// Remove a pin (--reclaim delete also removes what only it protected).
+    Unpin(manta_registry::cli::UnpinArgs),
+    /// Re-hash every blob in the agent's cache; exits with 1 if any is corrupt or missing.
+    Verify(manta_registry::cli::VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +107,28 @@ struct ServeArgs {
     /// digests agree across the cluster [default: this node's platform].
     #[arg(long, env = "MANTA_IMAGE_PLATFORMS", value_delimiter = ',')]
     image_platforms: Vec<String>,
+    /// Most the cache may hold: bytes (`500GiB`, `1.5TB`, `1073741824`) or a share of the
+    /// filesystem holding the data directory (`80%`). Pushed content counts, but is never evicted.
+    #[arg(long, env = "MANTA_CAPACITY", default_value = "90%")]
+    capacity: manta_registry::store::Capacity,
+    /// Background eviction starts when the cache holds more than this share of its capacity (%)...
+    #[arg(long, env = "MANTA_HIGH_WATERMARK", default_value_t = 85.0)]
+    high_watermark: f64,
+    /// ...and evicts least recently used content down to this share (%).
+    #[arg(long, env = "MANTA_LOW_WATERMARK", default_value_t = 70.0)]
+    low_watermark: f64,
+    /// Content used less than this many seconds ago is not evicted, so that a burst of new
+    /// models cannot churn the whole cache (a download that cannot fit then fails instead).
+    #[arg(long, env = "MANTA_EVICT_MIN_AGE_SECS", default_value_t = 300)]
+    evict_min_age_secs: u64,
+    /// Re-hash blobs on disk in the background at this many bytes per second (`50MiB`); 0: off.
+    /// `manta verify` checks everything at once, whatever this says.
+    #[arg(long, env = "MANTA_SCRUB_RATE", default_value = "0")]
+    scrub_rate: String,
+    /// Hash every whole-blob read on its way out and break the stream before its last byte if
+    /// the blob is corrupt on disk (ranged reads are not checked).
+    #[arg(long, env = "MANTA_VERIFY_READS", default_value_t = true, action = clap::ArgAction::Set)]
+    verify_reads: bool,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -161,7 +199,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retries: 4,
         user_agent: format!("manta/{}", env!("CARGO_PKG_VERSION")),
     };
+    for (flag, w) in [
+        ("--high-watermark", args.high_watermark),
+        ("--low-watermark", args.low_watermark),
+    ] {
+        anyhow::ensure!(w > 0.0 && w <= 100.0, "{flag} must be in (0, 100]");
+    }
+    anyhow::ensure!(
+        args.low_watermark <= args.high_watermark,
+        "--low-watermark must not exceed --high-watermark"
+    );
+    let scrub_rate = match args.scrub_rate.trim() {
+        "0" | "" => None,
+        r => Some(
+            manta_registry::store::space::parse_size(r)
+                .map_err(anyhow::Error::msg)
+                .context("--scrub-rate")?,
+        ),
+    };
     let cfg = ServeConfig {
+        cache: manta_registry::store::CacheOptions {
+            space: manta_registry::store::SpaceConfig {
+                capacity: args.capacity,
+                high_watermark: args.high_watermark / 100.0,
+                low_watermark: args.low_watermark / 100.0,
+            },
+            min_age_secs: args.evict_min_age_secs,
+            verify_reads: args.verify_reads,
+        },
+        scrub_rate,
         hubs: manta_registry::server::HubServeConfig {
             hf: hub(args.hf_endpoint, args.hf_token),
             ms: hub(args.ms_endpoint, args.ms_token),
@@ -202,6 +268,24 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(Into::into)
         }
         Command::Ls(args) => manta_registry::cli::ls(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
+        Command::Rm(args) => manta_registry::cli::rm(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
+        Command::Gc(args) => manta_registry::cli::gc(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
+        Command::Pins(args) => manta_registry::cli::pins(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
+        Command::Pin(args) => manta_registry::cli::pin(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
+        Command::Unpin(args) => manta_registry::cli::unpin(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
+        Command::Verify(args) => manta_registry::cli::verify(args, &mut std::io::stdout())
             .await
             .map_err(Into::into),
     }

@@ -108,11 +108,16 @@ pub struct Metrics {
     pub upstream_errors: Family<SourceLabels, Counter>,
     pub upstream_fetched_bytes: Counter,
     pub cache_served_bytes: Counter,
+    pub cache_capacity: Gauge,
+    pub cache_used: Gauge,
+    pub cache_reserved: Gauge,
+    pub cache_pinned: Gauge,
 }
 
 impl Metrics {
-    /// Register Manta's metrics in `registry` (which it then owns, to encode).
-    pub fn new(mut registry: Registry) -> Self {
+    /// Register Manta's metrics in `registry` (which it then owns, to encode), the cache's
+    /// lifecycle counters among them.
+    pub fn new(mut registry: Registry, cache: &crate::store::CacheStats) -> Self {
         let m = Self {
             registry: Registry::default(),
             requests: Family::default(),
@@ -124,7 +129,66 @@ impl Metrics {
             upstream_errors: Family::default(),
             upstream_fetched_bytes: Counter::default(),
             cache_served_bytes: Counter::default(),
+            cache_capacity: Gauge::default(),
+            cache_used: Gauge::default(),
+            cache_reserved: Gauge::default(),
+            cache_pinned: Gauge::default(),
         };
+        let gauges = [
+            (
+                "manta_cache_capacity_bytes",
+                "Most the cache may hold",
+                &m.cache_capacity,
+            ),
+            (
+                "manta_cache_used_bytes",
+                "Bytes of blobs in the store",
+                &m.cache_used,
+            ),
+            (
+                "manta_cache_reserved_bytes",
+                "Bytes promised to downloads and uploads in flight",
+                &m.cache_reserved,
+            ),
+            (
+                "manta_cache_pinned_bytes",
+                "Bytes of blobs held by pins (as of the last eviction plan)",
+                &m.cache_pinned,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            registry.register(name, help, g.clone());
+        }
+        let counters = [
+            ("manta_cache_evicted_bytes", "Blob bytes evicted", &cache.evicted_bytes),
+            ("manta_cache_evicted_blobs", "Blobs evicted", &cache.evicted_blobs),
+            (
+                "manta_cache_evicted_roots",
+                "Artifacts (hub revisions, tags, manifests, loose blobs) evicted or removed",
+                &cache.evicted_roots,
+            ),
+            ("manta_cache_eviction_runs", "Eviction runs that removed something", &cache.eviction_runs),
+            (
+                "manta_cache_reservations_refused",
+                "Downloads and uploads refused because they could not fit",
+                &cache.reservations_refused,
+            ),
+            ("manta_verify_blobs", "Blobs re-hashed by verification or scrub", &cache.verified_blobs),
+            ("manta_verify_bytes", "Bytes re-hashed by verification or scrub", &cache.verified_bytes),
+            (
+                "manta_verify_corrupt_blobs",
+                "Blobs found corrupt on disk (by verification, scrub or a verified read) and dropped",
+                &cache.corrupt_blobs,
+            ),
+            (
+                "manta_cache_missing_blobs",
+                "Indexed blobs found missing or short on disk",
+                &cache.missing_blobs,
+            ),
+        ];
+        for (name, help, c) in counters {
+            registry.register(name, help, c.clone());
+        }
         registry.register(
             "manta_cache_lookups",
             "Pull-through lookups by source kind, object kind and result (hit, miss, stale)",

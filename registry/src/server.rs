@@ -19,6 +19,9 @@ pub struct ServeConfig {
     pub limits: Limits,
     pub upstream: crate::upstream::UpstreamConfig,
     pub hubs: HubServeConfig,
+    pub cache: crate::store::CacheOptions,
+    /// Background scrub, bytes per second (`None`: off).
+    pub scrub_rate: Option<u64>,
 }
 
 /// The model hubs the agent turns into OCI repositories.
@@ -55,6 +58,7 @@ pub enum ServeError {
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    scrub_rate: Option<u64>,
 }
 
 impl Server {
@@ -63,8 +67,8 @@ impl Server {
         cfg: ServeConfig,
         registry: prometheus_client::registry::Registry,
     ) -> Result<Self, ServeError> {
-        let dir = cfg.data_dir.clone();
-        let (store, recovery) = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let (dir, cache) = (cfg.data_dir.clone(), cfg.cache.clone());
+        let (store, recovery) = tokio::task::spawn_blocking(move || Store::open_with(&dir, cache))
             .await
             .map_err(|e| ServeError::Store {
                 path: cfg.data_dir.clone(),
@@ -75,7 +79,7 @@ impl Server {
                 source,
             })?;
         tracing::info!(data_dir = %cfg.data_dir.display(), ?recovery, "store open");
-        let metrics = Arc::new(Metrics::new(registry));
+        let metrics = Arc::new(Metrics::new(registry, store.stats()));
         metrics.blobs_indexed.set(recovery.blobs_indexed as i64);
         metrics
             .recovered_orphans
@@ -105,7 +109,11 @@ impl Server {
             metrics,
             ready: AtomicBool::new(true),
         });
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            scrub_rate: cfg.scrub_rate,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -126,6 +134,10 @@ impl Server {
             },
         ));
         let purger = tokio::spawn(purge_uploads(state.clone()));
+        let upkeep = tokio::spawn(state.store.clone().upkeep());
+        let scrub = self
+            .scrub_rate
+            .map(|rate| tokio::spawn(state.store.clone().scrub(rate)));
         let flag = state.clone();
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
@@ -136,6 +148,11 @@ impl Server {
             .await
             .map_err(ServeError::Serve)?;
         purger.abort();
+        upkeep.abort();
+        state.store.close();
+        if let Some(s) = scrub {
+            s.abort();
+        }
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await

@@ -188,19 +188,11 @@ pub(super) async fn start(
     let result = async {
         let Json(req) =
             body.map_err(|e| ApiError::Unsupported(format!("prefetch request: {e}")))?;
-        let revision = req.revision.clone().unwrap_or_else(|| {
-            match req.hub {
-                HubKind::Hf => "main",
-                HubKind::Ms => "master",
-            }
-            .to_string()
-        });
-        let base = hub::tag_of_revision(&revision);
-        let tag = if req.filter.is_all() {
-            base
-        } else {
-            format!("{base}-{}", req.filter.fingerprint())
-        };
+        let revision = req
+            .revision
+            .clone()
+            .unwrap_or_else(|| hub::default_revision(req.hub).to_string());
+        let tag = hub::tag_of_request(&revision, &req.filter);
         let name = req.repo.to_ascii_lowercase();
         let forms = if req.forms.is_empty() {
             vec![Form::Raw, Form::Image]
@@ -391,7 +383,15 @@ pub(super) async fn cache(State(st): State<Shared>) -> Response {
             }
         })
         .collect();
-    Json(serde_json::json!({ "revisions": revisions })).into_response()
+    match super::lifecycle::entries(&st).await {
+        Ok((space, entries)) => Json(serde_json::json!({
+            "revisions": revisions,
+            "space": space,
+            "entries": entries,
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[cfg(test)]

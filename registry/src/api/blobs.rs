@@ -3,6 +3,9 @@
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use oci_spec::image::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -14,7 +17,7 @@ use std::time::Duration;
 use crate::digest;
 use crate::error::{ApiError, ApiResult, Wanted};
 use crate::fetch::{self, Fetch, FetchState};
-use crate::store::StoreError;
+use crate::store::{BlobFile, StoreError};
 use crate::upstream::UpstreamError;
 
 /// Read size for blob bodies: large enough for throughput, small enough that many concurrent
@@ -66,35 +69,94 @@ pub(super) fn blob_response(
     Ok(resp)
 }
 
-/// `len` bytes of an open blob file from `start`, read in bounded chunks.
+/// `len` bytes of an open blob file from `start`, read in bounded chunks; the stream holds the
+/// blob against eviction. A whole-blob read is hashed on its way out (with `verify_reads`) and
+/// its last chunk is withheld until the digest matches: a blob corrupted on disk breaks the
+/// stream (and is dropped from the cache) instead of reaching the client whole.
 pub(super) async fn file_stream(
     st: &Shared,
     digest: &Digest,
-    mut file: tokio::fs::File,
+    blob: BlobFile,
     start: u64,
     len: u64,
-) -> ApiResult<tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>>> {
+    size: u64,
+) -> ApiResult<BoxStream<'static, std::io::Result<Bytes>>> {
+    let BlobFile { mut file, lease } = blob;
     if start > 0 {
         let path = st.store.files().blob_path(digest);
         file.seek(std::io::SeekFrom::Start(start))
             .await
             .map_err(StoreError::io("seek", &path))?;
     }
-    Ok(tokio_util::io::ReaderStream::with_capacity(
-        file.take(len),
-        READ_CHUNK,
-    ))
+    let chunks = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+    if !(st.store.options().verify_reads && start == 0 && len == size) {
+        return Ok(chunks
+            .map(move |c| {
+                let _held = &lease;
+                c
+            })
+            .boxed());
+    }
+    let check = Verify {
+        hasher: Some(digest::Hasher::new(digest::algorithm_of(digest))),
+        digest: digest.clone(),
+        left: len,
+        store: st.store.clone(),
+        _lease: lease,
+    };
+    Ok(
+        futures_util::stream::unfold((chunks, check), |(mut chunks, mut check)| async move {
+            let item = match chunks.next().await? {
+                Ok(chunk) => check.pass(chunk).await,
+                Err(e) => Err(e),
+            };
+            Some((item, (chunks, check)))
+        })
+        .boxed(),
+    )
+}
+
+/// Hashes a whole blob as it is served; the last chunk goes out only if the digest matches.
+struct Verify {
+    hasher: Option<digest::Hasher>,
+    digest: Digest,
+    left: u64,
+    store: crate::store::Store,
+    _lease: crate::store::Lease,
+}
+
+impl Verify {
+    async fn pass(&mut self, chunk: Bytes) -> std::io::Result<Bytes> {
+        let Some(h) = self.hasher.as_mut() else {
+            return Ok(chunk);
+        };
+        h.update(&chunk);
+        self.left = self.left.saturating_sub(chunk.len() as u64);
+        if self.left > 0 {
+            return Ok(chunk);
+        }
+        let actual = self.hasher.take().map(|h| h.finish());
+        if actual.as_ref() == Some(&self.digest) {
+            return Ok(chunk);
+        }
+        self.store.report_corrupt(self.digest.as_ref()).await;
+        Err(std::io::Error::other(format!(
+            "blob {} is corrupt on disk; dropped from the cache",
+            self.digest
+        )))
+    }
 }
 
 /// A body of `len` bytes of an open blob file from `start`.
 pub(super) async fn file_body(
     st: &Shared,
     digest: &Digest,
-    file: tokio::fs::File,
+    blob: BlobFile,
     start: u64,
     len: u64,
+    size: u64,
 ) -> ApiResult<Body> {
-    let stream = file_stream(st, digest, file, start, len).await?;
+    let stream = file_stream(st, digest, blob, start, len, size).await?;
     st.metrics.blob_bytes_served.inc_by(len);
     Ok(Body::from_stream(stream))
 }
@@ -103,7 +165,7 @@ pub(super) async fn file_body(
 pub(super) async fn serve_file(
     st: &Shared,
     digest: &Digest,
-    file: tokio::fs::File,
+    blob: BlobFile,
     size: u64,
     req: &Head,
 ) -> ApiResult<Response> {
@@ -111,7 +173,7 @@ pub(super) async fn serve_file(
     let body = if req.method == Method::HEAD {
         Body::empty()
     } else {
-        file_body(st, digest, file, start, len).await?
+        file_body(st, digest, blob, start, len, size).await?
     };
     blob_response(body, digest, status, start, len, size)
 }
@@ -153,13 +215,20 @@ pub(super) async fn serve_fetch(
     let body = if len == 0 {
         Body::empty()
     } else {
-        Body::from_stream(fetch::follow(
-            f,
-            st.store.files().blob_path(digest),
-            start,
-            start + len - 1,
-            idle,
-        ))
+        let lease = st.store.lease(digest.as_ref());
+        Body::from_stream(
+            fetch::follow(
+                f,
+                st.store.files().blob_path(digest),
+                start,
+                start + len - 1,
+                idle,
+            )
+            .map(move |c| {
+                let _held = &lease;
+                c
+            }),
+        )
     };
     blob_response(body, digest, status, start, len, size)
 }

@@ -283,6 +283,8 @@ async fn record(st: &Shared, repo: &str, revision: &str) -> FResult<HubRevisionR
             format!("{revision}: names a subset of the repo here"),
         ));
     }
+    st.store
+        .touch(&crate::store::hub_key(HubKind::Hf, &name, &tag));
     Ok(rec)
 }
 

@@ -60,7 +60,7 @@ pub(super) async fn manifest(
         .index()
         .manifest(&digest)?
         .ok_or(ApiError::ManifestUnknown)?;
-    manifest_response(&digest, record, head)
+    manifest_response(st, &digest, record, head)
 }
 
 pub(super) async fn blob(
@@ -141,10 +141,8 @@ pub(super) async fn raw_range(
     start: u64,
     end: u64,
 ) -> ApiResult<BoxStream<'static, std::io::Result<Bytes>>> {
-    if let Some((file, _)) = st.store.open_verified(raw).await? {
-        return Ok(file_stream(st, raw, file, start, end - start)
-            .await?
-            .boxed());
+    if let Some((file, size)) = st.store.open_verified(raw).await? {
+        return file_stream(st, raw, file, start, end - start, size).await;
     }
     let idle = st.hubs.settings().idle;
     let f = st

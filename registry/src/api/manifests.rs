@@ -102,18 +102,7 @@ pub(super) async fn get(
     req: &Head,
 ) -> ApiResult<Response> {
     let (digest, record) = resolve(st, name, reference)?;
-    let len = record.bytes.len();
-    let mut resp = if req.method == Method::HEAD {
-        Response::new(Body::empty())
-    } else {
-        Response::new(Body::from(record.bytes))
-    };
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, header_value(&record.media_type)?);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(DOCKER_CONTENT_DIGEST, header_value(&digest)?);
-    h.insert(header::ETAG, header_value(&format!("\"{digest}\""))?);
-    Ok(resp)
+    super::proxy::manifest_response(st, &digest, record, req.method == Method::HEAD)
 }
 
 /// Read a body of at most `limit` bytes (413 beyond).
@@ -270,6 +259,7 @@ pub(super) async fn put(st: &Shared, name: &str, reference: &str, req: Req) -> A
         }
     };
     let record = ManifestRecord {
+        origin: crate::store::Origin::Pushed,
         media_type,
         subject: subject.clone(),
         bytes,

@@ -9,6 +9,7 @@ mod blobs;
 mod discovery;
 mod facade;
 mod hub;
+mod lifecycle;
 mod manifests;
 mod proxy;
 pub mod range;
@@ -77,6 +78,17 @@ pub fn router(state: Shared) -> Router {
         .route("/manta/v1/prefetch", axum::routing::post(admin::start))
         .route("/manta/v1/prefetch/{id}", get(admin::status))
         .route("/manta/v1/cache", get(admin::cache))
+        .route(
+            "/manta/v1/cache/{*reference}",
+            axum::routing::delete(lifecycle::remove),
+        )
+        .route("/manta/v1/pins", get(lifecycle::list_pins))
+        .route(
+            "/manta/v1/pins/{name}",
+            axum::routing::put(lifecycle::put_pin).delete(lifecycle::delete_pin),
+        )
+        .route("/manta/v1/gc", axum::routing::post(lifecycle::gc))
+        .route("/manta/v1/verify", axum::routing::post(lifecycle::verify))
         .route("/hf/{*rest}", axum::routing::any(facade::dispatch))
         .route("/v2", axum::routing::any(dispatch))
         .route("/v2/", axum::routing::any(dispatch))
@@ -88,8 +100,12 @@ async fn readyz(State(st): State<Shared>) -> Response {
     if !st.ready.load(std::sync::atomic::Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    match st.store.index().repo_exists("") {
-        Ok(_) => "ok".into_response(),
+    match st.store.index().health() {
+        Ok(crate::store::Health::Ok) => "ok".into_response(),
+        Ok(crate::store::Health::Degraded(why)) => {
+            tracing::error!(%why, "readiness: index degraded");
+            (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "readiness: index unavailable");
             (StatusCode::SERVICE_UNAVAILABLE, "index unavailable").into_response()
@@ -98,6 +114,17 @@ async fn readyz(State(st): State<Shared>) -> Response {
 }
 
 async fn metrics(State(st): State<Shared>) -> Response {
+    let space = st.store.space();
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    st.metrics.cache_capacity.set(gauge(space.capacity()));
+    st.metrics.cache_used.set(gauge(space.used()));
+    st.metrics.cache_reserved.set(gauge(space.reserved()));
+    st.metrics.cache_pinned.set(gauge(
+        st.store
+            .stats()
+            .pinned_bytes
+            .load(std::sync::atomic::Ordering::Acquire),
+    ));
     match st.metrics.encode() {
         Ok(text) => (
             [(

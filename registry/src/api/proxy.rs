@@ -39,11 +39,14 @@ fn with_ns(mut resp: Response, target: &Target) -> Response {
     resp
 }
 
+/// A manifest's response (GET or HEAD); serving it is a use of it (the LRU order).
 pub(super) fn manifest_response(
+    st: &Shared,
     digest: &str,
     record: ManifestRecord,
     head: bool,
 ) -> ApiResult<Response> {
+    st.store.touch(digest);
     let len = record.bytes.len();
     let mut resp = if head {
         Response::new(Body::empty())
@@ -155,6 +158,7 @@ async fn fetch_manifest(
     };
     let digest = actual.to_string();
     let record = ManifestRecord {
+        origin: crate::store::Origin::Upstream,
         media_type,
         subject: None,
         bytes,
@@ -177,6 +181,7 @@ async fn fetch_manifest(
             })
         })
         .await?;
+    st.store.touch(&digest);
     if record.media_type == OCI_INDEX || record.media_type == DOCKER_LIST {
         cache_children(st.clone(), target, &record.bytes);
     }
@@ -243,11 +248,11 @@ async fn manifest_inner(
         Ok(Reference::Digest(d, _)) => {
             if let Some(rec) = cached_manifest(st, repo, d.as_ref())? {
                 st.metrics.lookup(ObjectKind::manifest, CacheResult::hit);
-                return manifest_response(d.as_ref(), rec, head);
+                return manifest_response(st, d.as_ref(), rec, head);
             }
             let (digest, rec) = fetch_manifest(st, target, d.as_ref(), None, Some(&d)).await?;
             st.metrics.lookup(ObjectKind::manifest, CacheResult::miss);
-            manifest_response(&digest, rec, head)
+            manifest_response(st, &digest, rec, head)
         }
         Ok(Reference::Tag(tag)) => {
             let cached = match st.store.index().tag(repo, &tag)? {
@@ -258,14 +263,14 @@ async fn manifest_inner(
             if let Some((d, rec)) = &cached {
                 if unix_now().saturating_sub(resolved_at) < st.upstreams.tag_ttl().as_secs() {
                     st.metrics.lookup(ObjectKind::manifest, CacheResult::hit);
-                    return manifest_response(d, rec.clone(), head);
+                    return manifest_response(st, d, rec.clone(), head);
                 }
             }
             let Some((cached_digest, cached_record)) = cached else {
                 // Nothing to revalidate: one GET (whose error body, unlike a HEAD's, tells why).
                 let (digest, rec) = fetch_manifest(st, target, &tag, Some(&tag), None).await?;
                 st.metrics.lookup(ObjectKind::manifest, CacheResult::miss);
-                return manifest_response(&digest, rec, head);
+                return manifest_response(st, &digest, rec, head);
             };
             // Confirm the tag upstream with a HEAD: the manifest itself is only fetched when it changed.
             let confirmed = async {
@@ -295,12 +300,12 @@ async fn manifest_inner(
                         .blocking(move |idx| idx.touch_tag(&r, &t, unix_now()))
                         .await?;
                     st.metrics.lookup(ObjectKind::manifest, CacheResult::hit);
-                    manifest_response(&cached_digest, cached_record, head)
+                    manifest_response(st, &cached_digest, cached_record, head)
                 }
                 Err(e) if e.is_unavailable() => {
                     tracing::warn!(upstream = %target.client.host, error = %e, "upstream unavailable; serving the cached tag (stale-if-error)");
                     st.metrics.lookup(ObjectKind::manifest, CacheResult::stale);
-                    manifest_response(&cached_digest, cached_record, head)
+                    manifest_response(st, &cached_digest, cached_record, head)
                 }
                 Err(e) => Err(ApiError::upstream(Wanted::Manifest, e)),
                 Ok(upstream_digest) => {
@@ -315,7 +320,7 @@ async fn manifest_inner(
                     let (digest, rec) =
                         fetch_manifest(st, target, &by, Some(&tag), expected.as_ref()).await?;
                     st.metrics.lookup(ObjectKind::manifest, CacheResult::miss);
-                    manifest_response(&digest, rec, head)
+                    manifest_response(st, &digest, rec, head)
                 }
             }
         }

@@ -132,6 +132,7 @@ pub(super) async fn start(st: &Shared, name: &str, req: Req) -> ApiResult<Respon
     // Monolithic upload: POST ?digest= with the whole body.
     if let Some(d) = req.head.query.get("digest") {
         let (expected, alg) = parse_digest_param(d)?;
+        let _room = room_for_body(st, &req.head.headers).await?;
         let mut w = st.store.files().temp_writer(alg).await?;
         let mut stream = req.body.into_data_stream();
         while let Some(chunk) = stream.next().await {
@@ -264,6 +265,24 @@ async fn ensure_hasher(
 
 /// Append the request body at the session's offset. `Content-Range`, when present, must start
 /// at the offset (416 otherwise) and match the body's length.
+/// Reserve room for a body of announced length before receiving it, so an upload that cannot
+/// fit is refused (507) before its first byte, not when the disk is full. A body of unknown
+/// length is written unreserved; a full disk then fails its write, and nothing is indexed.
+async fn room_for_body(
+    st: &Shared,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Option<crate::store::Reservation>> {
+    let len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0);
+    match len {
+        Some(n) => Ok(Some(st.store.reserve(n).await?)),
+        None => Ok(None),
+    }
+}
+
 async fn append(st: &Shared, id: &Uuid, s: &mut Session, req: Req) -> ApiResult<()> {
     let content_range = match req.head.headers.get(header::CONTENT_RANGE) {
         None => None,
@@ -280,6 +299,7 @@ async fn append(st: &Shared, id: &Uuid, s: &mut Session, req: Req) -> ApiResult<
             )));
         }
     }
+    let _room = room_for_body(st, &req.head.headers).await?;
     let alg = s.record.algorithm;
     let mut hasher = ensure_hasher(st, id, s, alg).await?;
     let path = st.store.files().upload_path(id);

@@ -115,7 +115,7 @@ impl Hubs {
                 "{raw} vanished while building the image form"
             ))));
         };
-        let tar_digest = hash_tar(file, &prefix, size)
+        let tar_digest = hash_tar(file.file, &prefix, size)
             .await
             .map_err(|e| Arc::new(UpstreamError::Malformed(format!("reading {raw}: {e}"))))?;
         let recipe = RecipeRecord {

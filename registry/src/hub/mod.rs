@@ -84,6 +84,25 @@ pub fn oci_repo(hub: HubKind, form: Form, repo: &str) -> String {
 }
 
 /// The tag that names `revision` (tags cannot hold `/`: `refs/pr/1` is `refs-pr-1`).
+/// The revision a request that names none means.
+pub fn default_revision(hub: HubKind) -> &'static str {
+    match hub {
+        HubKind::Hf => "main",
+        HubKind::Ms => manta_hub::ms::DEFAULT_REVISION,
+    }
+}
+
+/// The tag a prefetch (or pin) of `revision` with `filter` is recorded under: the revision's own
+/// tag for the whole repo, `<tag>-<12 hex of the filter>` for a subset.
+pub fn tag_of_request(revision: &str, filter: &manta_hub::Filter) -> String {
+    let base = tag_of_revision(revision);
+    if filter.is_all() {
+        base
+    } else {
+        format!("{base}-{}", filter.fingerprint())
+    }
+}
+
 pub fn tag_of_revision(revision: &str) -> String {
     revision.replace('/', "-")
 }
@@ -123,7 +142,7 @@ pub struct Hubs {
 }
 
 fn store_err(e: StoreError) -> FetchError {
-    Arc::new(UpstreamError::Malformed(format!("local store: {e}")))
+    Arc::new(UpstreamError::Local(e))
 }
 
 fn hub_err(e: HubError) -> FetchError {
@@ -551,6 +570,7 @@ impl Hubs {
         tag: Option<&str>,
     ) -> crate::store::Result<()> {
         let record = ManifestRecord {
+            origin: Origin::Upstream,
             media_type: m.media_type.clone(),
             subject: None,
             bytes: m.bytes.clone(),
@@ -567,7 +587,9 @@ impl Hubs {
                     resolved_at: None,
                 })
             })
-            .await
+            .await?;
+        self.store.touch(&m.digest);
+        Ok(())
     }
 
     /// Join (or start) the single-flight fetch of a hub file's blob.

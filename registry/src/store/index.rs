@@ -34,7 +34,38 @@ pub struct ManifestRecord {
     pub media_type: String,
     /// Digest of the manifest's `subject`, when it has one.
     pub subject: Option<String>,
+    /// Pushed by a client (kept for good, with what it references), or cached from an upstream
+    /// or a hub (evictable). Records written before this field existed read as pushed.
+    pub origin: Origin,
     pub bytes: Vec<u8>,
+}
+
+/// What a pin holds: a hub revision (in the forms and subset a prefetch names), or an OCI
+/// reference (`<repo>:<tag>` or `<repo>@<digest>`) of this registry's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PinTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<manta_hub::HubKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(flatten)]
+    pub filter: manta_hub::Filter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// A named pin (the operator names them after the Torrent that asked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinRecord {
+    #[serde(rename = "v")]
+    pub version: u8,
+    pub target: PinTarget,
+    /// Unix seconds.
+    pub created_at: u64,
 }
 
 /// An upload session in progress. Its bytes are in `tmp/uploads/<id>`.
@@ -146,13 +177,22 @@ pub struct ManifestPut<'a> {
     pub resolved_at: Option<u64>,
 }
 
+/// The index's health, for `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// The database stopped accepting writes (a background error: a full disk, an I/O error).
+    Degraded(String),
+}
+
 /// The index of the content store. Methods block (they are quick reads, or writes that may
 /// fsync); callers on an async runtime run writes on the blocking pool.
 pub trait Index: Send + Sync + 'static {
     fn blob(&self, digest: &str) -> Result<Option<BlobRecord>>;
     fn blob_linked(&self, repo: &str, digest: &str) -> Result<bool>;
-    /// Record a verified blob (if new) and link it into `repo`, atomically.
-    fn put_blob(&self, repo: &str, digest: &str, record: &BlobRecord) -> Result<()>;
+    /// Record a verified blob (if new) and link it into `repo`, atomically. True if the record
+    /// is new.
+    fn put_blob(&self, repo: &str, digest: &str, record: &BlobRecord) -> Result<bool>;
     /// Link an existing blob into `repo` (cross-repository mount).
     fn link_blob(&self, repo: &str, digest: &str) -> Result<()>;
     /// Remove `repo`'s link; returns how many links remain, or `None` if there was no link.
@@ -163,6 +203,10 @@ pub trait Index: Send + Sync + 'static {
     fn for_each_blob(&self, f: &mut dyn FnMut(&str, &BlobRecord)) -> Result<()>;
 
     fn manifest(&self, digest: &str) -> Result<Option<ManifestRecord>>;
+    /// Every manifest record (garbage collection).
+    fn for_each_manifest(&self, f: &mut dyn FnMut(&str, &ManifestRecord)) -> Result<()>;
+    /// The repositories a manifest is linked into.
+    fn manifest_repos(&self, digest: &str) -> Result<Vec<String>>;
     fn manifest_linked(&self, repo: &str, digest: &str) -> Result<bool>;
     fn put_manifest(&self, put: &ManifestPut<'_>) -> Result<()>;
     /// Unlink a manifest from `repo` with its tags and referrer entry there; the record goes
@@ -173,6 +217,8 @@ pub trait Index: Send + Sync + 'static {
     /// Tags of `repo` in lexical order, strictly after `after`, at most `limit`.
     fn tags(&self, repo: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
     fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool>;
+    /// Every tag: repository, tag, target digest.
+    fn for_each_tag(&self, f: &mut dyn FnMut(&str, &str, &str)) -> Result<()>;
     /// When a pull-through tag was last resolved upstream (Unix seconds).
     fn tag_resolved_at(&self, repo: &str, tag: &str) -> Result<Option<u64>>;
     /// Record that a pull-through tag was just confirmed upstream.
@@ -197,12 +243,28 @@ pub trait Index: Send + Sync + 'static {
         sources: &[(String, HubSource)],
     ) -> Result<()>;
     fn for_each_hub_revision(&self, f: &mut dyn FnMut(&str, &HubRevisionRecord)) -> Result<()>;
+    fn delete_hub_revision(&self, key: &str) -> Result<()>;
     fn hub_source(&self, digest: &str) -> Result<Option<HubSource>>;
     /// The recipe of an image-form tar layer.
     fn recipe(&self, tar_digest: &str) -> Result<Option<RecipeRecord>>;
     /// The tar digest of `raw` laid out at `path`, once hashed.
     fn recipe_for(&self, raw: &str, path: &str) -> Result<Option<String>>;
     fn put_recipe(&self, tar_digest: &str, path: &str, recipe: &RecipeRecord) -> Result<()>;
+
+    /// Last-access times (Unix milliseconds) of blobs, manifests and hub records, by key. Not synced:
+    /// a crash loses at most the last few seconds of recency.
+    fn put_access(&self, entries: &[(String, u64)]) -> Result<()>;
+    fn for_each_access(&self, f: &mut dyn FnMut(&str, u64)) -> Result<()>;
+    fn delete_access(&self, keys: &[String]) -> Result<()>;
+
+    fn pin(&self, name: &str) -> Result<Option<PinRecord>>;
+    fn put_pin(&self, name: &str, record: &PinRecord) -> Result<()>;
+    /// False if there was no such pin.
+    fn delete_pin(&self, name: &str) -> Result<bool>;
+    fn pins(&self) -> Result<Vec<(String, PinRecord)>>;
+
+    /// Whether the database still accepts writes.
+    fn health(&self) -> Result<Health>;
 
     /// Flush memtables to disk (graceful shutdown).
     fn flush(&self) -> Result<()>;

@@ -7,8 +7,12 @@
 //! start-up); after, a complete blob. Start-up also drops records whose file is gone or short.
 
 mod files;
+pub mod gc;
 pub mod index;
 mod rocks;
+pub mod space;
+pub mod usage;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,11 +21,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use oci_spec::image::Digest;
 
 pub use files::{BlobFiles, TempBlob};
+pub use gc::{Protection, Root};
 pub use index::{
-    hub_key, BlobRecord, HubFileRecord, HubRevisionRecord, HubSource, Index, ManifestPut,
-    ManifestRecord, Origin, RecipeRecord, UploadRecord,
+    hub_key, BlobRecord, Health, HubFileRecord, HubRevisionRecord, HubSource, Index, ManifestPut,
+    ManifestRecord, Origin, PinRecord, PinTarget, RecipeRecord, UploadRecord,
 };
 pub use rocks::RocksIndex;
+pub use space::{Capacity, Reservation, Space, SpaceConfig};
+pub use usage::{AccessLog, Lease, Leases};
+pub use verify::VerifyReport;
 
 /// Failures of the store. Callers map them to 500s; the detail goes to the log.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("blocking task failed")]
     Join(#[source] tokio::task::JoinError),
+    #[error("insufficient storage: {needed} bytes do not fit (capacity {capacity}, used {used}, reserved {reserved}, and nothing more may be evicted)")]
+    NoSpace {
+        needed: u64,
+        capacity: u64,
+        used: u64,
+        reserved: u64,
+    },
 }
 
 impl StoreError {
@@ -54,7 +69,39 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The disk (or the cache's capacity) is full: the client gets a 507, not a 500.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::NoSpace { .. } => true,
+            StoreError::Io { source, .. } => {
+                source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+                    || source.kind() == std::io::ErrorKind::StorageFull
+            }
+            StoreError::Db(e) => e.to_string().contains("No space left"),
+            _ => false,
+        }
+    }
+
+    /// What a client is told (paths and database details stay in the log).
+    pub fn client_message(&self) -> String {
+        match self {
+            StoreError::NoSpace { .. } => self.to_string(),
+            _ if self.is_no_space() => "insufficient storage: the disk is full".into(),
+            _ => "internal storage error".into(),
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Unix milliseconds (last-use times: a burst of pulls within one second still has an order).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -71,12 +118,59 @@ impl DigestLocks {
         Self((0..256).map(|_| tokio::sync::Mutex::new(())).collect())
     }
 
-    async fn lock(&self, digest: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
-        let b = digest.digest().as_bytes();
+    fn stripe(&self, hex: &str) -> &tokio::sync::Mutex<()> {
+        let b = hex.as_bytes();
         let i = b.first().copied().unwrap_or(0) as usize
             ^ ((b.get(1).copied().unwrap_or(0) as usize) << 1);
-        self.0[i % self.0.len()].lock().await
+        &self.0[i % self.0.len()]
     }
+
+    async fn lock(&self, digest: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
+        self.stripe(digest.digest()).lock().await
+    }
+
+    /// From a blocking thread (eviction, verification).
+    fn lock_blocking(&self, digest: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let hex = digest.split_once(':').map(|(_, h)| h).unwrap_or(digest);
+        self.stripe(hex).blocking_lock()
+    }
+}
+
+/// How the cache manages its space.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheOptions {
+    pub space: SpaceConfig,
+    /// A root used less than this long ago is not evicted (so a burst of new models cannot
+    /// churn the whole cache).
+    pub min_age_secs: u64,
+    /// Hash every whole-blob read on its way out and withhold the last byte until it matches.
+    pub verify_reads: bool,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            space: SpaceConfig::default(),
+            min_age_secs: 300,
+            verify_reads: true,
+        }
+    }
+}
+
+/// Counters of the cache's lifecycle (exported as metrics).
+#[derive(Clone, Default)]
+pub struct CacheStats {
+    pub evicted_bytes: prometheus_client::metrics::counter::Counter,
+    pub evicted_blobs: prometheus_client::metrics::counter::Counter,
+    pub evicted_roots: prometheus_client::metrics::counter::Counter,
+    pub eviction_runs: prometheus_client::metrics::counter::Counter,
+    pub reservations_refused: prometheus_client::metrics::counter::Counter,
+    pub verified_blobs: prometheus_client::metrics::counter::Counter,
+    pub verified_bytes: prometheus_client::metrics::counter::Counter,
+    pub corrupt_blobs: prometheus_client::metrics::counter::Counter,
+    pub missing_blobs: prometheus_client::metrics::counter::Counter,
+    /// Bytes reached by pinned roots, as of the last plan.
+    pub pinned_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What start-up reconciliation found and fixed.
@@ -95,25 +189,174 @@ pub struct Store {
     index: Arc<dyn Index>,
     files: Arc<BlobFiles>,
     locks: Arc<DigestLocks>,
+    space: Arc<Space>,
+    leases: Arc<Leases>,
+    access: Arc<AccessLog>,
+    /// One eviction (or removal, or pin release) at a time.
+    gc: Arc<tokio::sync::Mutex<()>>,
+    options: Arc<CacheOptions>,
+    stats: CacheStats,
+    /// Woken when a commit takes the cache above its high watermark.
+    pressure: Arc<tokio::sync::Notify>,
+    /// Set at shutdown: long blocking work (a verification pass) stops early.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
     /// Open (creating) the store in `data_dir` with the embedded rocksdb index, reconciling
     /// the index with the disk.
     pub fn open(data_dir: &Path) -> Result<(Self, Recovery)> {
-        let files = BlobFiles::create(data_dir)?;
-        let index = RocksIndex::open(&data_dir.join("db"))?;
-        Self::with_index(Arc::new(index), files)
+        Self::open_with(data_dir, CacheOptions::default())
     }
 
-    pub fn with_index(index: Arc<dyn Index>, files: BlobFiles) -> Result<(Self, Recovery)> {
+    pub fn open_with(data_dir: &Path, options: CacheOptions) -> Result<(Self, Recovery)> {
+        let files = BlobFiles::create(data_dir)?;
+        let index = RocksIndex::open(&data_dir.join("db"))?;
+        let space = Space::new(data_dir.to_path_buf(), &options.space)
+            .map_err(StoreError::io("statvfs", data_dir))?;
+        Self::with_index(Arc::new(index), files, space, options)
+    }
+
+    pub fn with_index(
+        index: Arc<dyn Index>,
+        files: BlobFiles,
+        space: Space,
+        options: CacheOptions,
+    ) -> Result<(Self, Recovery)> {
         let store = Self {
             index,
             files: Arc::new(files),
             locks: Arc::new(DigestLocks::new()),
+            space: Arc::new(space),
+            leases: Arc::default(),
+            access: Arc::default(),
+            gc: Arc::default(),
+            options: Arc::new(options),
+            stats: CacheStats::default(),
+            pressure: Arc::default(),
+            closing: Arc::default(),
         };
         let recovery = store.reconcile()?;
         Ok((store, recovery))
+    }
+
+    pub fn space(&self) -> &Arc<Space> {
+        &self.space
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    pub fn options(&self) -> &CacheOptions {
+        &self.options
+    }
+
+    /// Resolves when a commit took the cache above its high watermark (or a timer should look).
+    pub async fn pressure(&self) {
+        self.pressure.notified().await
+    }
+
+    /// Background upkeep: evict above the high watermark (down to the low one) and write
+    /// recorded uses to the index. Runs until the task is dropped.
+    pub async fn upkeep(self) {
+        let mut since_flush = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.pressure() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+            let free = self.space.over_high();
+            if free > 0 {
+                match self.evict(gc::Select::Lru { free }, false).await {
+                    Ok(r) if r.freed_bytes < free => tracing::warn!(
+                        wanted = free,
+                        freed = r.freed_bytes,
+                        protected_pinned = r.protected_pinned,
+                        protected_in_use = r.protected_in_use,
+                        protected_young = r.protected_young,
+                        "cache above its high watermark; not enough is evictable yet"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "background eviction failed"),
+                }
+            }
+            if since_flush.elapsed() >= std::time::Duration::from_secs(5) {
+                // Not while an eviction runs: it relies on uses since its plan staying in memory.
+                if let Ok(_g) = self.gc.try_lock() {
+                    let me = self.clone();
+                    let r = tokio::task::spawn_blocking(move || me.flush_access()).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(error = %e, "recording last-use times failed");
+                    }
+                    since_flush = std::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Background scrub: re-hash every blob at `rate` bytes per second, a pass at most hourly.
+    pub async fn scrub(self, rate: u64) {
+        loop {
+            let started = std::time::Instant::now();
+            match self.verify_all(Some(rate)).await {
+                Ok(r) => tracing::info!(
+                    checked = r.checked,
+                    bytes = r.bytes,
+                    corrupt = r.corrupt.len(),
+                    missing = r.missing.len(),
+                    "scrub pass done"
+                ),
+                Err(e) => tracing::error!(error = %e, "scrub pass failed"),
+            }
+            let hour = std::time::Duration::from_secs(3600);
+            tokio::time::sleep(hour.saturating_sub(started.elapsed())).await;
+        }
+    }
+
+    /// Hold `digest` against eviction while it is read or written.
+    pub fn lease(&self, digest: &str) -> Lease {
+        self.leases.lease(digest)
+    }
+
+    /// Record a use of a blob, manifest or hub record (for the LRU order).
+    pub fn touch(&self, key: &str) {
+        self.access.touch(key, unix_now_ms());
+    }
+
+    /// Write recorded uses to the index (one unsynced batch).
+    pub fn flush_access(&self) -> Result<()> {
+        let entries = self.access.drain();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.index.put_access(&entries).inspect_err(|_| {
+            self.access.restore(entries.clone());
+        })
+    }
+
+    /// Reserve space for `n` bytes about to be written, evicting least recently used cache
+    /// content if they do not fit. Fails at once (before anything is written) when even
+    /// eviction cannot make room.
+    pub async fn reserve(&self, n: u64) -> Result<Reservation> {
+        let short = match self.space.try_reserve(n) {
+            Ok(r) => return Ok(r),
+            Err(s) => s,
+        };
+        // Free what is missing, and down to the low watermark while at it.
+        let free = short.to_free.max(self.space.over_low().saturating_add(n));
+        if let Err(e) = self.evict(gc::Select::Lru { free }, false).await {
+            tracing::warn!(error = %e, "on-demand eviction failed");
+        }
+        self.space.try_reserve(n).map_err(|_| {
+            self.stats.reservations_refused.inc();
+            StoreError::NoSpace {
+                needed: n,
+                capacity: self.space.capacity(),
+                used: self.space.used(),
+                reserved: self.space.reserved(),
+            }
+        })
     }
 
     pub fn index(&self) -> &dyn Index {
@@ -166,8 +409,17 @@ impl Store {
             origin,
         };
         let (repo, key) = (repo.to_string(), digest.to_string());
-        self.blocking(move |idx| idx.put_blob(&repo, &key, &record))
-            .await
+        let new = self
+            .blocking(move |idx| idx.put_blob(&repo, &key, &record))
+            .await?;
+        if new {
+            self.space.add_used(size);
+            if self.space.over_high() > 0 {
+                self.pressure.notify_one();
+            }
+        }
+        self.touch(digest.as_ref());
+        Ok(())
     }
 
     /// Mount: link a blob already held into `repo`.
@@ -183,11 +435,7 @@ impl Store {
 
     /// Open a blob linked into `repo` for reading: the file and its size. A record whose file
     /// vanished or shrank is a miss, never a short body.
-    pub async fn open_blob(
-        &self,
-        repo: &str,
-        digest: &Digest,
-    ) -> Result<Option<(tokio::fs::File, u64)>> {
+    pub async fn open_blob(&self, repo: &str, digest: &Digest) -> Result<Option<(BlobFile, u64)>> {
         if !self.index.blob_linked(repo, digest.as_ref())? {
             return Ok(None);
         }
@@ -196,7 +444,10 @@ impl Store {
 
     /// Open a blob the node holds, whichever repository it came through: content addressed and
     /// verified, so a pull-through repository may be served it.
-    pub async fn open_verified(&self, digest: &Digest) -> Result<Option<(tokio::fs::File, u64)>> {
+    pub async fn open_verified(&self, digest: &Digest) -> Result<Option<(BlobFile, u64)>> {
+        // Leased before the record is read: eviction either sees the lease, or has already
+        // dropped the record (a miss here), or unlinks a file this reader holds open.
+        let lease = self.lease(digest.as_ref());
         let Some(rec) = self.index.blob(digest.as_ref())? else {
             return Ok(None);
         };
@@ -205,6 +456,7 @@ impl Store {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(%digest, "indexed blob file is missing; treating as unknown");
+                self.stats.missing_blobs.inc();
                 return Ok(None);
             }
             Err(e) => return Err(StoreError::io("open", &path)(e)),
@@ -216,9 +468,11 @@ impl Store {
             .len();
         if len != rec.size {
             tracing::warn!(%digest, expected = rec.size, found = len, "blob file has the wrong size; treating as unknown");
+            self.stats.missing_blobs.inc();
             return Ok(None);
         }
-        Ok(Some((file, len)))
+        self.touch(digest.as_ref());
+        Ok(Some((BlobFile { file, lease }, len)))
     }
 
     /// Remove `repo`'s link to a blob; the file and record go with the last link.
@@ -230,8 +484,15 @@ impl Store {
         };
         if remaining == 0 {
             let key = digest.to_string();
-            self.blocking(move |idx| idx.delete_blob(&key)).await?;
+            let size = self
+                .blocking(move |idx| {
+                    let size = idx.blob(&key)?.map(|r| r.size);
+                    idx.delete_blob(&key)?;
+                    Ok(size)
+                })
+                .await?;
             self.files.remove_blob(digest)?;
+            self.space.sub_used(size.unwrap_or(0));
         }
         Ok(true)
     }
@@ -261,13 +522,16 @@ impl Store {
         // 2. Blob records whose file is missing or the wrong size are dropped.
         let mut indexed = std::collections::HashSet::new();
         let mut bad = Vec::new();
+        let mut used = 0u64;
         self.index
             .for_each_blob(&mut |d, r| match self.files.blob_len_of(d) {
                 Some(len) if len == r.size => {
                     indexed.insert(d.to_string());
+                    used += r.size;
                 }
                 _ => bad.push(d.to_string()),
             })?;
+        self.space.set_used(used);
         for d in &bad {
             tracing::warn!(digest = %d, "dropping index record of a missing or short blob file");
             self.index.delete_blob(d)?;
@@ -280,7 +544,24 @@ impl Store {
         Ok(rec)
     }
 
+    /// Shutting down: stop long background work (call before [`Store::flush`]).
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn flush(&self) -> Result<()> {
+        self.flush_access()?;
         self.index.flush()
     }
+}
+
+/// An open blob file, held against eviction until dropped.
+pub struct BlobFile {
+    pub file: tokio::fs::File,
+    pub lease: Lease,
 }

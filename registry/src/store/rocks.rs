@@ -13,6 +13,8 @@
 //! - `hub_revisions`: hub `\0` lowercase repo `\0` tag → [`HubRevisionRecord`] (JSON)
 //! - `hub_sources`: digest → [`HubSource`] (JSON): where a hub file's bytes come from
 //! - `layer_recipes`: `t\0` tar digest → [`RecipeRecord`] (JSON); `f\0` raw digest `\0` path → tar digest
+//! - `access`: digest or `hub\0…` record key → Unix milliseconds (u64 BE) of the last use (not synced)
+//! - `pins`: pin name → [`PinRecord`] (JSON)
 //!
 //! Compound updates are one `WriteBatch`: a crash leaves either all of a manifest PUT or none.
 
@@ -26,8 +28,8 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use super::index::{
-    BlobRecord, HubRevisionRecord, HubSource, Index, ManifestPut, ManifestRecord, RecipeRecord,
-    Result, UploadRecord,
+    BlobRecord, Health, HubRevisionRecord, HubSource, Index, ManifestPut, ManifestRecord, Origin,
+    PinRecord, RecipeRecord, Result, UploadRecord,
 };
 use super::StoreError;
 
@@ -43,7 +45,9 @@ const CF_TAG_RESOLVED: &str = "tag_resolved";
 const CF_HUB_REVISIONS: &str = "hub_revisions";
 const CF_HUB_SOURCES: &str = "hub_sources";
 const CF_LAYER_RECIPES: &str = "layer_recipes";
-const ALL_CFS: [&str; 12] = [
+const CF_ACCESS: &str = "access";
+const CF_PINS: &str = "pins";
+const ALL_CFS: [&str; 14] = [
     CF_BLOBS,
     CF_BLOB_LINKS,
     CF_MANIFESTS,
@@ -56,6 +60,8 @@ const ALL_CFS: [&str; 12] = [
     CF_HUB_REVISIONS,
     CF_HUB_SOURCES,
     CF_LAYER_RECIPES,
+    CF_ACCESS,
+    CF_PINS,
 ];
 
 const MANIFEST_RECORD_VERSION: u8 = 1;
@@ -92,12 +98,20 @@ struct ManifestHeader {
     media_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
+    /// Absent in records written before eviction existed: those count as pushed (kept).
+    #[serde(default = "pushed")]
+    origin: Origin,
+}
+
+fn pushed() -> Origin {
+    Origin::Pushed
 }
 
 fn encode_manifest(r: &ManifestRecord) -> Result<Vec<u8>> {
     let header = serde_json::to_vec(&ManifestHeader {
         media_type: r.media_type.clone(),
         subject: r.subject.clone(),
+        origin: r.origin,
     })
     .map_err(|e| StoreError::Corrupt(format!("encode manifest header: {e}")))?;
     let len = u32::try_from(header.len())
@@ -121,6 +135,7 @@ fn decode_manifest(v: &[u8]) -> Result<ManifestRecord> {
     Ok(ManifestRecord {
         media_type: h.media_type,
         subject: h.subject,
+        origin: h.origin,
         bytes: v[5 + len..].to_vec(),
     })
 }
@@ -220,15 +235,17 @@ impl Index for RocksIndex {
         Ok(self.get(CF_BLOB_LINKS, &key2(digest, repo))?.is_some())
     }
 
-    fn put_blob(&self, repo: &str, digest: &str, record: &BlobRecord) -> Result<()> {
+    fn put_blob(&self, repo: &str, digest: &str, record: &BlobRecord) -> Result<bool> {
         let _g = self.lock();
         let mut b = WriteBatch::default();
-        if self.blob(digest)?.is_none() {
+        let new = self.blob(digest)?.is_none();
+        if new {
             b.put_cf(self.cf(CF_BLOBS)?, digest.as_bytes(), json(record)?);
         }
         b.put_cf(self.cf(CF_BLOB_LINKS)?, key2(digest, repo), b"");
         b.put_cf(self.cf(CF_REPOS)?, repo.as_bytes(), b"");
-        self.write(b, true)
+        self.write(b, true)?;
+        Ok(new)
     }
 
     fn link_blob(&self, repo: &str, digest: &str) -> Result<()> {
@@ -283,6 +300,28 @@ impl Index for RocksIndex {
         self.get(CF_MANIFESTS, digest.as_bytes())?
             .map(|v| decode_manifest(&v))
             .transpose()
+    }
+
+    fn for_each_manifest(&self, f: &mut dyn FnMut(&str, &ManifestRecord)) -> Result<()> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            let d = std::str::from_utf8(&k)
+                .map_err(|_| StoreError::Corrupt("manifest key not utf-8".into()))?;
+            f(d, &decode_manifest(&v)?);
+        }
+        Ok(())
+    }
+
+    fn manifest_repos(&self, digest: &str) -> Result<Vec<String>> {
+        self.scan(CF_MANIFEST_LINKS, &prefix(digest), None, usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| {
+                String::from_utf8(k).map_err(|_| StoreError::Corrupt("repo not utf-8".into()))
+            })
+            .collect()
     }
 
     fn manifest_linked(&self, repo: &str, digest: &str) -> Result<bool> {
@@ -372,6 +411,17 @@ impl Index for RocksIndex {
         b.delete_cf(self.cf(CF_TAGS)?, k);
         self.write(b, true)?;
         Ok(true)
+    }
+
+    fn for_each_tag(&self, f: &mut dyn FnMut(&str, &str, &str)) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_TAGS)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            let bad = || StoreError::Corrupt("tag entry not utf-8".into());
+            let k = std::str::from_utf8(&k).map_err(|_| bad())?;
+            let (repo, tag) = k.split_once('\0').ok_or_else(bad)?;
+            f(repo, tag, std::str::from_utf8(&v).map_err(|_| bad())?);
+        }
+        Ok(())
     }
 
     fn tag_resolved_at(&self, repo: &str, tag: &str) -> Result<Option<u64>> {
@@ -465,6 +515,13 @@ impl Index for RocksIndex {
         Ok(())
     }
 
+    fn delete_hub_revision(&self, key: &str) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_HUB_REVISIONS)?, key.as_bytes());
+        b.delete_cf(self.cf(CF_ACCESS)?, key.as_bytes());
+        self.write(b, true)
+    }
+
     fn hub_source(&self, digest: &str) -> Result<Option<HubSource>> {
         self.get(CF_HUB_SOURCES, digest.as_bytes())?
             .map(|v| from_json("hub source", &v))
@@ -499,6 +556,84 @@ impl Index for RocksIndex {
             tar_digest.as_bytes(),
         );
         self.write(b, true)
+    }
+
+    fn put_access(&self, entries: &[(String, u64)]) -> Result<()> {
+        let mut b = WriteBatch::default();
+        for (k, at) in entries {
+            b.put_cf(self.cf(CF_ACCESS)?, k.as_bytes(), at.to_be_bytes());
+        }
+        self.write(b, false)
+    }
+
+    fn for_each_access(&self, f: &mut dyn FnMut(&str, u64)) -> Result<()> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_ACCESS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            let (Ok(k), Ok(v)) = (std::str::from_utf8(&k), <[u8; 8]>::try_from(&*v)) else {
+                continue;
+            };
+            f(k, u64::from_be_bytes(v));
+        }
+        Ok(())
+    }
+
+    fn delete_access(&self, keys: &[String]) -> Result<()> {
+        let mut b = WriteBatch::default();
+        for k in keys {
+            b.delete_cf(self.cf(CF_ACCESS)?, k.as_bytes());
+        }
+        self.write(b, false)
+    }
+
+    fn pin(&self, name: &str) -> Result<Option<PinRecord>> {
+        self.get(CF_PINS, name.as_bytes())?
+            .map(|v| from_json("pin", &v))
+            .transpose()
+    }
+
+    fn put_pin(&self, name: &str, record: &PinRecord) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_PINS)?, name.as_bytes(), json(record)?);
+        self.write(b, true)
+    }
+
+    fn delete_pin(&self, name: &str) -> Result<bool> {
+        let _g = self.lock();
+        if self.get(CF_PINS, name.as_bytes())?.is_none() {
+            return Ok(false);
+        }
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_PINS)?, name.as_bytes());
+        self.write(b, true)?;
+        Ok(true)
+    }
+
+    fn pins(&self) -> Result<Vec<(String, PinRecord)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PINS)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::Db)?;
+            let name = String::from_utf8(k.to_vec())
+                .map_err(|_| StoreError::Corrupt("pin name not utf-8".into()))?;
+            out.push((name, from_json("pin", &v)?));
+        }
+        Ok(out)
+    }
+
+    fn health(&self) -> Result<Health> {
+        // A write probe (a no-op delete, not synced): a database that stopped accepting writes
+        // after a background error (a full disk, an I/O error) fails it.
+        // Not logged to the WAL: the probe must not itself write to a disk that may be full.
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_REPOS)?, b"\0health-probe");
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        Ok(match self.db.write_opt(b, &wo).map_err(StoreError::Db) {
+            Ok(()) => Health::Ok,
+            Err(e) => Health::Degraded(format!("index writes fail: {e}")),
+        })
     }
 
     fn flush(&self) -> Result<()> {

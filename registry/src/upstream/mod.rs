@@ -36,6 +36,9 @@ pub enum UpstreamError {
     /// A model hub's answer, with the hub's own message.
     #[error(transparent)]
     Hub(#[from] manta_hub::HubError),
+    /// The local store failed while caching (a full disk, or no room left in the capacity).
+    #[error("{}", .0.client_message())]
+    Local(#[source] crate::store::StoreError),
 }
 
 impl UpstreamError {

@@ -1,0 +1,187 @@
+//! Integrity: re-hash blobs on disk (`manta verify`, and the background scrub). A blob whose
+//! bytes no longer match its digest, or whose file vanished or shrank, is dropped from the index
+//! (and its file removed), counted, and fetched again on its next use.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Result, Store, StoreError};
+use crate::digest::{self, Hasher};
+
+/// What one verification pass found.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub checked: u64,
+    pub bytes: u64,
+    /// Digests whose bytes did not match (now dropped).
+    pub corrupt: Vec<String>,
+    /// Digests whose file was missing or the wrong size (now dropped).
+    pub missing: Vec<String>,
+}
+
+/// The state of one blob on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobCheck {
+    Ok {
+        size: u64,
+    },
+    Corrupt,
+    Missing,
+    /// No longer indexed (evicted or deleted meanwhile).
+    Gone,
+}
+
+/// Spreads reads over time: at most `rate` bytes per second.
+struct Throttle {
+    rate: Option<u64>,
+    start: Instant,
+    done: u64,
+}
+
+impl Throttle {
+    fn pace(&mut self, n: u64) {
+        self.done += n;
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(self.done as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Re-hash every blob, at most `rate` bytes per second (`None`: as fast as the disk goes).
+    pub async fn verify_all(&self, rate: Option<u64>) -> Result<VerifyReport> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut digests = Vec::new();
+            me.index
+                .for_each_blob(&mut |d, _| digests.push(d.to_string()))?;
+            let mut report = VerifyReport::default();
+            let mut throttle = Throttle {
+                rate,
+                start: Instant::now(),
+                done: 0,
+            };
+            for d in digests {
+                if me.is_closing() {
+                    break;
+                }
+                match me.verify_blocking(&d, &mut throttle)? {
+                    BlobCheck::Ok { size } => {
+                        report.checked += 1;
+                        report.bytes += size;
+                    }
+                    BlobCheck::Corrupt => {
+                        report.checked += 1;
+                        report.corrupt.push(d);
+                    }
+                    BlobCheck::Missing => {
+                        report.checked += 1;
+                        report.missing.push(d);
+                    }
+                    BlobCheck::Gone => {}
+                }
+            }
+            Ok(report)
+        })
+        .await
+        .map_err(StoreError::Join)?
+    }
+
+    /// Re-hash one blob (dropping it if it is corrupt or missing).
+    pub async fn verify_blob(&self, digest: &str) -> Result<BlobCheck> {
+        let (me, d) = (self.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut t = Throttle {
+                rate: None,
+                start: Instant::now(),
+                done: 0,
+            };
+            me.verify_blocking(&d, &mut t)
+        })
+        .await
+        .map_err(StoreError::Join)?
+    }
+
+    fn verify_blocking(&self, digest: &str, throttle: &mut Throttle) -> Result<BlobCheck> {
+        let _lease = self.lease(digest);
+        let Some(rec) = self.index.blob(digest)? else {
+            return Ok(BlobCheck::Gone);
+        };
+        let Ok((d, alg)) = digest::parse(digest) else {
+            return Err(StoreError::Corrupt(format!("blob key {digest:?}")));
+        };
+        let path = self.files.blob_path(&d);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.drop_bad_blob(digest, BlobCheck::Missing)?;
+                return Ok(BlobCheck::Missing);
+            }
+            Err(e) => return Err(StoreError::io("open", &path)(e)),
+        };
+        let mut hasher = Hasher::new(alg);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(StoreError::io("read", &path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            len += n as u64;
+            throttle.pace(n as u64);
+            if self.is_closing() {
+                return Ok(BlobCheck::Gone);
+            }
+        }
+        self.stats.verified_blobs.inc();
+        self.stats.verified_bytes.inc_by(len);
+        let check = if len != rec.size {
+            BlobCheck::Missing
+        } else if hasher.finish() != d {
+            BlobCheck::Corrupt
+        } else {
+            return Ok(BlobCheck::Ok { size: len });
+        };
+        self.drop_bad_blob(digest, check)?;
+        Ok(check)
+    }
+
+    /// Forget a blob found corrupt or missing (from a blocking thread): the next request for it
+    /// fetches it again (or, pushed content, reports it unknown).
+    pub(super) fn drop_bad_blob(&self, digest: &str, why: BlobCheck) -> Result<()> {
+        let _g = self.locks.lock_blocking(digest);
+        let Some(rec) = self.index.blob(digest)? else {
+            return Ok(());
+        };
+        match why {
+            BlobCheck::Corrupt => {
+                tracing::error!(%digest, origin = ?rec.origin, "blob on disk does not match its digest; dropped from the cache");
+                self.stats.corrupt_blobs.inc();
+            }
+            _ => {
+                tracing::warn!(%digest, origin = ?rec.origin, "blob file missing or short; dropped from the index");
+                self.stats.missing_blobs.inc();
+            }
+        }
+        self.index.delete_blob(digest)?;
+        self.files.remove_blob_named(digest)?;
+        self.space.sub_used(rec.size);
+        Ok(())
+    }
+
+    /// A read found the blob's bytes do not match its digest: drop it.
+    pub async fn report_corrupt(&self, digest: &str) {
+        let (me, d) = (self.clone(), digest.to_string());
+        let r = tokio::task::spawn_blocking(move || me.drop_bad_blob(&d, BlobCheck::Corrupt)).await;
+        if let Ok(Err(e)) = r {
+            tracing::error!(error = %e, "dropping a corrupt blob failed");
+        }
+    }
+}
