@@ -125,8 +125,9 @@ struct ServeArgs {
     /// `manta verify` checks everything at once, whatever this says.
     #[arg(long, env = "MANTA_SCRUB_RATE", default_value = "0")]
     scrub_rate: String,
-    /// Hash every whole-blob read on its way out and break the stream before its last byte if
-    /// the blob is corrupt on disk (ranged reads are not checked).
+    /// Hash a whole-blob read on its way out when its file was not verified since start-up (or
+    /// changed since), and break the stream before its last byte if the blob is corrupt on disk
+    /// (ranged reads are not checked; the background scrub finds silent media corruption).
     #[arg(long, env = "MANTA_VERIFY_READS", default_value_t = true, action = clap::ArgAction::Set)]
     verify_reads: bool,
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::digest;
 use crate::error::{ApiError, ApiResult, Wanted};
 use crate::fetch::{self, Fetch, FetchState};
-use crate::store::{BlobFile, StoreError};
+use crate::store::{BlobFile, FileStamp, StoreError};
 use crate::upstream::UpstreamError;
 
 /// Read size for blob bodies: large enough for throughput, small enough that many concurrent
@@ -70,9 +70,10 @@ pub(super) fn blob_response(
 }
 
 /// `len` bytes of an open blob file from `start`, read in bounded chunks; the stream holds the
-/// blob against eviction. A whole-blob read is hashed on its way out (with `verify_reads`) and
-/// its last chunk is withheld until the digest matches: a blob corrupted on disk breaks the
-/// stream (and is dropped from the cache) instead of reaching the client whole.
+/// blob against eviction. A whole-blob read of a file not verified since start-up, or changed
+/// since it was, is hashed on its way out (with `verify_reads`) and its last chunk is withheld
+/// until the digest matches: a blob altered on disk breaks the stream (and is dropped from the
+/// cache) instead of reaching the client whole. Later reads of the unchanged file go unhashed.
 pub(super) async fn file_stream(
     st: &Shared,
     digest: &Digest,
@@ -88,8 +89,14 @@ pub(super) async fn file_stream(
             .await
             .map_err(StoreError::io("seek", &path))?;
     }
+    // Checked: whole reads of a file not verified since start-up or changed since it was.
+    let stamp = match file.metadata().await {
+        Ok(m) => Some(FileStamp::of(&m)),
+        Err(_) => None,
+    };
+    let unverified = stamp.is_some_and(|s| !st.store.is_verified(digest.as_ref(), &s));
     let chunks = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
-    if !(st.store.options().verify_reads && start == 0 && len == size) {
+    if !(st.store.options().verify_reads && start == 0 && len == size && unverified) {
         return Ok(chunks
             .map(move |c| {
                 let _held = &lease;
@@ -102,6 +109,7 @@ pub(super) async fn file_stream(
         digest: digest.clone(),
         left: len,
         store: st.store.clone(),
+        stamp,
         _lease: lease,
     };
     Ok(
@@ -122,6 +130,7 @@ struct Verify {
     digest: Digest,
     left: u64,
     store: crate::store::Store,
+    stamp: Option<FileStamp>,
     _lease: crate::store::Lease,
 }
 
@@ -137,6 +146,9 @@ impl Verify {
         }
         let actual = self.hasher.take().map(|h| h.finish());
         if actual.as_ref() == Some(&self.digest) {
+            if let Some(s) = self.stamp {
+                self.store.mark_verified(self.digest.as_ref(), s);
+            }
             return Ok(chunk);
         }
         self.store.report_corrupt(self.digest.as_ref()).await;

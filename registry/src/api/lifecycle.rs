@@ -100,7 +100,9 @@ fn parse_ref(r: &str) -> ApiResult<PinTarget> {
         t.hub = Some(hub);
         t.repo = Some(repo.to_string());
         t.revision = rev;
-    } else if crate::digest::parse(r).is_ok() {
+    } else if r.starts_with("sha256:") || r.starts_with("sha512:") {
+        crate::digest::parse(r).map_err(|e| ApiError::DigestInvalid(e.to_string()))?;
+        // A bare digest: `pin_roots` reads the digest of `<repo>@<digest>`, whatever the repo.
         t.reference = Some(format!("_@{r}"));
         return Ok(t);
     } else {
@@ -411,7 +413,14 @@ mod tests {
         let d = format!("sha256:{}", "a".repeat(64));
         assert!(parse_ref(&d).is_ok());
         assert!(parse_ref(&format!("a/b@{d}")).is_ok());
-        for bad in ["xx://a/b", "a/b", "A/B:tag", "a@sha256:zz", "hf://../x"] {
+        for bad in [
+            "xx://a/b",
+            "a/b",
+            "A/B:tag",
+            "a@sha256:zz",
+            "hf://../x",
+            "sha256:zz",
+        ] {
             assert!(parse_ref(bad).is_err(), "{bad}");
         }
     }

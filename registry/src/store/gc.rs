@@ -649,6 +649,7 @@ impl Store {
         self.index.delete_blob(digest)?;
         self.index.delete_access(&[digest.to_string()])?;
         self.files.remove_blob_named(digest)?;
+        self.forget_verified(digest);
         self.space.sub_used(rec.size);
         self.stats.evicted_blobs.inc();
         self.stats.evicted_bytes.inc_by(rec.size);

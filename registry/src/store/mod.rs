@@ -47,12 +47,14 @@ pub enum StoreError {
     Corrupt(String),
     #[error("blocking task failed")]
     Join(#[source] tokio::task::JoinError),
-    #[error("insufficient storage: {needed} bytes do not fit (capacity {capacity}, used {used}, reserved {reserved}, and nothing more may be evicted)")]
+    #[error("insufficient storage: {needed} bytes do not fit {}", no_space_detail(*.capacity, *.used, *.reserved, *.fs_available))]
     NoSpace {
         needed: u64,
         capacity: u64,
         used: u64,
         reserved: u64,
+        /// Set when the filesystem's free space, not the capacity, is short.
+        fs_available: Option<u64>,
     },
 }
 
@@ -66,6 +68,18 @@ impl StoreError {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+fn no_space_detail(capacity: u64, used: u64, reserved: u64, fs: Option<u64>) -> String {
+    match fs {
+        Some(avail) => format!(
+            "the filesystem ({avail} bytes available, {reserved} reserved for downloads in flight, {} kept for the index), even after evicting what may be evicted",
+            space::FS_HEADROOM
+        ),
+        None => format!(
+            "the cache (capacity {capacity}, used {used}, reserved {reserved}), even after evicting what may be evicted"
+        ),
     }
 }
 
@@ -143,7 +157,8 @@ pub struct CacheOptions {
     /// A root used less than this long ago is not evicted (so a burst of new models cannot
     /// churn the whole cache).
     pub min_age_secs: u64,
-    /// Hash every whole-blob read on its way out and withhold the last byte until it matches.
+    /// Hash a whole-blob read of a file not verified since start-up (or changed since) on its
+    /// way out, and withhold the last byte until it matches.
     pub verify_reads: bool,
 }
 
@@ -200,6 +215,32 @@ pub struct Store {
     pressure: Arc<tokio::sync::Notify>,
     /// Set at shutdown: long blocking work (a verification pass) stops early.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Blob files known to match their digest, with the file's identity when they did.
+    verified: Arc<std::sync::Mutex<std::collections::HashMap<String, FileStamp>>>,
+}
+
+/// A file's identity and change times: any write through the filesystem changes `ctime`, so a
+/// file with the same stamp still holds the bytes that were verified (silent media corruption
+/// does not change it: that is the scrub's to find).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+        Self {
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 impl Store {
@@ -235,6 +276,7 @@ impl Store {
             stats: CacheStats::default(),
             pressure: Arc::default(),
             closing: Arc::default(),
+            verified: Arc::default(),
         };
         let recovery = store.reconcile()?;
         Ok((store, recovery))
@@ -314,6 +356,30 @@ impl Store {
         }
     }
 
+    /// Whether the blob file with this stamp was verified since start-up (and has not changed).
+    pub fn is_verified(&self, digest: &str, stamp: &FileStamp) -> bool {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            == Some(stamp)
+    }
+
+    /// Record that the blob file with this stamp matches its digest.
+    pub fn mark_verified(&self, digest: &str, stamp: FileStamp) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), stamp);
+    }
+
+    fn forget_verified(&self, digest: &str) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+    }
+
     /// Hold `digest` against eviction while it is read or written.
     pub fn lease(&self, digest: &str) -> Lease {
         self.leases.lease(digest)
@@ -343,19 +409,34 @@ impl Store {
             Ok(r) => return Ok(r),
             Err(s) => s,
         };
-        // Free what is missing, and down to the low watermark while at it.
+        // Free what is missing, and down to the low watermark while at it; but only if that
+        // makes room: a blob that cannot fit anyway must not cost the node its whole cache.
         let free = short.to_free.max(self.space.over_low().saturating_add(n));
-        if let Err(e) = self.evict(gc::Select::Lru { free }, false).await {
-            tracing::warn!(error = %e, "on-demand eviction failed");
-        }
-        self.space.try_reserve(n).map_err(|_| {
-            self.stats.reservations_refused.inc();
-            StoreError::NoSpace {
-                needed: n,
-                capacity: self.space.capacity(),
-                used: self.space.used(),
-                reserved: self.space.reserved(),
+        let could = match self.evict(gc::Select::Lru { free }, true).await {
+            Ok(plan) => plan.freed_bytes >= short.to_free,
+            Err(e) => {
+                tracing::warn!(error = %e, "planning on-demand eviction failed");
+                false
             }
+        };
+        let short = if could {
+            if let Err(e) = self.evict(gc::Select::Lru { free }, false).await {
+                tracing::warn!(error = %e, "on-demand eviction failed");
+            }
+            match self.space.try_reserve(n) {
+                Ok(r) => return Ok(r),
+                Err(s) => s,
+            }
+        } else {
+            short
+        };
+        self.stats.reservations_refused.inc();
+        Err(StoreError::NoSpace {
+            needed: n,
+            capacity: self.space.capacity(),
+            used: self.space.used(),
+            reserved: self.space.reserved(),
+            fs_available: short.fs_available,
         })
     }
 
@@ -401,6 +482,10 @@ impl Store {
             tokio::task::spawn_blocking(move || files.install(blob, &d))
                 .await
                 .map_err(StoreError::Join)??;
+            // Hashed on the way in: the installed file is verified as it stands.
+            if let Ok(m) = std::fs::metadata(self.files.blob_path(digest)) {
+                self.mark_verified(digest.as_ref(), FileStamp::of(&m));
+            }
         }
         let record = BlobRecord {
             version: 1,
@@ -492,6 +577,7 @@ impl Store {
                 })
                 .await?;
             self.files.remove_blob(digest)?;
+            self.forget_verified(digest.as_ref());
             self.space.sub_used(size.unwrap_or(0));
         }
         Ok(true)

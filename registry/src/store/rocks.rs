@@ -66,6 +66,9 @@ const ALL_CFS: [&str; 14] = [
 
 const MANIFEST_RECORD_VERSION: u8 = 1;
 
+/// Memtable size of every column family.
+const WRITE_BUFFER: usize = 8 << 20;
+
 pub struct RocksIndex {
     db: DB,
     /// Serialises read-modify-write updates (deletes that depend on what remains).
@@ -155,9 +158,14 @@ impl RocksIndex {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
-        let cfs = ALL_CFS
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        // Small memtables: the records are small, and rocksdb preallocates its log at about the
+        // memtable size, which on a small disk is space the cache cannot use.
+        opts.set_write_buffer_size(WRITE_BUFFER);
+        let cfs = ALL_CFS.iter().map(|n| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(WRITE_BUFFER);
+            ColumnFamilyDescriptor::new(*n, o)
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StoreError::Db)?;
         Ok(Self {
             db,

@@ -104,6 +104,8 @@ pub struct Shortfall {
     pub needed: u64,
     /// Bytes that must be freed for the reservation to fit.
     pub to_free: u64,
+    /// Set when the filesystem, not the capacity, is what is short: its available bytes.
+    pub fs_available: Option<u64>,
 }
 
 /// The space accounting of one store.
@@ -196,6 +198,7 @@ impl Space {
                 return Err(Shortfall {
                     needed: n,
                     to_free: total - self.capacity,
+                    fs_available: None,
                 });
             }
             match self
@@ -218,6 +221,7 @@ impl Space {
                 return Err(Shortfall {
                     needed: n,
                     to_free: want - avail,
+                    fs_available: Some(avail),
                 });
             }
         }

@@ -125,6 +125,10 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("open", &path)(e)),
         };
+        let stamp = file
+            .metadata()
+            .map(|m| super::FileStamp::of(&m))
+            .map_err(StoreError::io("stat", &path))?;
         let mut hasher = Hasher::new(alg);
         let mut buf = vec![0u8; 1 << 20];
         let mut len = 0u64;
@@ -147,6 +151,7 @@ impl Store {
         } else if hasher.finish() != d {
             BlobCheck::Corrupt
         } else {
+            self.mark_verified(digest, stamp);
             return Ok(BlobCheck::Ok { size: len });
         };
         self.drop_bad_blob(digest, check)?;
@@ -172,6 +177,7 @@ impl Store {
         }
         self.index.delete_blob(digest)?;
         self.files.remove_blob_named(digest)?;
+        self.forget_verified(digest);
         self.space.sub_used(rec.size);
         Ok(())
     }
