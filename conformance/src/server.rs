@@ -134,6 +134,12 @@ impl MantaServer {
         &self.data_dir
     }
 
+    /// The process id while the server runs (for a test that must signal it from another
+    /// thread, at a moment it cannot wait for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the server wrote to stderr (its logs) so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -23,8 +23,8 @@ use anyhow::{bail, ensure, Context, Result};
 use common::containerd::{pull_and_verify, Containerd, Expect};
 use common::upstream::{fetch, get_manifest, skopeo_pull, ACCEPT_MANIFESTS};
 use common::{
-    build_test_image, build_test_index, layout_tagged, read_blob, require_tool, run, sha256_digest,
-    Descriptor, LayoutImage,
+    build_test_image, build_test_index, layout_tagged, metric_sum, read_blob, require_tool, run,
+    sha256_digest, Descriptor, LayoutImage,
 };
 use manta_conformance::server::{manta_bin, MantaServer};
 use manta_conformance::upstream_fixtures::{
@@ -118,28 +118,6 @@ impl Secrets {
         }
         Ok(())
     }
-}
-
-/// Prometheus text: the sum of every sample of `name` whose labels include all of `labels`.
-fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, lbls) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        if labels
-            .iter()
-            .all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
-        {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    found
 }
 
 fn metrics(manta: &Manta) -> Result<String> {

@@ -23,9 +23,11 @@ use anyhow::{bail, ensure, Context, Result};
 use manta_conformance::server::MantaServer;
 use sha2::{Digest as _, Sha256};
 
+pub mod consistency;
 pub mod containerd;
 pub mod hub;
 pub mod hub_agent;
+pub mod lifecycle;
 pub mod upstream;
 
 /// Default deadline for one client command: generous, but a stalled server fails the test
@@ -203,6 +205,32 @@ pub fn chain_id(diff_ids: &[String]) -> String {
         };
     }
     chain
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// Prometheus text: the sum of every sample of `name` whose labels include all of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, lbls) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    found
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -770,4 +798,76 @@ pub fn layout_tagged(layout: &Path, tag: &str) -> Result<(String, Vec<u8>)> {
         .with_context(|| format!("{tag} not in {}/index.json", layout.display()))?;
     let desc = Descriptor::from_json(entry)?;
     Ok((desc.digest.clone(), read_blob(layout, &desc)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generated images, written without umoci
+// ---------------------------------------------------------------------------------------------
+
+/// Write an image whose layers are `layers` (uncompressed-tar media type; the bytes are taken as
+/// they are, so random bytes make incompressible layers of an exact size) into the OCI layout at
+/// `layout` (created if needed; the layout's other tags are kept), tagged `tag`, and read it
+/// back. The config names `tag`, so two images with the same layers still differ in config
+/// and manifest. Quick enough for many or large images, where umoci is not.
+pub fn write_oci_image(layout: &Path, tag: &str, layers: &[&[u8]]) -> Result<LayoutImage> {
+    let put = |bytes: &[u8]| -> Result<String> {
+        let digest = sha256_digest(bytes);
+        let path = blob_path(layout, &digest);
+        std::fs::create_dir_all(path.parent().context("blob dir")?)?;
+        if !path.is_file() {
+            std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))?;
+        }
+        Ok(digest)
+    };
+    std::fs::create_dir_all(layout)?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let digest = put(l)?;
+        layer_descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest,
+            "size": l.len(),
+        }));
+        diff_ids.push(digest);
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"org.manta.test.tag": tag}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))?;
+    let config_digest = put(&config)?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": layer_descs,
+    }))?;
+    let manifest_digest = put(&manifest)?;
+    let index_json = layout.join("index.json");
+    let mut index: serde_json::Value = match std::fs::read(&index_json) {
+        Ok(b) => serde_json::from_slice(&b).context("index.json")?,
+        Err(_) => serde_json::json!({"schemaVersion": 2, "manifests": []}),
+    };
+    let entries = index["manifests"]
+        .as_array_mut()
+        .context("index.json manifests")?;
+    entries.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(tag));
+    entries.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest,
+        "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }));
+    std::fs::write(&index_json, serde_json::to_vec(&index)?)?;
+    LayoutImage::read(layout, tag)
 }
