@@ -646,7 +646,7 @@ impl Store {
         if rec.origin != Origin::Upstream {
             return Ok(false);
         }
-        self.index.delete_blob(digest)?;
+        self.index.delete_blob(digest, false)?;
         self.index.delete_access(&[digest.to_string()])?;
         self.files.remove_blob_named(digest)?;
         self.forget_verified(digest);

@@ -197,8 +197,10 @@ pub trait Index: Send + Sync + 'static {
     fn link_blob(&self, repo: &str, digest: &str) -> Result<()>;
     /// Remove `repo`'s link; returns how many links remain, or `None` if there was no link.
     fn unlink_blob(&self, repo: &str, digest: &str) -> Result<Option<usize>>;
-    /// Forget a blob entirely: its record and every link.
-    fn delete_blob(&self, digest: &str) -> Result<()>;
+    /// Forget a blob entirely: its record and every link. `durable: false` (eviction) skips the
+    /// fsync: a record that comes back after a power loss names a removed file, which start-up
+    /// reconciliation drops.
+    fn delete_blob(&self, digest: &str, durable: bool) -> Result<()>;
     /// Every blob record (start-up reconciliation).
     fn for_each_blob(&self, f: &mut dyn FnMut(&str, &BlobRecord)) -> Result<()>;
 

@@ -572,7 +572,7 @@ impl Store {
             let size = self
                 .blocking(move |idx| {
                     let size = idx.blob(&key)?.map(|r| r.size);
-                    idx.delete_blob(&key)?;
+                    idx.delete_blob(&key, true)?;
                     Ok(size)
                 })
                 .await?;
@@ -620,7 +620,7 @@ impl Store {
         self.space.set_used(used);
         for d in &bad {
             tracing::warn!(digest = %d, "dropping index record of a missing or short blob file");
-            self.index.delete_blob(d)?;
+            self.index.delete_blob(d, true)?;
             self.files.remove_blob_named(d)?;
         }
         rec.records_dropped = bad.len() as u64;

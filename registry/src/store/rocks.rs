@@ -281,7 +281,7 @@ impl Index for RocksIndex {
         Ok(Some(self.count_prefix(CF_BLOB_LINKS, &prefix(digest))?))
     }
 
-    fn delete_blob(&self, digest: &str) -> Result<()> {
+    fn delete_blob(&self, digest: &str, durable: bool) -> Result<()> {
         let _g = self.lock();
         let p = prefix(digest);
         let mut b = WriteBatch::default();
@@ -291,7 +291,7 @@ impl Index for RocksIndex {
             b.delete_cf(self.cf(CF_BLOB_LINKS)?, k);
         }
         b.delete_cf(self.cf(CF_BLOBS)?, digest.as_bytes());
-        self.write(b, true)
+        self.write(b, durable)
     }
 
     fn for_each_blob(&self, f: &mut dyn FnMut(&str, &BlobRecord)) -> Result<()> {

@@ -175,7 +175,7 @@ impl Store {
                 self.stats.missing_blobs.inc();
             }
         }
-        self.index.delete_blob(digest)?;
+        self.index.delete_blob(digest, true)?;
         self.files.remove_blob_named(digest)?;
         self.forget_verified(digest);
         self.space.sub_used(rec.size);
