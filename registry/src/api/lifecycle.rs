@@ -15,6 +15,7 @@ use super::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::names;
 use crate::store::gc::{self, GcReport, Graph, Select};
+use crate::store::space::SpaceView;
 use crate::store::{unix_now, PinRecord, PinTarget, Protection, Root};
 
 /// A pin name: what Kubernetes allows in a resource name, and then some (`.`, `_`).
@@ -328,17 +329,6 @@ pub(super) async fn verify(State(st): State<Shared>) -> Response {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct Space {
-    capacity: u64,
-    used: u64,
-    reserved: u64,
-    pinned: u64,
-    high_watermark: u64,
-    low_watermark: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 pub(super) struct Entry {
     kind: &'static str,
     name: String,
@@ -350,7 +340,7 @@ pub(super) struct Entry {
 }
 
 /// The space figures and every root, least recently used first (for `GET /manta/v1/cache`).
-pub(super) async fn entries(st: &Shared) -> ApiResult<(Space, Vec<Entry>)> {
+pub(super) async fn entries(st: &Shared) -> ApiResult<(SpaceView, Vec<Entry>)> {
     let g = st.store.graph().await?;
     let sp = st.store.space();
     let mut forms: HashMap<String, Vec<crate::hub::Form>> = HashMap::new();
@@ -378,7 +368,7 @@ pub(super) async fn entries(st: &Shared) -> ApiResult<(Space, Vec<Entry>)> {
         })
         .collect();
     entries.sort_by(|a, b| (a.last_access, &a.name).cmp(&(b.last_access, &b.name)));
-    let space = Space {
+    let space = SpaceView {
         capacity: sp.capacity(),
         used: sp.used(),
         reserved: sp.reserved(),

@@ -229,6 +229,16 @@ impl Graph {
         index.for_each_access(&mut |k, at| {
             stored_access.insert(k.to_string(), at);
         })?;
+        // A root's last use: the latest of its manifests' (and of `extra`).
+        let last_use = |closure: &[String], extra: &[u64]| -> u64 {
+            closure
+                .iter()
+                .filter(|n| manifests.contains(*n))
+                .map(|n| access(n, &stored_access))
+                .chain(extra.iter().copied())
+                .max()
+                .unwrap_or(0)
+        };
 
         let mut roots = Vec::new();
         let mut owned_tags = HashSet::new();
@@ -242,13 +252,10 @@ impl Graph {
             let seeds = hub_seeds(&rec);
             referenced.extend(seeds.iter().cloned());
             let closure = closure_of(&seeds);
-            let last = closure
-                .iter()
-                .filter(|n| manifests.contains(*n))
-                .map(|n| access(n, &stored_access))
-                .chain([access(&key, &stored_access), rec.resolved_at * 1000])
-                .max()
-                .unwrap_or(0);
+            let last = last_use(
+                &closure,
+                &[access(&key, &stored_access), rec.resolved_at * 1000],
+            );
             roots.push((Root::Hub(key), closure, last));
         }
         let mut tags = Vec::new();
@@ -265,12 +272,7 @@ impl Graph {
                 _ => continue, // pushed: permanent below
             }
             let closure = closure_of(std::slice::from_ref(&d));
-            let last = closure
-                .iter()
-                .filter(|n| manifests.contains(*n))
-                .map(|n| access(n, &stored_access))
-                .max()
-                .unwrap_or(0);
+            let last = last_use(&closure, &[]);
             roots.push((Root::Tag { repo, tag }, closure, last));
         }
         for (_, kids) in children.values() {
@@ -282,12 +284,7 @@ impl Graph {
                 Origin::Pushed => permanent.extend(closure_of(std::slice::from_ref(d))),
                 Origin::Upstream if !referenced.contains(d) => {
                     let closure = closure_of(std::slice::from_ref(d));
-                    let last = closure
-                        .iter()
-                        .filter(|n| manifests.contains(*n))
-                        .map(|n| access(n, &stored_access))
-                        .max()
-                        .unwrap_or(0);
+                    let last = last_use(&closure, &[]);
                     roots.push((Root::Manifest(d.clone()), closure, last));
                 }
                 Origin::Upstream => {}

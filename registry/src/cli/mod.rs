@@ -1,0 +1,743 @@
+//! `manta prefetch`, `ls`, `rm`, `gc`, `pins`, `pin`, `unpin` and `verify`: the command-line
+//! client of the agent's admin API (`/manta/v1/…`).
+//!
+//! Nothing here prints to stdout: results go to the writer given. Progress goes to stderr, as a
+//! bar when stderr is a terminal and as a line every few seconds otherwise.
+
+use crate::store::space::SpaceView;
+use std::io::{self, Write};
+use std::str::FromStr;
+use std::time::Duration;
+
+use manta_hub::{Filter, HubKind};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+mod lifecycle;
+mod prefetch;
+
+pub use lifecycle::{
+    gc, pin, pins, rm, unpin, verify, CacheRef, GcArgs, PinArgs, PinsArgs, Reclaim, RefError,
+    RmArgs, UnpinArgs, VerifyArgs,
+};
+pub use prefetch::{prefetch, Form, PrefetchArgs};
+
+const SCHEMES: &str = "hf://, huggingface://, ms:// or modelscope://";
+
+/// Where the agent listens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The agent's address: its admin API, and the registry host the printed references name.
+    #[arg(long, env = "MANTA_SERVER", default_value = "http://127.0.0.1:5000", value_parser = parse_server)]
+    pub server: Url,
+}
+
+/// Which files of a hub repo (`huggingface_hub`'s glob semantics).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Only the files matching this glob (repeatable).
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Not the files matching this glob (repeatable).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// This one file of the repo.
+    #[arg(long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+}
+
+impl FilterArgs {
+    fn is_all(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty() && self.file.is_none()
+    }
+
+    fn filter(&self) -> Filter {
+        Filter {
+            filename: self.file.clone(),
+            allow_patterns: self.include.clone(),
+            ignore_patterns: self.exclude.clone(),
+        }
+    }
+}
+
+/// `manta ls`
+#[derive(Debug, Clone, clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print the agent's answer as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `hf://Qwen/Qwen2.5-0.5B-Instruct@main`: a hub, a repo id and an optional revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUri {
+    pub hub: HubKind,
+    pub repo: String,
+    pub revision: Option<String>,
+}
+
+/// Why a model URI was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    #[error("missing scheme: expected {SCHEMES} followed by the repo id")]
+    MissingScheme,
+    #[error("unknown scheme {0:?}: expected {SCHEMES}")]
+    UnknownScheme(String),
+    #[error("empty repo id")]
+    EmptyRepo,
+    #[error("empty path segment in repo id {0:?}")]
+    EmptySegment(String),
+    #[error("invalid character {0:?} in repo id: use letters, digits, '-', '_' and '.'")]
+    RepoChar(char),
+    #[error("empty revision after '@'")]
+    EmptyRevision,
+    #[error("invalid character {0:?} in revision")]
+    RevisionChar(char),
+}
+
+impl FromStr for ModelUri {
+    type Err = UriError;
+
+    fn from_str(s: &str) -> Result<Self, UriError> {
+        let (scheme, rest) = s.split_once("://").ok_or(UriError::MissingScheme)?;
+        let hub = HubKind::parse(&scheme.to_ascii_lowercase())
+            .ok_or_else(|| UriError::UnknownScheme(scheme.to_owned()))?;
+        let (repo, revision) = match rest.split_once('@') {
+            Some((repo, revision)) => (repo, Some(revision)),
+            None => (rest, None),
+        };
+        if repo.is_empty() {
+            return Err(UriError::EmptyRepo);
+        }
+        if repo.split('/').any(str::is_empty) {
+            return Err(UriError::EmptySegment(repo.to_owned()));
+        }
+        if let Some(c) = repo
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+        {
+            return Err(UriError::RepoChar(c));
+        }
+        if let Some(revision) = revision {
+            if revision.is_empty() {
+                return Err(UriError::EmptyRevision);
+            }
+            if let Some(c) = revision
+                .chars()
+                .find(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(UriError::RevisionChar(c));
+            }
+        }
+        Ok(ModelUri {
+            hub,
+            repo: repo.to_owned(),
+            revision: revision.map(str::to_owned),
+        })
+    }
+}
+
+impl std::fmt::Display for ModelUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.hub.as_str(), self.repo)?;
+        match &self.revision {
+            Some(r) => write!(f, "@{r}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a client command failed to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("{method} {url}: cannot reach the Manta agent")]
+    Request {
+        method: Method,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The agent answered with an error status; `message` is its OCI error list.
+    #[error("{method} {url}: {status}: {message}")]
+    Api {
+        method: Method,
+        url: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("{method} {url}: unexpected answer from the agent")]
+    Decode {
+        method: Method,
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("prefetch of {uri} failed: {message}")]
+    JobFailed { uri: String, message: String },
+    #[error("interrupted; prefetch job {id} continues on the agent (follow it at {url})")]
+    Interrupted { id: String, url: String },
+    /// `manta rm`: nothing cached matches (pushed content is not cache).
+    #[error("nothing in the agent's cache matches {reference} ({message})")]
+    NotCached { reference: String, message: String },
+    /// `manta rm`: it is pinned.
+    #[error("cannot remove {reference}: {message}")]
+    Pinned { reference: String, message: String },
+    #[error("no pin named {name}")]
+    NoSuchPin { name: String },
+    #[error("--include, --exclude and --file apply to hub targets (hf://…), not to {target}")]
+    FilterOnReference { target: String },
+    /// `manta verify` found damage (after printing what).
+    #[error("verify found {corrupt} corrupt and {missing} missing blob(s)")]
+    Damaged { corrupt: usize, missing: usize },
+    #[error("cannot write the output")]
+    Output(#[source] io::Error),
+}
+
+/// `manta ls`: write the agent's space use, its cached hub repo revisions (sorted by hub, repo and
+/// revision) and every cache entry (least recently used, i.e. next to be evicted, first) to `out`,
+/// or the agent's JSON with `--json`.
+pub async fn ls(args: LsArgs, out: &mut dyn Write) -> Result<(), ClientError> {
+    let agent = Agent::new(&args.server)?;
+    let answer: Answer<Cache> = agent.call(agent.http.get(agent.endpoint("cache"))).await?;
+    emit(out, args.json, &answer, |cache| {
+        format_cache(cache, unix_now())
+    })
+}
+
+/// The agent's JSON with `--json`, else `text` of its answer.
+fn emit<T>(
+    out: &mut dyn Write,
+    json: bool,
+    answer: &Answer<T>,
+    text: impl FnOnce(&T) -> String,
+) -> Result<(), ClientError> {
+    if json {
+        return write_json(out, &answer.json);
+    }
+    out.write_all(text(&answer.value).as_bytes())
+        .map_err(ClientError::Output)
+}
+
+/// Sections a blank line apart: the space line, the hub revisions (always, from an agent that
+/// lists no entries), the entries.
+fn format_cache(cache: &Cache, now: u64) -> String {
+    let mut sections = Vec::new();
+    if let Some(space) = &cache.space {
+        sections.push(format_space(space));
+    }
+    if cache.entries.is_none() || !cache.revisions.is_empty() {
+        sections.push(format_revisions(&cache.revisions));
+    }
+    if let Some(entries) = &cache.entries {
+        sections.push(format_entries(entries, now));
+    }
+    sections.join("\n")
+}
+
+fn format_space(s: &SpaceView) -> String {
+    let share = u128::from(s.used) * 100 / u128::from(s.capacity.max(1));
+    format!(
+        "capacity {}, used {} ({share}%), pinned {}, reserved {}; \
+         eviction above {} down to {}\n",
+        human_bytes(s.capacity),
+        human_bytes(s.used),
+        human_bytes(s.pinned),
+        human_bytes(s.reserved),
+        human_bytes(s.high_watermark),
+        human_bytes(s.low_watermark),
+    )
+}
+
+fn format_revisions(revisions: &[CachedRevision]) -> String {
+    let mut revisions: Vec<&CachedRevision> = revisions.iter().collect();
+    revisions.sort_by(|a, b| (&a.hub, &a.repo, &a.revision).cmp(&(&b.hub, &b.repo, &b.revision)));
+    let rows: Vec<[String; 8]> = revisions
+        .into_iter()
+        .map(|r| {
+            [
+                r.hub.clone(),
+                r.repo.clone(),
+                r.revision.clone(),
+                r.commit
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |c| c.chars().take(12).collect()),
+                r.files.to_string(),
+                human_bytes(r.size),
+                percent(r.cached_bytes, r.size),
+                r.forms.join(","),
+            ]
+        })
+        .collect();
+    let header = [
+        "HUB", "REPO", "REVISION", "COMMIT", "FILES", "SIZE", "CACHED", "FORMS",
+    ];
+    format_table(header, &rows)
+}
+
+fn format_entries(entries: &[Entry], now: u64) -> String {
+    let mut entries: Vec<&Entry> = entries.iter().collect();
+    entries.sort_by(|a, b| (a.last_access, &a.name).cmp(&(b.last_access, &b.name)));
+    let rows: Vec<[String; 6]> = entries
+        .into_iter()
+        .map(|e| {
+            [
+                e.kind.clone(),
+                e.name.clone(),
+                human_bytes(e.bytes),
+                age(e.last_access, now),
+                list_or_dash(&e.pins),
+                list_or_dash(&e.forms),
+            ]
+        })
+        .collect();
+    let header = ["KIND", "NAME", "SIZE", "ACCESSED", "PINNED", "FORMS"];
+    format_table(header, &rows)
+}
+
+/// How long before `now` a Unix time was: `42s ago`, `3m ago`, `5h ago`, `2d ago` (`-`: never).
+fn age(then: u64, now: u64) -> String {
+    if then == 0 {
+        return "-".to_owned();
+    }
+    let secs = now.saturating_sub(then);
+    let (n, unit) = match secs {
+        s if s < 60 => (s, "s"),
+        s if s < 3600 => (s / 60, "m"),
+        s if s < 86_400 => (s / 3600, "h"),
+        s => (s / 86_400, "d"),
+    };
+    format!("{n}{unit} ago")
+}
+
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The agent's admin API.
+struct Agent {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// A decoded answer, with the JSON it came from (for `--json`).
+struct Answer<T> {
+    value: T,
+    json: serde_json::Value,
+    status: StatusCode,
+}
+
+impl Agent {
+    /// A client whose requests give up after a minute.
+    fn new(args: &ServerArgs) -> Result<Self, ClientError> {
+        Self::build(args, Some(Duration::from_secs(60)))
+    }
+
+    /// A client that waits as long as the agent works on an answer (it still gives up on
+    /// connecting after a while).
+    fn patient(args: &ServerArgs) -> Result<Self, ClientError> {
+        Self::build(args, None)
+    }
+
+    fn build(args: &ServerArgs, timeout: Option<Duration>) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        let http = builder.build().map_err(ClientError::Client)?;
+        let base = args.server.as_str().trim_end_matches('/').to_owned();
+        Ok(Agent { http, base })
+    }
+
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}/manta/v1/{path}", self.base)
+    }
+
+    /// Send the request; decode a success as `T`, and an error status as its OCI error list.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+    ) -> Result<Answer<T>, ClientError> {
+        let req = req
+            .build()
+            .map_err(|e| ClientError::Client(e.without_url()))?;
+        let (method, url) = (req.method().clone(), req.url().to_string());
+        let failed = |source: reqwest::Error| ClientError::Request {
+            method: method.clone(),
+            url: url.clone(),
+            source: source.without_url(),
+        };
+        let resp = self.http.execute(req).await.map_err(&failed)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(&failed)?;
+        if !status.is_success() {
+            let message = oci_errors(&body);
+            return Err(ClientError::Api {
+                method,
+                url,
+                status,
+                message,
+            });
+        }
+        let decoded = serde_json::from_slice::<serde_json::Value>(&body).and_then(|json| {
+            Ok(Answer {
+                value: T::deserialize(&json)?,
+                json,
+                status,
+            })
+        });
+        decoded.map_err(|source| ClientError::Decode {
+            method,
+            url,
+            source,
+        })
+    }
+}
+
+/// The message of an OCI error body (`{"errors":[{"code","message"}]}`), else the body's text.
+fn oci_errors(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) if !b.errors.is_empty() => b
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                "no error body".to_owned()
+            } else {
+                text.chars().take(300).collect()
+            }
+        }
+    }
+}
+
+fn write_json(out: &mut dyn Write, json: &serde_json::Value) -> Result<(), ClientError> {
+    serde_json::to_writer_pretty(&mut *out, json)
+        .map_err(io::Error::from)
+        .and_then(|()| writeln!(out))
+        .map_err(ClientError::Output)
+}
+
+#[derive(Deserialize)]
+struct Cache {
+    revisions: Vec<CachedRevision>,
+    /// Absent from an agent that predates cache lifecycle.
+    space: Option<SpaceView>,
+    entries: Option<Vec<Entry>>,
+}
+
+/// One eviction root.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    kind: String,
+    name: String,
+    bytes: u64,
+    last_access: u64,
+    #[serde(default)]
+    pins: Vec<String>,
+    #[serde(default)]
+    forms: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CachedRevision {
+    hub: String,
+    repo: String,
+    revision: String,
+    commit: Option<String>,
+    files: u64,
+    size: u64,
+    cached_bytes: u64,
+    #[serde(default)]
+    forms: Vec<String>,
+}
+
+fn parse_server(s: &str) -> Result<Url, String> {
+    let with_scheme = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| format!("{e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("expected http://host:port or https://host".to_owned());
+    }
+    Ok(url)
+}
+
+/// `1536` → `1.5 KiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    // 1023.96 KiB would print as "1024.0 KiB".
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `part` of `whole`, rounded down so that only a complete whole shows 100%.
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "100%".to_owned();
+    }
+    format!("{}%", u128::from(part.min(whole)) * 100 / u128::from(whole))
+}
+
+/// Left-aligned columns two spaces apart, one line per row, no trailing spaces.
+fn format_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut table = String::new();
+    let lines = std::iter::once(header.map(str::to_owned)).chain(rows.iter().cloned());
+    for row in lines {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(widths) {
+            line.push_str(&format!("{cell:<w$}  "));
+        }
+        table.push_str(line.trim_end());
+        table.push('\n');
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> Result<ModelUri, UriError> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_model_uris() {
+        let cases = [
+            (
+                "hf://Qwen/Qwen2.5-0.5B-Instruct@main",
+                HubKind::Hf,
+                "Qwen/Qwen2.5-0.5B-Instruct",
+                Some("main"),
+            ),
+            ("huggingface://gpt2", HubKind::Hf, "gpt2", None),
+            (
+                "ms://qwen/Qwen2.5-0.5B-Instruct",
+                HubKind::Ms,
+                "qwen/Qwen2.5-0.5B-Instruct",
+                None,
+            ),
+            (
+                "modelscope://a/b/c@v1.0",
+                HubKind::Ms,
+                "a/b/c",
+                Some("v1.0"),
+            ),
+            (
+                "HF://org/m_x.y@refs/pr/1",
+                HubKind::Hf,
+                "org/m_x.y",
+                Some("refs/pr/1"),
+            ),
+        ];
+        for (s, hub, repo, revision) in cases {
+            let expected = ModelUri {
+                hub,
+                repo: repo.to_owned(),
+                revision: revision.map(str::to_owned),
+            };
+            assert_eq!(uri(s), Ok(expected), "{s}");
+        }
+        assert_eq!(
+            uri("hf://a/b@refs/pr/1").map(|u| u.to_string()),
+            Ok("hf://a/b@refs/pr/1".to_owned())
+        );
+    }
+
+    #[test]
+    fn refuses_bad_model_uris() {
+        let cases = [
+            ("Qwen/Qwen2.5", UriError::MissingScheme),
+            ("", UriError::MissingScheme),
+            ("s3://bucket/x", UriError::UnknownScheme("s3".to_owned())),
+            (" hf://a/b", UriError::UnknownScheme(" hf".to_owned())),
+            ("hf://", UriError::EmptyRepo),
+            ("hf://@main", UriError::EmptyRepo),
+            ("hf://a/b@", UriError::EmptyRevision),
+            ("hf:///a", UriError::EmptySegment("/a".to_owned())),
+            ("hf://a//b", UriError::EmptySegment("a//b".to_owned())),
+            ("hf://a/b/", UriError::EmptySegment("a/b/".to_owned())),
+            ("hf://Qwen/Qwen 2", UriError::RepoChar(' ')),
+            ("hf://a/b?x=1", UriError::RepoChar('?')),
+            ("hf://a/b@main ", UriError::RevisionChar(' ')),
+            ("hf://a/b@ma\tin", UriError::RevisionChar('\t')),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(uri(s), Err(expected), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn formats_byte_sizes() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (1_048_575, "1.0 MiB"),
+            (988_097_824, "942.3 MiB"),
+            (15 << 30, "15.0 GiB"),
+            (u64::MAX, "16.0 EiB"),
+        ];
+        for (n, expected) in cases {
+            assert_eq!(human_bytes(n), expected, "{n}");
+        }
+    }
+
+    #[test]
+    fn formats_percentages() {
+        assert_eq!(percent(0, 0), "100%");
+        assert_eq!(percent(0, 10), "0%");
+        assert_eq!(percent(999, 1000), "99%");
+        assert_eq!(percent(1000, 1000), "100%");
+        assert_eq!(percent(u64::MAX, u64::MAX), "100%");
+    }
+
+    #[test]
+    fn formats_tables() {
+        let rows = [
+            [
+                "hf".to_owned(),
+                "Qwen/Qwen2.5-0.5B".to_owned(),
+                "".to_owned(),
+            ],
+            ["ms".to_owned(), "x".to_owned(), "raw,image".to_owned()],
+        ];
+        assert_eq!(
+            format_table(["HUB", "REPO", "FORMS"], &rows),
+            "HUB  REPO               FORMS\n\
+             hf   Qwen/Qwen2.5-0.5B\n\
+             ms   x                  raw,image\n"
+        );
+        assert_eq!(format_table(["A", "B"], &[]), "A  B\n");
+    }
+
+    #[test]
+    fn oci_error_bodies_become_messages() {
+        let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"no such repo","detail":null},{"code":"DENIED","message":"gated"}]}"#;
+        assert_eq!(
+            oci_errors(body),
+            "NAME_UNKNOWN: no such repo; DENIED: gated"
+        );
+        assert_eq!(oci_errors(b" bad gateway\n"), "bad gateway");
+        assert_eq!(oci_errors(b""), "no error body");
+    }
+
+    #[test]
+    fn formats_ages() {
+        let now = 1_000_000;
+        let cases = [
+            (0, "-"),
+            (now, "0s ago"),
+            (now + 5, "0s ago"),
+            (now - 59, "59s ago"),
+            (now - 60, "1m ago"),
+            (now - 3599, "59m ago"),
+            (now - 3600, "1h ago"),
+            (now - 86_399, "23h ago"),
+            (now - 86_400, "1d ago"),
+            (now - 10 * 86_400, "10d ago"),
+        ];
+        for (then, expected) in cases {
+            assert_eq!(age(then, now), expected, "{then}");
+        }
+    }
+
+    pub(super) const NOW: u64 = 1_700_000_000;
+
+    fn cache(json: serde_json::Value) -> Cache {
+        match serde_json::from_value(json) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn formats_the_cache() {
+        let c = cache(serde_json::json!({
+            "revisions": [{"hub": "hf", "repo": "Org/M", "revision": "main", "tag": "main",
+                "commit": "0123456789abcdef", "files": 2, "size": 2048, "cachedBytes": 1024,
+                "forms": ["raw", "image"]}],
+            "space": {"capacity": 10u64 << 30, "used": 1u64 << 30, "reserved": 0,
+                "pinned": 512u64 << 20, "highWatermark": 8_589_934_592u64,
+                "lowWatermark": 7u64 << 30},
+            "entries": [
+                {"kind": "tag", "name": "docker.io/library/alpine:3", "bytes": 3_500_000,
+                    "lastAccess": NOW - 7200, "pins": [], "protection": null, "forms": []},
+                {"kind": "hub", "name": "hf://org/m:main", "bytes": 1024, "lastAccess": NOW - 30,
+                    "pins": ["a", "b"], "protection": "pinned", "forms": ["raw", "image"]},
+            ],
+        }));
+        assert_eq!(
+            format_cache(&c, NOW),
+            "capacity 10.0 GiB, used 1.0 GiB (10%), pinned 512.0 MiB, reserved 0 B; \
+             eviction above 8.0 GiB down to 7.0 GiB\n\
+             \n\
+             HUB  REPO   REVISION  COMMIT        FILES  SIZE     CACHED  FORMS\n\
+             hf   Org/M  main      0123456789ab  2      2.0 KiB  50%     raw,image\n\
+             \n\
+             KIND  NAME                        SIZE     ACCESSED  PINNED  FORMS\n\
+             tag   docker.io/library/alpine:3  3.3 MiB  2h ago    -       -\n\
+             hub   hf://org/m:main             1.0 KiB  30s ago   a,b     raw,image\n"
+        );
+        // No revisions: no revisions table.
+        let c = cache(serde_json::json!({"revisions": [], "entries": []}));
+        assert_eq!(
+            format_cache(&c, NOW),
+            "KIND  NAME  SIZE  ACCESSED  PINNED  FORMS\n"
+        );
+        // An agent without entries: the revisions table alone, even empty.
+        let c = cache(serde_json::json!({"revisions": []}));
+        assert_eq!(
+            format_cache(&c, NOW),
+            "HUB  REPO  REVISION  COMMIT  FILES  SIZE  CACHED  FORMS\n"
+        );
+    }
+}
