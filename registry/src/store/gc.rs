@@ -441,6 +441,33 @@ pub fn pinned_roots(index: &dyn Index) -> Result<HashMap<Root, Vec<String>>> {
     Ok(out)
 }
 
+/// Run `f` on a thread of its own at a lower CPU priority (nice +10): reading the whole index
+/// and unlinking thousands of files must not take the cores from readers being served.
+async fn low_priority<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("manta-gc".into())
+        .spawn(move || {
+            // Linux: PRIO_PROCESS with a thread id sets that thread's nice value only.
+            if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10)
+            {
+                tracing::debug!(error = %e, "cannot lower the eviction thread's priority");
+            }
+            let _ = tx.send(f());
+        })
+        .map_err(|source| StoreError::Io {
+            op: "spawn eviction thread",
+            path: Default::default(),
+            source,
+        })?;
+    rx.await
+        .map_err(|_| StoreError::Corrupt("the eviction thread panicked".into()))?
+}
+
 /// What to evict.
 #[derive(Clone, Debug)]
 pub enum Select {
@@ -486,17 +513,13 @@ impl Store {
     pub async fn evict(&self, select: Select, dry_run: bool) -> Result<GcReport> {
         let _one = self.gc.lock().await;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.evict_blocking(select, dry_run))
-            .await
-            .map_err(StoreError::Join)?
+        low_priority(move || me.evict_blocking(select, dry_run)).await
     }
 
     /// The cache as eviction sees it (for `manta ls` and `GET /manta/v1/cache`).
     pub async fn graph(&self) -> Result<Graph> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.build_graph())
-            .await
-            .map_err(StoreError::Join)?
+        low_priority(move || me.build_graph()).await
     }
 
     fn build_graph(&self) -> Result<Graph> {
@@ -580,7 +603,7 @@ impl Store {
                 if g.manifests.contains(n) {
                     if !dry_run {
                         for repo in self.index.manifest_repos(n)? {
-                            self.index.delete_manifest(&repo, n)?;
+                            self.index.delete_manifest(&repo, n, false)?;
                         }
                         self.index.delete_access(std::slice::from_ref(n))?;
                     }
@@ -621,11 +644,11 @@ impl Store {
         match root {
             Root::Hub(key) => {
                 for (repo, tag) in hub_tags(key) {
-                    self.index.delete_tag(&repo, &tag)?;
+                    self.index.delete_tag(&repo, &tag, false)?;
                 }
-                self.index.delete_hub_revision(key)
+                self.index.delete_hub_revision(key, false)
             }
-            Root::Tag { repo, tag } => self.index.delete_tag(repo, tag).map(|_| ()),
+            Root::Tag { repo, tag } => self.index.delete_tag(repo, tag, false).map(|_| ()),
             Root::Manifest(_) | Root::Blob(_) => Ok(()),
         }
     }

@@ -213,12 +213,15 @@ pub trait Index: Send + Sync + 'static {
     fn put_manifest(&self, put: &ManifestPut<'_>) -> Result<()>;
     /// Unlink a manifest from `repo` with its tags and referrer entry there; the record goes
     /// with its last link. Returns false if `repo` did not hold it.
-    fn delete_manifest(&self, repo: &str, digest: &str) -> Result<bool>;
+    fn delete_manifest(&self, repo: &str, digest: &str, durable: bool) -> Result<bool>;
 
     fn tag(&self, repo: &str, tag: &str) -> Result<Option<String>>;
     /// Tags of `repo` in lexical order, strictly after `after`, at most `limit`.
     fn tags(&self, repo: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
-    fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool>;
+    /// `durable: false` (eviction, which removes a root's entries in order: tags, manifests,
+    /// blobs) skips the fsync: the log replays a prefix after a power loss, so what comes back is
+    /// a state the eviction passed through.
+    fn delete_tag(&self, repo: &str, tag: &str, durable: bool) -> Result<bool>;
     /// Every tag: repository, tag, target digest.
     fn for_each_tag(&self, f: &mut dyn FnMut(&str, &str, &str)) -> Result<()>;
     /// When a pull-through tag was last resolved upstream (Unix seconds).
@@ -245,7 +248,7 @@ pub trait Index: Send + Sync + 'static {
         sources: &[(String, HubSource)],
     ) -> Result<()>;
     fn for_each_hub_revision(&self, f: &mut dyn FnMut(&str, &HubRevisionRecord)) -> Result<()>;
-    fn delete_hub_revision(&self, key: &str) -> Result<()>;
+    fn delete_hub_revision(&self, key: &str, durable: bool) -> Result<()>;
     fn hub_source(&self, digest: &str) -> Result<Option<HubSource>>;
     /// The recipe of an image-form tar layer.
     fn recipe(&self, tar_digest: &str) -> Result<Option<RecipeRecord>>;

@@ -227,6 +227,16 @@ impl RocksIndex {
         Ok(out)
     }
 
+    /// Every entry of `cf`, without filling the block cache: whole-index scans (start-up,
+    /// eviction plans, listings) must not push out what readers' point lookups keep warm.
+    fn scan_all(&self, cf: &str) -> Result<rocksdb::DBIteratorWithThreadMode<'_, DB>> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.fill_cache(false);
+        Ok(self
+            .db
+            .iterator_cf_opt(self.cf(cf)?, ro, IteratorMode::Start))
+    }
+
     fn count_prefix(&self, cf: &str, p: &[u8]) -> Result<usize> {
         Ok(self.scan(cf, p, None, usize::MAX)?.len())
     }
@@ -295,7 +305,7 @@ impl Index for RocksIndex {
     }
 
     fn for_each_blob(&self, f: &mut dyn FnMut(&str, &BlobRecord)) -> Result<()> {
-        for item in self.db.iterator_cf(self.cf(CF_BLOBS)?, IteratorMode::Start) {
+        for item in self.scan_all(CF_BLOBS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
             let d = std::str::from_utf8(&k)
                 .map_err(|_| StoreError::Corrupt("blob key not utf-8".into()))?;
@@ -311,10 +321,7 @@ impl Index for RocksIndex {
     }
 
     fn for_each_manifest(&self, f: &mut dyn FnMut(&str, &ManifestRecord)) -> Result<()> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
-        {
+        for item in self.scan_all(CF_MANIFESTS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
             let d = std::str::from_utf8(&k)
                 .map_err(|_| StoreError::Corrupt("manifest key not utf-8".into()))?;
@@ -363,7 +370,7 @@ impl Index for RocksIndex {
         self.write(b, true)
     }
 
-    fn delete_manifest(&self, repo: &str, digest: &str) -> Result<bool> {
+    fn delete_manifest(&self, repo: &str, digest: &str, durable: bool) -> Result<bool> {
         let _g = self.lock();
         let link = key2(digest, repo);
         if self.get(CF_MANIFEST_LINKS, &link)?.is_none() {
@@ -387,7 +394,7 @@ impl Index for RocksIndex {
         if self.count_prefix(CF_MANIFEST_LINKS, &prefix(digest))? <= 1 {
             b.delete_cf(self.cf(CF_MANIFESTS)?, digest.as_bytes());
         }
-        self.write(b, true)?;
+        self.write(b, durable)?;
         Ok(true)
     }
 
@@ -408,7 +415,7 @@ impl Index for RocksIndex {
             .collect()
     }
 
-    fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool> {
+    fn delete_tag(&self, repo: &str, tag: &str, durable: bool) -> Result<bool> {
         let _g = self.lock();
         let k = key2(repo, tag);
         if self.get(CF_TAGS, &k)?.is_none() {
@@ -417,12 +424,12 @@ impl Index for RocksIndex {
         let mut b = WriteBatch::default();
         b.delete_cf(self.cf(CF_TAG_RESOLVED)?, &k);
         b.delete_cf(self.cf(CF_TAGS)?, k);
-        self.write(b, true)?;
+        self.write(b, durable)?;
         Ok(true)
     }
 
     fn for_each_tag(&self, f: &mut dyn FnMut(&str, &str, &str)) -> Result<()> {
-        for item in self.db.iterator_cf(self.cf(CF_TAGS)?, IteratorMode::Start) {
+        for item in self.scan_all(CF_TAGS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
             let bad = || StoreError::Corrupt("tag entry not utf-8".into());
             let k = std::str::from_utf8(&k).map_err(|_| bad())?;
@@ -478,10 +485,7 @@ impl Index for RocksIndex {
     }
 
     fn for_each_upload(&self, f: &mut dyn FnMut(&str, &UploadRecord)) -> Result<()> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_UPLOADS)?, IteratorMode::Start)
-        {
+        for item in self.scan_all(CF_UPLOADS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
             let id = std::str::from_utf8(&k)
                 .map_err(|_| StoreError::Corrupt("upload key not utf-8".into()))?;
@@ -511,10 +515,7 @@ impl Index for RocksIndex {
     }
 
     fn for_each_hub_revision(&self, f: &mut dyn FnMut(&str, &HubRevisionRecord)) -> Result<()> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_HUB_REVISIONS)?, IteratorMode::Start)
-        {
+        for item in self.scan_all(CF_HUB_REVISIONS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
             let key = std::str::from_utf8(&k)
                 .map_err(|_| StoreError::Corrupt("hub revision key not utf-8".into()))?;
@@ -523,11 +524,11 @@ impl Index for RocksIndex {
         Ok(())
     }
 
-    fn delete_hub_revision(&self, key: &str) -> Result<()> {
+    fn delete_hub_revision(&self, key: &str, durable: bool) -> Result<()> {
         let mut b = WriteBatch::default();
         b.delete_cf(self.cf(CF_HUB_REVISIONS)?, key.as_bytes());
         b.delete_cf(self.cf(CF_ACCESS)?, key.as_bytes());
-        self.write(b, true)
+        self.write(b, durable)
     }
 
     fn hub_source(&self, digest: &str) -> Result<Option<HubSource>> {
@@ -575,10 +576,7 @@ impl Index for RocksIndex {
     }
 
     fn for_each_access(&self, f: &mut dyn FnMut(&str, u64)) -> Result<()> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_ACCESS)?, IteratorMode::Start)
-        {
+        for item in self.scan_all(CF_ACCESS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
             let (Ok(k), Ok(v)) = (std::str::from_utf8(&k), <[u8; 8]>::try_from(&*v)) else {
                 continue;
@@ -621,7 +619,7 @@ impl Index for RocksIndex {
 
     fn pins(&self) -> Result<Vec<(String, PinRecord)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_PINS)?, IteratorMode::Start) {
+        for item in self.scan_all(CF_PINS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
             let name = String::from_utf8(k.to_vec())
                 .map_err(|_| StoreError::Corrupt("pin name not utf-8".into()))?;
