@@ -90,6 +90,13 @@ pub fn write_blob(path: &Path, size: u64, seed: u64) -> anyhow::Result<BlobFile>
     })
 }
 
+/// `len` pseudo-random bytes from `seed` (the generator of [`write_blob`], in memory).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    Xoshiro256pp::new(seed).fill(&mut buf);
+    buf
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

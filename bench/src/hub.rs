@@ -445,12 +445,6 @@ pub(crate) struct Results {
     pub load_after: String,
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn log_pull(name: &str, p: &Pull, c: &Cost, size: u64) {
     step(&format!(
         "{name}: {:.2} s ({:.0} MB/s), first byte {:.1} ms; manifest GET {:.1} ms; blob GET \
@@ -505,7 +499,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let work = tmp.path().to_path_buf();
     step(&format!("work dir {}", work.display()));
     let mut results = Results {
-        load_before: loadavg(),
+        load_before: crate::report::loadavg(),
         ..Results::default()
     };
 
@@ -663,7 +657,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Err(agent.explain(e));
     }
     drop(agent);
-    results.load_after = loadavg();
+    results.load_after = crate::report::loadavg();
 
     let md = report::render(&args, &bin, &ctx.model, &results);
     crate::report::publish(&md, &args.out)?;

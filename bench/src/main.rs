@@ -1,9 +1,11 @@
 //! `manta-bench`: Manta side by side with Debian's docker-registry on loopback, one markdown table.
 //! `manta-bench pull-through`: both as pull-through caches of a rate-limited upstream.
 //! `manta-bench hub`: Manta in front of a rate-limited local Hugging Face Hub.
+//! `manta-bench cache`: eviction of 10,000 cache blobs under readers, start-up with 100,000.
 //!
 //! See bench/README.md for what is measured and how to read it.
 
+mod cache;
 mod client;
 mod content;
 mod hub;
@@ -58,6 +60,9 @@ enum Command {
     /// Manta in front of a rate-limited local Hugging Face Hub: cold, warm and concurrent
     /// `hf-raw` pulls and an image-form prefetch, against direct downloads.
     Hub(hub::Args),
+    /// Cache lifecycle: eviction of 10,000 cache blobs under a reading load, and start-up time
+    /// with 100,000 indexed blobs (after SIGTERM and after kill -9) next to docker-registry's.
+    Cache(cache::Args),
 }
 
 /// Flags of the `registry` benchmark.
@@ -112,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             Some(Command::Registry(a)) => (a.timeout_secs, Box::pin(run(a))),
             Some(Command::PullThrough(a)) => (a.timeout_secs, Box::pin(pullthrough::run(a))),
             Some(Command::Hub(a)) => (a.timeout_secs, Box::pin(hub::run(a))),
+            Some(Command::Cache(a)) => (a.timeout_secs, Box::pin(cache::run(a))),
         };
     let limit = Duration::from_secs(limit);
     // Dropping the benchmark (on Ctrl-C or time-out) kills the servers and removes the temp dirs.
@@ -131,6 +137,17 @@ fn median(mut v: Vec<f64>) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// The `p`-th percentile (0–100) of `v`, nearest rank; NaN when `v` is empty.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
 }
 
 fn fmt_runs(v: &[f64]) -> String {
@@ -441,6 +458,16 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.0), 1.0);
+        assert!(percentile(&[], 50.0).is_nan());
     }
 
     #[test]

@@ -104,6 +104,13 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// The load average over 1, 5 and 15 minutes (`/proc/loadavg`), for the report's header.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Prints the report on stdout and writes it to `out` (creating its directory).
 pub fn publish(md: &str, out: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context as _;

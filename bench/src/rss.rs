@@ -22,6 +22,20 @@ fn parse_status_field(status: &str, field: &str) -> Option<u64> {
     })
 }
 
+/// A counter of `/proc/<pid>/io` (`rchar`: bytes the process read through read-like system
+/// calls, files and sockets alike; `read_bytes`: bytes fetched from the storage layer).
+pub fn io_field(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    parse_io_field(&s, field)
+}
+
+fn parse_io_field(io: &str, field: &str) -> Option<u64> {
+    io.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().parse().ok()
+    })
+}
+
 /// CPU time (user + system) `pid` has used so far, in seconds (`/proc/<pid>/stat`, 100 ticks a
 /// second as on every Linux this runs on).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -139,6 +153,15 @@ mod tests {
         assert_eq!(parse_status_field(s, "VmRSS"), Some(20480 * 1024));
         assert_eq!(parse_status_field(s, "VmHWM"), Some(51200 * 1024));
         assert_eq!(parse_status_field(s, "VmSwap"), None);
+    }
+
+    #[test]
+    fn parses_io_counters() {
+        let s = "rchar: 12345\nwchar: 99\nsyscr: 7\nread_bytes: 4096\n";
+        assert_eq!(parse_io_field(s, "rchar"), Some(12345));
+        assert_eq!(parse_io_field(s, "read_bytes"), Some(4096));
+        assert_eq!(parse_io_field(s, "cancelled_write_bytes"), None);
+        assert!(io_field(std::process::id(), "rchar").is_some());
     }
 
     #[test]

@@ -41,6 +41,46 @@ impl Server {
         }
         Ok(())
     }
+
+    /// `kill -TERM <pid>` (what an init system sends), then waits for the exit: how long the
+    /// server took to shut down. Fails if it is still running after `deadline`, or exits with
+    /// an error.
+    pub fn terminate(&mut self, deadline: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("cannot run kill")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed ({status})", self.pid());
+        }
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // A server without a SIGTERM handler (docker-registry without a drain timeout)
+                // dies of the signal: that is its way of shutting down.
+                use std::os::unix::process::ExitStatusExt as _;
+                if !status.success() && status.signal() != Some(15) {
+                    bail!(
+                        "{} exited with {status} after SIGTERM; log:\n{}",
+                        self.name,
+                        self.log_tail()
+                    );
+                }
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > deadline {
+                bail!("{} still running {deadline:?} after SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGKILL (`kill -9`) and reap: no chance to flush anything.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
 }
 
 impl Drop for Server {
@@ -230,7 +270,18 @@ pub fn start_docker_registry_with_proxy(
 
 /// Polls `GET /v2/` until it answers 200 (or the deadline passes, or the process exits).
 pub async fn wait_ready(server: &mut Server, client: &reqwest::Client) -> anyhow::Result<()> {
-    let url = server.base.join("/v2/")?;
+    wait_ok(server, client, "/v2/", Duration::from_millis(50)).await
+}
+
+/// Polls `GET <path>` every `every` until it answers 200 (or the deadline passes, or the
+/// process exits).
+pub async fn wait_ok(
+    server: &mut Server,
+    client: &reqwest::Client,
+    path: &str,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let url = server.base.join(path)?;
     let start = Instant::now();
     loop {
         server.check_alive()?;
@@ -246,6 +297,6 @@ pub async fn wait_ready(server: &mut Server, client: &reqwest::Client) -> anyhow
                 server.log_tail()
             );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
