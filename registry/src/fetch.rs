@@ -177,7 +177,7 @@ impl Fetcher {
         let _lease = self.store.lease(fetch.digest.as_ref());
         let Download { size, mut body } = open().await?;
         // The whole size is promised before a byte is written: a blob that cannot fit fails now.
-        let _room = self.store.reserve(size).await.map_err(store_err)?;
+        let mut room = self.store.reserve(size).await.map_err(store_err)?;
         let mut w = self
             .store
             .files()
@@ -208,6 +208,7 @@ impl Fetcher {
                 )));
             }
             w.write(&chunk).await.map_err(store_err)?;
+            room.written(chunk.len() as u64);
             if let Some(h) = tar_hasher.as_mut() {
                 h.update(&chunk);
             }

@@ -118,6 +118,8 @@ pub struct Space {
     used: AtomicU64,
     /// Bytes promised to downloads and uploads in flight.
     reserved: AtomicU64,
+    /// The part of `reserved` not yet written to the filesystem (what its free space must hold).
+    unwritten: AtomicU64,
 }
 
 impl Space {
@@ -134,6 +136,7 @@ impl Space {
             low: share(cfg.low_watermark.min(cfg.high_watermark)),
             used: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
+            unwritten: AtomicU64::new(0),
         })
     }
 
@@ -209,14 +212,16 @@ impl Space {
                 Err(actual) => cur = actual,
             }
         }
+        self.unwritten.fetch_add(n, Ordering::AcqRel);
         let r = Reservation {
             space: self.clone(),
             n,
+            written: 0,
         };
-        // The filesystem must hold every outstanding reservation (counted whole, although part
-        // of each is already written: the safe side) plus the index's headroom.
+        // The filesystem must hold what every reservation has yet to write, plus the index's
+        // headroom (what is written already is no longer in its free space).
         if let Ok((_, avail)) = fs_space(&self.dir) {
-            let want = self.reserved() + FS_HEADROOM;
+            let want = self.unwritten.load(Ordering::Acquire) + FS_HEADROOM;
             if avail < want {
                 return Err(Shortfall {
                     needed: n,
@@ -245,17 +250,28 @@ pub struct SpaceView {
 pub struct Reservation {
     space: Arc<Space>,
     n: u64,
+    written: u64,
 }
 
 impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.n
     }
+
+    /// `n` more of the reserved bytes reached the filesystem.
+    pub fn written(&mut self, n: u64) {
+        let n = n.min(self.n - self.written);
+        self.written += n;
+        self.space.unwritten.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.space.reserved.fetch_sub(self.n, Ordering::AcqRel);
+        self.space
+            .unwritten
+            .fetch_sub(self.n - self.written, Ordering::AcqRel);
     }
 }
 
@@ -295,6 +311,12 @@ mod tests {
         assert_eq!(e.to_free, 100);
         drop(a);
         assert_eq!(s.reserved(), 0);
+        let mut c = s.try_reserve(100).unwrap();
+        c.written(60);
+        c.written(60);
+        assert_eq!(s.unwritten.load(Ordering::Acquire), 0);
+        drop(c);
+        assert_eq!((s.reserved(), s.unwritten.load(Ordering::Acquire)), (0, 0));
         let _b = s.try_reserve(400).unwrap();
         assert_eq!(s.over_high(), 1000 - 700);
     }
