@@ -171,6 +171,7 @@ impl Graph {
     ) -> Result<Self> {
         let mut blobs = HashMap::new();
         index.for_each_blob(&mut |d, r| {
+            pace();
             blobs.insert(
                 d.to_string(),
                 BlobNode {
@@ -182,6 +183,7 @@ impl Graph {
         // Manifests and what each names; an image-form tar layer stands for its raw blob.
         let mut children: HashMap<String, (Origin, Vec<String>)> = HashMap::new();
         index.for_each_manifest(&mut |d, r| {
+            pace();
             children.insert(d.to_string(), (r.origin, manifest_children(&r.bytes)));
         })?;
         let mut recipe_raw: HashMap<String, Option<String>> = HashMap::new();
@@ -209,6 +211,7 @@ impl Graph {
             let mut stack: Vec<String> = seeds.to_vec();
             let mut out = Vec::new();
             while let Some(n) = stack.pop() {
+                pace();
                 if !seen.insert(n.clone()) {
                     continue;
                 }
@@ -227,6 +230,7 @@ impl Graph {
         };
         let mut stored_access = HashMap::new();
         index.for_each_access(&mut |k, at| {
+            pace();
             stored_access.insert(k.to_string(), at);
         })?;
         // A root's last use: the latest of its manifests' (and of `extra`).
@@ -441,6 +445,20 @@ pub fn pinned_roots(index: &dyn Index) -> Result<HashMap<Root, Vec<String>>> {
     Ok(out)
 }
 
+/// Give the CPU away now and then. A niced thread that never blocks still keeps its CPU for a
+/// whole time slice (milliseconds) before a waking reader gets it; reading the whole index is
+/// such a stretch, so the planner and the eviction loop yield every few dozen items.
+fn pace() {
+    thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    N.with(|n| {
+        let v = n.get().wrapping_add(1);
+        n.set(v);
+        if v % 32 == 0 {
+            std::thread::yield_now();
+        }
+    });
+}
+
 /// Run `f` on a thread of its own at a lower CPU priority (nice +10): reading the whole index
 /// and unlinking thousands of files must not take the cores from readers being served.
 async fn low_priority<T, F>(f: F) -> Result<T>
@@ -593,6 +611,7 @@ impl Store {
             if report.freed_bytes >= free {
                 break;
             }
+            pace();
             let gone = g.release(&r.closure);
             let mut bytes = 0;
             if !dry_run {
