@@ -263,8 +263,6 @@ async fn ensure_hasher(
     Ok(h)
 }
 
-/// Append the request body at the session's offset. `Content-Range`, when present, must start
-/// at the offset (416 otherwise) and match the body's length.
 /// Reserve room for a body of announced length before receiving it, so an upload that cannot
 /// fit is refused (507) before its first byte, not when the disk is full. A body of unknown
 /// length is written unreserved; a full disk then fails its write, and nothing is indexed.
@@ -283,6 +281,8 @@ async fn room_for_body(
     }
 }
 
+/// Append the request body at the session's offset. `Content-Range`, when present, must start
+/// at the offset (416 otherwise) and match the body's length.
 async fn append(st: &Shared, id: &Uuid, s: &mut Session, req: Req) -> ApiResult<()> {
     let content_range = match req.head.headers.get(header::CONTENT_RANGE) {
         None => None,

@@ -414,8 +414,8 @@ pub fn pin_roots(index: &dyn Index, target: &PinTarget) -> Result<Vec<Root>> {
         out.push(Root::Hub(key));
     }
     if let Some(r) = target.reference.as_deref() {
-        if let Some((repo, d)) = r.split_once('@') {
-            let _ = repo;
+        // A digest is content-addressed: the pin holds it whichever repository names it.
+        if let Some((_, d)) = r.split_once('@') {
             out.push(if index.manifest(d)?.is_some() {
                 Root::Manifest(d.to_string())
             } else {
