@@ -107,12 +107,8 @@ pub struct Args {
     /// Where to write the markdown report (it is also printed on stdout).
     #[arg(long, default_value = "bench/cache.md")]
     pub out: PathBuf,
-    /// The manta binary [default: `manta` next to this executable, built first].
-    #[arg(long, env = "MANTA_BIN")]
-    manta_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p manta-registry` before starting.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    pub manta: servers::MantaBinArgs,
     /// The docker-registry binary (Debian package docker-registry), the start-up peer.
     #[arg(
         long,
@@ -692,10 +688,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.docker_registry_bin.display()
         );
     }
-    if args.manta_bin.is_none() && !args.no_build {
-        servers::build_manta()?;
-    }
-    let bin = servers::locate_manta(args.manta_bin.clone())?;
+    let bin = args.manta.resolve()?;
     let build_root = tempfile::Builder::new()
         .prefix("manta-bench-cache-")
         .tempdir_in(&args.build_dir)

@@ -56,12 +56,8 @@ pub struct Args {
     /// Where to write the markdown report (it is also printed on stdout).
     #[arg(long, default_value = "bench/hub.md")]
     out: PathBuf,
-    /// The manta binary [default: `manta` next to this executable, built first].
-    #[arg(long, env = "MANTA_BIN")]
-    manta_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p manta-registry` before starting.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    pub manta: servers::MantaBinArgs,
     /// Give up (and clean up) after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout_secs: u64,
@@ -488,10 +484,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.runs > 0 && args.concurrent_pulls > 0,
         "--runs and --concurrent-pulls must be positive"
     );
-    if args.manta_bin.is_none() && !args.no_build {
-        servers::build_manta()?;
-    }
-    let bin = servers::locate_manta(args.manta_bin.clone())?;
+    let bin = args.manta.resolve()?;
     let tmp = tempfile::Builder::new()
         .prefix("manta-bench-hub-")
         .tempdir_in(&args.work_dir)

@@ -74,13 +74,8 @@ struct Args {
     /// Where to write the markdown report (it is also printed on stdout).
     #[arg(long, env = "MANTA_BENCH_OUT", default_value = "bench/results.md")]
     out: PathBuf,
-    /// The manta binary [default: `manta` next to this executable, i.e. target/release/manta,
-    /// built first with `cargo build --release -p manta-registry`].
-    #[arg(long, env = "MANTA_BIN")]
-    manta_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p manta-registry` before starting.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    pub manta: servers::MantaBinArgs,
     /// The docker-registry binary (Debian package docker-registry).
     #[arg(
         long,
@@ -214,10 +209,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Err(e) = std::process::Command::new("wrk").arg("--version").output() {
         anyhow::bail!("cannot run wrk ({e}): install it with `apt-get install wrk`");
     }
-    if args.manta_bin.is_none() && !args.no_build {
-        servers::build_manta()?;
-    }
-    let manta_bin = servers::locate_manta(args.manta_bin.clone())?;
+    let manta_bin = args.manta.resolve()?;
     let size = args.size_mib * 1024 * 1024;
 
     let tmp = tempfile::Builder::new().prefix("manta-bench-").tempdir()?;

@@ -47,12 +47,8 @@ pub struct Args {
     /// Where to write the markdown report (it is also printed on stdout).
     #[arg(long, default_value = "bench/pull-through.md")]
     out: PathBuf,
-    /// The manta binary [default: `manta` next to this executable, built first].
-    #[arg(long, env = "MANTA_BIN")]
-    manta_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p manta-registry` before starting.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    pub manta: servers::MantaBinArgs,
     /// The docker-registry binary (Debian package docker-registry).
     #[arg(
         long,
@@ -262,10 +258,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.concurrent_pulls > 0 && args.runs > 0,
         "--concurrent-pulls and --runs must be positive"
     );
-    if args.manta_bin.is_none() && !args.no_build {
-        servers::build_manta()?;
-    }
-    let manta_bin = servers::locate_manta(args.manta_bin.clone())?;
+    let manta_bin = args.manta.resolve()?;
     let dreg = args.docker_registry_bin.clone();
     let tmp = tempfile::Builder::new()
         .prefix("manta-bench-pt-")

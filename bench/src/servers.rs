@@ -90,6 +90,28 @@ impl Drop for Server {
     }
 }
 
+/// Which `manta` binary a benchmark runs (flattened into each subcommand's arguments).
+#[derive(clap::Args, Clone, Debug)]
+pub struct MantaBinArgs {
+    /// The manta binary [default: `manta` next to this executable, i.e. target/release/manta,
+    /// built first with `cargo build --release -p manta-registry`].
+    #[arg(long, env = "MANTA_BIN")]
+    pub manta_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p manta-registry` before starting.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+impl MantaBinArgs {
+    /// Build the binary (unless given one, or told not to) and find it.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if self.manta_bin.is_none() && !self.no_build {
+            build_manta()?;
+        }
+        locate_manta(self.manta_bin.clone())
+    }
+}
+
 /// Where the `manta` binary is: `explicit`, else next to this executable (`target/release/manta`).
 pub fn locate_manta(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let path = match explicit {
