@@ -709,6 +709,118 @@ mod tests {
         assert!(manifest_children(b"not json").is_empty());
     }
 
+    use crate::store::{BlobRecord, ManifestPut, ManifestRecord, RocksIndex};
+
+    fn d(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn blob(idx: &RocksIndex, digest: &str, origin: Origin) {
+        let r = BlobRecord {
+            version: 1,
+            size: 10,
+            created_at: 0,
+            origin,
+        };
+        idx.put_blob("r", digest, &r).unwrap();
+    }
+
+    fn manifest(idx: &RocksIndex, digest: &str, tag: &str, layers: &[String], origin: Origin) {
+        let layers: Vec<_> = layers
+            .iter()
+            .map(|l| serde_json::json!({"digest": l}))
+            .collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({"layers": layers})).unwrap();
+        let record = ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            subject: None,
+            origin,
+            bytes,
+        };
+        idx.put_manifest(&ManifestPut {
+            repo: "r",
+            digest,
+            record: &record,
+            tag: Some(tag),
+            referrer_descriptor: None,
+            resolved_at: None,
+        })
+        .unwrap();
+    }
+
+    /// Two cached images share a layer; a pushed image references a cached blob.
+    #[test]
+    fn shared_nodes_go_with_their_last_root_and_pushed_references_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = RocksIndex::open(dir.path()).unwrap();
+        let (shared, only_a, only_b, loose, kept) = (d('1'), d('2'), d('3'), d('4'), d('5'));
+        for b in [&shared, &only_a, &only_b, &loose, &kept] {
+            blob(&idx, b, Origin::Upstream);
+        }
+        manifest(
+            &idx,
+            &d('a'),
+            "a",
+            &[shared.clone(), only_a.clone()],
+            Origin::Upstream,
+        );
+        manifest(
+            &idx,
+            &d('b'),
+            "b",
+            &[shared.clone(), only_b.clone()],
+            Origin::Upstream,
+        );
+        manifest(
+            &idx,
+            &d('p'),
+            "p",
+            std::slice::from_ref(&kept),
+            Origin::Pushed,
+        );
+        let input = PlanInput {
+            now: 1_000_000,
+            min_age_secs: 0,
+            leased: &HashSet::new(),
+            pending_access: &HashMap::new(),
+        };
+        let mut g = Graph::build(&idx, &input, &HashMap::new()).unwrap();
+        let mut names: Vec<String> = g.roots.iter().map(|r| r.root.name()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["r:a".to_string(), "r:b".to_string(), loose.clone()]
+        );
+        assert!(
+            g.permanent.contains(&kept),
+            "a pushed manifest's blob is never evicted"
+        );
+        let closure = |g: &Graph, name: &str| {
+            let r = g.roots.iter().find(|r| r.root.name() == name).unwrap();
+            r.closure.clone()
+        };
+        let mut gone = g.release(&closure(&g, "r:a"));
+        gone.sort();
+        assert_eq!(gone, vec![only_a, d('a')], "the shared layer stays with b");
+        let mut gone = g.release(&closure(&g, "r:b"));
+        gone.sort();
+        assert_eq!(gone, vec![shared, only_b, d('b')]);
+
+        // A leased blob protects its root; a young root is protected too.
+        let leased: HashSet<String> = [d('2')].into();
+        // (Nothing was ever used here: last use 0, and "now" is 5 s after it.)
+        let input = PlanInput {
+            now: 5_000,
+            leased: &leased,
+            min_age_secs: 10,
+            ..input
+        };
+        let g = Graph::build(&idx, &input, &HashMap::new()).unwrap();
+        let a = g.roots.iter().find(|r| r.root.name() == "r:a").unwrap();
+        assert_eq!(a.protection, Some(Protection::InUse));
+        assert!(g.roots.iter().all(|r| r.protection.is_some()));
+    }
+
     #[test]
     fn hub_keys_name_their_tags() {
         assert_eq!(
