@@ -82,7 +82,11 @@ pub(super) async fn file_stream(
     len: u64,
     size: u64,
 ) -> ApiResult<BoxStream<'static, std::io::Result<Bytes>>> {
-    let BlobFile { mut file, lease } = blob;
+    let BlobFile {
+        mut file,
+        lease,
+        stamp,
+    } = blob;
     if start > 0 {
         let path = st.store.files().blob_path(digest);
         file.seek(std::io::SeekFrom::Start(start))
@@ -90,11 +94,7 @@ pub(super) async fn file_stream(
             .map_err(StoreError::io("seek", &path))?;
     }
     // Checked: whole reads of a file not verified since start-up or changed since it was.
-    let stamp = match file.metadata().await {
-        Ok(m) => Some(FileStamp::of(&m)),
-        Err(_) => None,
-    };
-    let unverified = stamp.is_some_and(|s| !st.store.is_verified(digest.as_ref(), &s));
+    let unverified = !st.store.is_verified(digest.as_ref(), &stamp);
     let chunks = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
     if !(st.store.options().verify_reads && start == 0 && len == size && unverified) {
         return Ok(chunks
@@ -130,7 +130,7 @@ struct Verify {
     digest: Digest,
     left: u64,
     store: crate::store::Store,
-    stamp: Option<FileStamp>,
+    stamp: FileStamp,
     _lease: crate::store::Lease,
 }
 
@@ -146,9 +146,7 @@ impl Verify {
         }
         let actual = self.hasher.take().map(|h| h.finish());
         if actual.as_ref() == Some(&self.digest) {
-            if let Some(s) = self.stamp {
-                self.store.mark_verified(self.digest.as_ref(), s);
-            }
+            self.store.mark_verified(self.digest.as_ref(), self.stamp);
             return Ok(chunk);
         }
         self.store.report_corrupt(self.digest.as_ref()).await;

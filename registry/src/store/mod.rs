@@ -216,12 +216,15 @@ pub struct Store {
     /// Set at shutdown: long blocking work (a verification pass) stops early.
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// Blob files known to match their digest, with the file's identity when they did.
-    verified: Arc<std::sync::Mutex<std::collections::HashMap<String, FileStamp>>>,
+    /// (Value: the stamp, and when it was taken, Unix nanoseconds.)
+    verified: Arc<std::sync::Mutex<std::collections::HashMap<String, (FileStamp, i128)>>>,
 }
 
 /// A file's identity and change times: any write through the filesystem changes `ctime`, so a
 /// file with the same stamp still holds the bytes that were verified (silent media corruption
-/// does not change it: that is the scrub's to find).
+/// does not change it: that is the scrub's to find). Timestamps advance in coarse ticks, so a
+/// stamp taken less than [`RACY_NS`] after the file last changed is not trusted (git's "racily
+/// clean" entries): a write in the same tick would leave it unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStamp {
     ino: u64,
@@ -230,7 +233,23 @@ pub struct FileStamp {
     ctime_ns: i128,
 }
 
+/// How long after a file's last change its stamp is trusted.
+const RACY_NS: i128 = 1_000_000_000;
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
 impl FileStamp {
+    /// Whether a stamp taken at `at` (Unix ns) can vouch for the file: its last change must be
+    /// at least [`RACY_NS`] older, or a write in the same timestamp tick would go unseen.
+    fn trusted_at(&self, at: i128) -> bool {
+        at - self.ctime_ns >= RACY_NS
+    }
+
     pub fn of(m: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
@@ -362,7 +381,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(digest)
-            == Some(stamp)
+            .is_some_and(|(s, at)| s == stamp && s.trusted_at(*at))
     }
 
     /// Record that the blob file with this stamp matches its digest.
@@ -370,7 +389,7 @@ impl Store {
         self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.to_string(), stamp);
+            .insert(digest.to_string(), (stamp, now_ns()));
     }
 
     fn forget_verified(&self, digest: &str) {
@@ -546,18 +565,19 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("open", &path)(e)),
         };
-        let len = file
+        let meta = file
             .metadata()
             .await
-            .map_err(StoreError::io("stat", &path))?
-            .len();
+            .map_err(StoreError::io("stat", &path))?;
+        let len = meta.len();
         if len != rec.size {
             tracing::warn!(%digest, expected = rec.size, found = len, "blob file has the wrong size; treating as unknown");
             self.stats.missing_blobs.inc();
             return Ok(None);
         }
         self.touch(digest.as_ref());
-        Ok(Some((BlobFile { file, lease }, len)))
+        let stamp = FileStamp::of(&meta);
+        Ok(Some((BlobFile { file, lease, stamp }, len)))
     }
 
     /// Remove `repo`'s link to a blob; the file and record go with the last link.
@@ -650,4 +670,25 @@ impl Store {
 pub struct BlobFile {
     pub file: tokio::fs::File,
     pub lease: Lease,
+    /// The file's identity when it was opened (is it verified as it stands?).
+    pub stamp: FileStamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_taken_in_the_tick_of_the_last_write_vouches_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        let stamp = FileStamp::of(&std::fs::metadata(&p).unwrap());
+        // Taken right after the write: a second write in the same tick would leave it equal.
+        assert!(!stamp.trusted_at(now_ns()));
+        assert!(stamp.trusted_at(stamp.ctime_ns + RACY_NS));
+        std::fs::write(&p, b"abd").unwrap();
+        let same_tick = FileStamp::of(&std::fs::metadata(&p).unwrap());
+        assert_eq!((same_tick.ino, same_tick.size), (stamp.ino, stamp.size));
+    }
 }
