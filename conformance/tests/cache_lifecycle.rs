@@ -418,7 +418,7 @@ async fn a_shared_blob_survives_the_eviction_of_one_of_its_two_images() {
     // Pull a again (newest now): only its own blobs come from upstream.
     next_second(unix_secs()).await;
     pull(&c, &base, &data, &a.name, &a.tag).await;
-    assert_eq!(up.blob_gets("share/a", a.layer(1)), 2);
+    assert_eq!(up.blob_gets_settled("share/a", a.layer(1), 2), 2);
     assert_eq!(upstream_gets(&up, &repos, &shared_digest), 1);
 
     // LRU: freeing a byte evicts b (used longest ago), and the shared layer stays for a.
@@ -588,7 +588,7 @@ async fn corrupt_blob_files_are_never_served_whole_and_verify_finds_them() {
     assert_eq!(up.blob_gets(&img.repo, &y), 1);
     blob_ok(&c, &base, &img.name, &y, y_bytes.len() as u64).await;
     assert_eq!(
-        up.blob_gets(&img.repo, &y),
+        up.blob_gets_settled(&img.repo, &y, 2),
         2,
         "not fetched again after verify"
     );
@@ -604,7 +604,7 @@ async fn corrupt_blob_files_are_never_served_whole_and_verify_finds_them() {
     let s = blob_ok(&c, &base, &img.name, &x, x_bytes.len() as u64).await;
     assert_eq!(s.sha256, sha256_hex(&x_bytes));
     assert_eq!(
-        up.blob_gets(&img.repo, &x),
+        up.blob_gets_settled(&img.repo, &x, 2),
         2,
         "the corrupt blob was not fetched again"
     );
@@ -652,7 +652,7 @@ async fn corrupt_blob_files_are_never_served_whole_and_verify_finds_them() {
     drop(f);
     blob_ok(&c, &base, &img.name, &w, w_bytes.len() as u64).await;
     assert_eq!(
-        up.blob_gets(&img.repo, &w),
+        up.blob_gets_settled(&img.repo, &w, 2),
         2,
         "a shrunk file was not fetched again"
     );
@@ -666,7 +666,7 @@ async fn corrupt_blob_files_are_never_served_whole_and_verify_finds_them() {
     assert_eq!(v["corrupt"], json!([]), "{v}");
     blob_ok(&c, &base, &img.name, &z, z_bytes.len() as u64).await;
     assert_eq!(
-        up.blob_gets(&img.repo, &z),
+        up.blob_gets_settled(&img.repo, &z, 2),
         2,
         "a vanished file was not fetched again"
     );
@@ -689,7 +689,7 @@ async fn corrupt_blob_files_are_never_served_whole_and_verify_finds_them() {
     })
     .await;
     blob_ok(&c, &base, &img.name, &x, x_bytes.len() as u64).await;
-    assert_eq!(up.blob_gets(&img.repo, &x), 3);
+    assert_eq!(up.blob_gets_settled(&img.repo, &x, 3), 3);
     installed(&base, &data, &[(&x, x_bytes.len() as u64)]).await;
     assert_consistent(&base, &data, SETTLE).await;
 }

@@ -233,6 +233,19 @@ impl DockerRegistry {
     }
 
     /// How many `GET /v2/<repo>/blobs/<digest>` the registry answered with a 2xx so far.
+    /// [`Self::blob_gets`] once it reaches `want`, or what it is after 5 s: the registry logs a
+    /// request after its response, so a client can hold the whole body before the line exists.
+    pub fn blob_gets_settled(&self, repo: &str, digest: &str, want: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let n = self.blob_gets(repo, digest);
+            if n >= want || std::time::Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn blob_gets(&self, repo: &str, digest: &str) -> usize {
         let path = format!("/v2/{repo}/blobs/{digest}");
         self.access_log()

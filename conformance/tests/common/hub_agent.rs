@@ -293,17 +293,24 @@ impl Package {
     }
 }
 
-/// Every file under `dir`, following symlinks, sorted.
+/// Every file under `dir`, following symlinks, sorted. A live agent may remove a file (a temp
+/// file installed, a blob evicted) between the listing and its `stat`: such a file is skipped.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && d != dir => continue,
+            Err(e) => panic!("read {}: {e}", d.display()),
+        };
+        for e in entries {
             let p = e.expect("dir entry").path();
-            if std::fs::metadata(&p).expect("stat").is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(_) => out.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("stat {}: {e}", p.display()),
             }
         }
     }
