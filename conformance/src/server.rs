@@ -35,6 +35,8 @@ pub fn manta_bin() -> Result<PathBuf> {
 pub struct MantaServer {
     child: Option<Child>,
     addr: String,
+    /// The cluster listener's `127.0.0.1:<port>`, when started with `--cluster-listen`.
+    cluster_addr: Option<String>,
     data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     log_path: PathBuf,
@@ -92,28 +94,38 @@ impl MantaServer {
         let stdout = child.stdout.take().context("stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(url) = line.strip_prefix("manta listening on http://") {
-                        let _ = tx.send(url.trim().to_string());
-                        sent = true;
+                for (prefix, cluster) in [
+                    ("manta listening on http://", false),
+                    ("manta cluster listener on http://", true),
+                ] {
+                    if let Some(url) = line.strip_prefix(prefix) {
+                        let _ = tx.send((cluster, url.trim().to_string()));
                     }
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                bail!("manta did not report its address within 60s; log:\n{log}");
+        let wants_cluster = extra_args.contains(&"--cluster-listen");
+        let (mut addr, mut cluster_addr) = (None, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while addr.is_none() || (wants_cluster && cluster_addr.is_none()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((false, a)) => addr = Some(a),
+                Ok((true, a)) => cluster_addr = Some(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    bail!("manta did not report its address within 60s; log:\n{log}");
+                }
             }
-        };
+        }
+        let addr = addr.context("no address")?;
         Ok(Self {
             child: Some(child),
             addr,
+            cluster_addr,
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             log_path,
@@ -128,6 +140,11 @@ impl MantaServer {
     /// `http://127.0.0.1:<port>`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:<port>` of the cluster listener (started with `--cluster-listen`).
+    pub fn cluster_url(&self) -> Option<String> {
+        self.cluster_addr.as_ref().map(|a| format!("http://{a}"))
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -66,6 +66,12 @@ pub enum ApiError {
     },
     #[error("{}", .0.client_message())]
     Store(#[from] StoreError),
+    /// The request lacks the credentials this listener needs.
+    #[error("authentication required: {0}")]
+    Unauthorized(String),
+    /// Too many of something at once (open upload sessions); try again later.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl ApiError {
@@ -97,7 +103,12 @@ impl ApiError {
             Conflict(_) => (StatusCode::CONFLICT, "DENIED"),
             Upstream { wanted, error } => upstream_parts(*wanted, error),
             Store(e) if e.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
+            Store(e) if e.is_fd_exhaustion() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS")
+            }
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
         }
     }
 
@@ -133,11 +144,20 @@ fn upstream_parts(wanted: Wanted, e: &UpstreamError) -> (StatusCode, &'static st
             429 => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             _ => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
         },
+        UpstreamError::Connect(e) if crate::upstream::is_fd_exhaustion(e) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS")
+        }
         UpstreamError::Connect(_)
         | UpstreamError::DigestMismatch { .. }
-        | UpstreamError::Malformed(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+        | UpstreamError::Malformed(_)
+        | UpstreamError::Unrepresentable(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+        UpstreamError::HubNotConfigured(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        UpstreamError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         UpstreamError::Hub(h) => hub_parts(wanted, h),
         UpstreamError::Local(l) if l.is_no_space() => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
+        UpstreamError::Local(l) if l.is_fd_exhaustion() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "TOOMANYREQUESTS")
+        }
         UpstreamError::Local(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
     }
 }
@@ -168,6 +188,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Store(e) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(e), "storage error")
+            }
+            ApiError::Upstream { error, .. } if matches!(&**error, UpstreamError::Internal(_)) => {
+                tracing::error!(%status, error = %error, "internal error")
             }
             ApiError::Upstream { error, .. } => {
                 tracing::warn!(%status, error = %error, cause = ?std::error::Error::source(&**error), "upstream error")
@@ -203,6 +226,12 @@ impl IntoResponse for ApiError {
                 }
             }
             _ => {}
+        }
+        // Our own "not now" answers (too many uploads, out of file descriptors) say when to retry.
+        if (status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS)
+            && !h.contains_key(header::RETRY_AFTER)
+        {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -310,7 +310,7 @@ async fn wait_for(fetch: &Fetch, until: impl Fn(&FetchState) -> bool) -> Result<
     let state = rx
         .wait_for(until)
         .await
-        .map_err(|_| Arc::new(UpstreamError::Malformed("fetch vanished".into())))?
+        .map_err(|_| Arc::new(UpstreamError::Internal("a fetch ended without an outcome")))?
         .clone();
     match state {
         FetchState::Failed(e) => Err(e),
@@ -326,16 +326,14 @@ pub async fn size_of(
     let state = tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, FetchState::Starting)))
         .await
         .map_err(|_| Arc::new(UpstreamError::Timeout("response headers")))?
-        .map_err(|_| Arc::new(UpstreamError::Malformed("fetch vanished".into())))?
+        .map_err(|_| Arc::new(UpstreamError::Internal("a fetch ended without an outcome")))?
         .clone();
     match state {
         FetchState::Streaming { size, .. }
         | FetchState::Verified { size, .. }
         | FetchState::Done { size } => Ok(size),
         FetchState::Failed(e) => Err(e),
-        FetchState::Starting => Err(Arc::new(UpstreamError::Malformed(
-            "fetch did not start".into(),
-        ))),
+        FetchState::Starting => Err(Arc::new(UpstreamError::Internal("a fetch did not start"))),
     }
 }
 

@@ -64,8 +64,36 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout).
+    /// The node's own endpoint: the whole OCI API, /hf and the admin API, unauthenticated, so
+    /// keep it on loopback.
     #[arg(long, env = "MANTA_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
+    /// The cluster listener, on the node address: blob reads by digest and the operator's admin
+    /// API, for other nodes, every request carrying the cluster token [default: none].
+    #[arg(long, env = "MANTA_CLUSTER_LISTEN", requires = "cluster_token_file")]
+    cluster_listen: Option<SocketAddr>,
+    /// File holding the cluster token (one per line; any is accepted, so a rotation can list the
+    /// new one first, then drop the old). Re-read when it changes.
+    #[arg(long, env = "MANTA_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<PathBuf>,
+    /// Seconds a client may take to send a request's head (from connecting, or from the first
+    /// byte of a later request).
+    #[arg(long, env = "MANTA_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    header_read_timeout_secs: u64,
+    /// Seconds a keep-alive connection may sit idle between requests before it is closed.
+    #[arg(long, env = "MANTA_IDLE_TIMEOUT_SECS", default_value_t = 90)]
+    idle_timeout_secs: u64,
+    /// Seconds a client may take nothing of a response, or send nothing of a request body,
+    /// before its connection is cut.
+    #[arg(long, env = "MANTA_STALL_TIMEOUT_SECS", default_value_t = 60)]
+    stall_timeout_secs: u64,
+    /// Connections served at once over both listeners; more are answered 503 with Retry-After
+    /// and closed [default: 0, auto: (open-file limit - 64) / 3].
+    #[arg(long, env = "MANTA_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
+    /// Upload sessions open at once; a POST past it is answered 429 with Retry-After.
+    #[arg(long, env = "MANTA_MAX_UPLOAD_SESSIONS", default_value_t = 1024)]
+    max_upload_sessions: usize,
     /// Where blobs, temp files and the index live [default: $XDG_DATA_HOME/manta, else ~/.local/share/manta].
     #[arg(long, env = "MANTA_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -83,8 +111,17 @@ struct ServeArgs {
     #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
     hf_endpoint: String,
     /// Hugging Face token, for gated and private repos (never logged, never sent to another host).
-    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    /// Prefer --hf-token-file: a flag's value shows in the process list.
+    #[arg(
+        long,
+        env = "HF_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "hf_token_file"
+    )]
     hf_token: Option<String>,
+    /// File holding the Hugging Face token (a mounted Secret, say), read at start.
+    #[arg(long, env = "MANTA_HF_TOKEN_FILE")]
+    hf_token_file: Option<PathBuf>,
     /// ModelScope endpoint for `ms/…` and `ms-raw/…` repositories.
     #[arg(
         long,
@@ -92,9 +129,17 @@ struct ServeArgs {
         default_value = "https://www.modelscope.cn"
     )]
     ms_endpoint: String,
-    /// ModelScope token.
-    #[arg(long, env = "MODELSCOPE_API_TOKEN", hide_env_values = true)]
+    /// ModelScope token (prefer --ms-token-file).
+    #[arg(
+        long,
+        env = "MODELSCOPE_API_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "ms_token_file"
+    )]
     ms_token: Option<String>,
+    /// File holding the ModelScope token, read at start.
+    #[arg(long, env = "MANTA_MS_TOKEN_FILE")]
+    ms_token_file: Option<PathBuf>,
     /// Seconds a branch's resolution to a commit is trusted before the hub is asked again (a
     /// commit is never re-resolved).
     #[arg(long, env = "MANTA_HUB_REVISION_TTL_SECS", default_value_t = 300)]
@@ -174,6 +219,22 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// A token given inline or in a file (trimmed; an empty one is none).
+fn token(
+    inline: Option<String>,
+    file: Option<&std::path::Path>,
+    flag: &str,
+) -> anyhow::Result<Option<String>> {
+    let t = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("{flag}: reading {}", f.display()))?,
+        ),
+        None => inline,
+    };
+    Ok(t.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(d) => d,
@@ -218,7 +279,58 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context("--scrub-rate")?,
         ),
     };
+    let hf_token = token(
+        args.hf_token,
+        args.hf_token_file.as_deref(),
+        "--hf-token-file",
+    )?;
+    let ms_token = token(
+        args.ms_token,
+        args.ms_token_file.as_deref(),
+        "--ms-token-file",
+    )?;
+    // Every connection needs a descriptor or three: take all the system allows.
+    let nofile = match manta_registry::server::conn::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(1024)
+        }
+    };
+    let max_connections = match args.max_connections {
+        0 => manta_registry::server::conn::auto_max_connections(nofile),
+        n => n.min(1 << 20),
+    };
+    tracing::info!(
+        open_file_limit = nofile,
+        max_connections,
+        "connection limits"
+    );
+    for (flag, secs) in [
+        ("--header-read-timeout-secs", args.header_read_timeout_secs),
+        ("--idle-timeout-secs", args.idle_timeout_secs),
+        ("--stall-timeout-secs", args.stall_timeout_secs),
+    ] {
+        anyhow::ensure!(secs > 0, "{flag} must be at least 1");
+    }
+    let secs = std::time::Duration::from_secs;
+    let cluster = match (args.cluster_listen, args.cluster_token_file) {
+        (Some(addr), Some(token_file)) => {
+            Some(manta_registry::server::ClusterListen { addr, token_file })
+        }
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!("--cluster-listen needs --cluster-token-file"),
+    };
     let cfg = ServeConfig {
+        cluster,
+        conn: manta_registry::server::ConnLimits {
+            header_read_timeout: secs(args.header_read_timeout_secs),
+            idle_timeout: secs(args.idle_timeout_secs),
+            stall_timeout: secs(args.stall_timeout_secs),
+            max_connections,
+        },
         cache: manta_registry::store::CacheOptions {
             space: manta_registry::store::SpaceConfig {
                 capacity: args.capacity,
@@ -230,8 +342,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         scrub_rate,
         hubs: manta_registry::server::HubServeConfig {
-            hf: hub(args.hf_endpoint, args.hf_token),
-            ms: hub(args.ms_endpoint, args.ms_token),
+            hf: hub(args.hf_endpoint, hf_token),
+            ms: hub(args.ms_endpoint, ms_token),
             settings: manta_registry::hub::HubSettings {
                 revision_ttl: std::time::Duration::from_secs(args.hub_revision_ttl_secs),
                 platforms,
@@ -244,20 +356,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_manifest_bytes: args.max_manifest_bytes,
             upload_ttl: std::time::Duration::from_secs(args.upload_ttl_secs),
+            max_upload_sessions: args.max_upload_sessions.max(1),
+            body_stall: secs(args.stall_timeout_secs),
         },
     };
     let server = Server::bind(cfg, prometheus_client::registry::Registry::default()).await?;
     let addr = server.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("manta listening on http://{addr}");
+    if let Some(cluster) = server.cluster_addr() {
+        let cluster = cluster?;
+        tracing::info!(addr = %cluster, "cluster listener");
+        println!("manta cluster listener on http://{cluster}");
+    }
     server.run(shutdown_signal()).await?;
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_tracing(cli.log_format);
+/// Exit codes: 0 success; 1 `verify` found damage; 2 the agent could not be reached; 3 any other
+/// failure (the agent refused or failed the request, a bad configuration); 64 a usage error;
+/// 130 interrupted.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use manta_registry::cli::ClientError;
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Damaged { .. }) => 1,
+        Some(ClientError::Request { .. }) => 2,
+        Some(ClientError::Interrupted { .. }) => 130,
+        _ => 3,
+    }
+}
+
+/// The error and its causes on one line: `manta: <what failed>: <why>: <why>`.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace(['\n', '\r'], " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::MirrorConfig(args) => {
@@ -289,5 +423,35 @@ async fn main() -> anyhow::Result<()> {
         Command::Verify(args) => manta_registry::cli::verify(args, &mut std::io::stdout())
             .await
             .map_err(Into::into),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version go to stdout and succeed; a usage error is EX_USAGE.
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return std::process::ExitCode::from(code);
+        }
+    };
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("manta: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("manta: {}", one_line(&e));
+            std::process::ExitCode::from(exit_code(&e))
+        }
     }
 }

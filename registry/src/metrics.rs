@@ -90,6 +90,21 @@ pub struct SourceLabels {
     pub kind: ObjectKind,
 }
 
+/// Why a connection was answered 503 and closed without being served.
+#[allow(non_camel_case_types)] // the variant names are the label values
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RefusalReason {
+    /// The connection cap was reached.
+    cap,
+    /// The process had no file descriptor left to serve it with.
+    fds,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: RefusalReason,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: RouteKind,
@@ -112,6 +127,10 @@ pub struct Metrics {
     pub cache_used: Gauge,
     pub cache_reserved: Gauge,
     pub cache_pinned: Gauge,
+    pub connections_open: Gauge,
+    connections_refused: Family<RefusalLabels, Counter>,
+    /// Bytes streamed from a source to clients without being cached (no room).
+    pub passthrough_bytes: Counter,
 }
 
 impl Metrics {
@@ -133,6 +152,9 @@ impl Metrics {
             cache_used: Gauge::default(),
             cache_reserved: Gauge::default(),
             cache_pinned: Gauge::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
+            passthrough_bytes: Counter::default(),
         };
         let gauges = [
             (
@@ -210,6 +232,21 @@ impl Metrics {
             m.cache_served_bytes.clone(),
         );
         registry.register(
+            "manta_connections_open",
+            "Client connections being served, over every listener",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "manta_connections_refused",
+            "Connections answered 503 and closed unserved: the connection cap was reached (cap), or no file descriptor was left (fds)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "manta_cache_passthrough_bytes",
+            "Blob bytes streamed from their source to clients without being cached, because the cache had no room",
+            m.passthrough_bytes.clone(),
+        );
+        registry.register(
             "manta_http_requests",
             "HTTP requests by route kind, method and status class",
             m.requests.clone(),
@@ -269,6 +306,12 @@ impl Metrics {
                 kind,
                 result,
             })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, reason: RefusalReason) {
+        self.connections_refused
+            .get_or_create(&RefusalLabels { reason })
             .inc();
     }
 

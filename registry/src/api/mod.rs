@@ -6,7 +6,9 @@
 
 mod admin;
 mod blobs;
+pub mod cluster;
 mod discovery;
+mod drain;
 mod facade;
 mod hub;
 mod lifecycle;
@@ -39,6 +41,10 @@ pub struct Limits {
     pub max_manifest_bytes: u64,
     /// An upload session that receives nothing for this long is purged with its bytes.
     pub upload_ttl: std::time::Duration,
+    /// Upload sessions open at once (429 past it).
+    pub max_upload_sessions: usize,
+    /// A request body that sends nothing for this long fails (the connections' stall timeout).
+    pub body_stall: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +52,8 @@ impl Default for Limits {
         Self {
             max_manifest_bytes: 4 << 20,
             upload_ttl: std::time::Duration::from_secs(24 * 3600),
+            max_upload_sessions: 1024,
+            body_stall: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +102,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v2/", axum::routing::any(dispatch))
         .route("/v2/{*rest}", axum::routing::any(dispatch))
         .with_state(state)
+        .layer(axum::middleware::from_fn(drain::drain_unread_body))
 }
 
 async fn readyz(State(st): State<Shared>) -> Response {

@@ -38,7 +38,7 @@ impl Hubs {
             commit: rec.commit.clone(),
         };
         let form = forms::image_form(&meta, &layers, &self.settings.platforms)
-            .map_err(|e| Arc::new(UpstreamError::Malformed(e.to_string())))?;
+            .map_err(|e| Arc::new(UpstreamError::Unrepresentable(e.to_string())))?;
         let image_repo = oci_repo(hub, Form::Image, repo);
         for c in &form.configs {
             self.put_config(&image_repo, &c.bytes)
@@ -88,7 +88,7 @@ impl Hubs {
             return Ok(layer);
         }
         let prefix = forms::tar_prefix(&f.path, f.size)
-            .map_err(|e| Arc::new(UpstreamError::Malformed(e.to_string())))?;
+            .map_err(|e| Arc::new(UpstreamError::Unrepresentable(e.to_string())))?;
         let raw_d = parse_digest(&raw)?;
         if self
             .store

@@ -179,12 +179,10 @@ impl Hubs {
     }
 
     fn adapter(&self, hub: HubKind) -> Result<Arc<dyn HubAdapter>, FetchError> {
-        self.adapters.get(&hub).cloned().ok_or_else(|| {
-            Arc::new(UpstreamError::Denied(format!(
-                "hub {} is not configured",
-                hub.as_str()
-            )))
-        })
+        self.adapters
+            .get(&hub)
+            .cloned()
+            .ok_or_else(|| Arc::new(UpstreamError::HubNotConfigured(hub.as_str())))
     }
 
     fn is_fresh(&self, rec: &HubRevisionRecord) -> bool {
@@ -234,9 +232,17 @@ impl Hubs {
         let out = rx
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Arc::new(UpstreamError::Malformed("resolution vanished".into())))?
+            .map_err(|_| {
+                Arc::new(UpstreamError::Internal(
+                    "a hub resolution ended without an outcome",
+                ))
+            })?
             .clone();
-        out.unwrap_or_else(|| Err(Arc::new(UpstreamError::Malformed("no outcome".into()))))
+        out.unwrap_or_else(|| {
+            Err(Arc::new(UpstreamError::Internal(
+                "a hub resolution ended without an outcome",
+            )))
+        })
     }
 
     /// The work of one flight, boxed: building the image form resolves through [`Self::revision`].
@@ -412,7 +418,7 @@ impl Hubs {
             })
             .collect();
         let raw = forms::raw_form(&meta, &raw_files)
-            .map_err(|e| Arc::new(UpstreamError::Malformed(e.to_string())))?;
+            .map_err(|e| Arc::new(UpstreamError::Unrepresentable(e.to_string())))?;
         self.put_config(&raw_repo, &raw.config.bytes)
             .await
             .map_err(store_err)?;
@@ -615,7 +621,10 @@ impl Hubs {
         let adapter = self.adapter(s.hub);
         let repo = oci_repo(s.hub, Form::Raw, &s.repo.to_ascii_lowercase());
         let open = move || async move {
-            let adapter = adapter.map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+            let adapter = adapter.map_err(|e| match &*e {
+                UpstreamError::HubNotConfigured(h) => UpstreamError::HubNotConfigured(h),
+                _ => UpstreamError::Internal("no adapter for the hub"),
+            })?;
             let dl = adapter.download(&s.repo, &s.commit, &s.path, 0).await?;
             if dl.size != s.size {
                 return Err(UpstreamError::Malformed(format!(
@@ -662,9 +671,11 @@ impl Hubs {
 }
 
 fn parse_digest(s: &str) -> Result<Digest, FetchError> {
-    digest::parse(s)
-        .map(|(d, _)| d)
-        .map_err(|e| Arc::new(UpstreamError::Malformed(format!("{s}: {e}"))))
+    digest::parse(s).map(|(d, _)| d).map_err(|e| {
+        Arc::new(UpstreamError::Local(StoreError::Corrupt(format!(
+            "a hub record's digest {s}: {e}"
+        ))))
+    })
 }
 
 #[cfg(test)]

@@ -97,11 +97,22 @@ impl StoreError {
         }
     }
 
+    /// The process (or the system) ran out of file descriptors: a 503, retry shortly.
+    pub fn is_fd_exhaustion(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => crate::server::conn::is_fd_exhaustion(source),
+            _ => false,
+        }
+    }
+
     /// What a client is told (paths and database details stay in the log).
     pub fn client_message(&self) -> String {
         match self {
             StoreError::NoSpace { .. } => self.to_string(),
             _ if self.is_no_space() => "insufficient storage: the disk is full".into(),
+            _ if self.is_fd_exhaustion() => {
+                "the agent is out of file descriptors; retry shortly".into()
+            }
             _ => "internal storage error".into(),
         }
     }

@@ -33,6 +33,16 @@ pub enum UpstreamError {
     DigestMismatch { expected: String },
     #[error("upstream sent a malformed response: {0}")]
     Malformed(String),
+    /// What a hub lists cannot be made an OCI artifact (a path no tar can hold, say).
+    #[error("the hub's repo cannot be served as an OCI artifact: {0}")]
+    Unrepresentable(String),
+    /// The agent has no adapter for this model hub.
+    #[error("model hub {0} is not configured on this agent")]
+    HubNotConfigured(&'static str),
+    /// A failure of the agent's own machinery (a fetch or resolution that ended without saying
+    /// how); a bug, never the upstream's fault.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// A model hub's answer, with the hub's own message.
     #[error(transparent)]
     Hub(#[from] manta_hub::HubError),
@@ -91,6 +101,20 @@ impl UpstreamError {
             _ => false,
         }
     }
+}
+
+/// Whether a request failed because the process ran out of file descriptors (a 503, not a 502).
+pub fn is_fd_exhaustion(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if crate::server::conn::is_fd_exhaustion(io) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// `scheme://host[:port]` of a registry.

@@ -1,20 +1,44 @@
-//! `manta serve`: open the store, bind, serve until a shutdown signal, flush the index.
+//! `manta serve`: open the store, bind the listeners, serve until a shutdown signal, flush the
+//! index.
+//!
+//! Two listeners: the node's own (`--listen`, loopback: the whole OCI API, `/hf`, the admin API,
+//! unauthenticated) and, optionally, the cluster listener (`--cluster-listen`, the node address:
+//! blob reads and the operator's admin API, behind the cluster token; see `api::cluster`). Both
+//! share one connection cap and the connection timeouts of [`conn`].
+
+pub mod conn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
+use crate::api::cluster::{ClusterToken, TokenError};
 use crate::api::{self, AppState, Limits, UploadSessions};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+pub use conn::ConnLimits;
+
+/// How long in-flight requests may go on after a shutdown signal before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// The cluster listener: where, and the file holding the shared token.
+#[derive(Clone, Debug)]
+pub struct ClusterListen {
+    pub addr: SocketAddr,
+    pub token_file: PathBuf,
+}
 
 /// Everything `manta serve` needs, already validated.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    pub cluster: Option<ClusterListen>,
+    pub conn: ConnLimits,
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub upstream: crate::upstream::UpstreamConfig,
@@ -40,6 +64,8 @@ pub enum ServeError {
         #[source]
         source: StoreError,
     },
+    #[error("the cluster token")]
+    Token(#[source] TokenError),
     #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
@@ -48,8 +74,6 @@ pub enum ServeError {
     },
     #[error("configuring the model hubs: {0}")]
     Hub(String),
-    #[error("serving")]
-    Serve(#[source] std::io::Error),
     #[error("flushing the index at shutdown")]
     Flush(#[source] StoreError),
 }
@@ -57,8 +81,16 @@ pub enum ServeError {
 /// A bound, ready server.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    cluster: Option<(tokio::net::TcpListener, Arc<ClusterToken>)>,
     state: Arc<AppState>,
+    conn: ConnLimits,
     scrub_rate: Option<u64>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 impl Server {
@@ -84,12 +116,14 @@ impl Server {
         metrics
             .recovered_orphans
             .inc_by(recovery.orphan_files_removed + recovery.temp_files_removed);
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let listener = bind(cfg.listen).await?;
+        let cluster = match &cfg.cluster {
+            Some(c) => {
+                let token = ClusterToken::load(&c.token_file).map_err(ServeError::Token)?;
+                Some((bind(c.addr).await?, token))
+            }
+            None => None,
+        };
         let fetcher = crate::fetch::Fetcher::new(store.clone(), metrics.clone());
         let hub_err = |e: manta_hub::HubError| ServeError::Hub(e.to_string());
         let adapters: Vec<Arc<dyn manta_hub::HubAdapter>> = vec![
@@ -111,13 +145,20 @@ impl Server {
         });
         Ok(Self {
             listener,
+            cluster,
             state,
+            conn: cfg.conn,
             scrub_rate: cfg.scrub_rate,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The cluster listener's address, when there is one.
+    pub fn cluster_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.cluster.as_ref().map(|(l, _)| l.local_addr())
     }
 
     /// Serve until `shutdown` resolves; then stop accepting, let in-flight requests finish, and
@@ -127,26 +168,47 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let state = self.state.clone();
-        let app = api::router(self.state.clone()).layer(TraceLayer::new_for_http().make_span_with(
-            |req: &axum::http::Request<_>| {
-                // The method only: paths carry digests and repository names.
-                tracing::debug_span!("request", method = %req.method())
-            },
-        ));
+        let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            // The method only: paths carry digests and repository names.
+            tracing::debug_span!("request", method = %req.method())
+        });
+        let app = api::router(self.state.clone()).layer(trace.clone());
+        let conns = conn::Connections::new(self.conn.clone(), state.metrics.clone());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let stop = CancellationToken::new();
+        let mut watcher = None;
+        let cluster = self.cluster.map(|(listener, token)| {
+            watcher = Some(tokio::spawn(token.clone().watch()));
+            let app = api::cluster::router(self.state.clone(), token).layer(trace);
+            (listener, app)
+        });
+        let main_loop = conns.serve(self.listener, app, &graceful, stop.clone());
+        let cluster_loop = async {
+            if let Some((listener, app)) = cluster {
+                conns.serve(listener, app, &graceful, stop.clone()).await;
+            }
+        };
         let purger = tokio::spawn(purge_uploads(state.clone()));
         let upkeep = tokio::spawn(state.store.clone().upkeep());
         let scrub = self
             .scrub_rate
             .map(|rate| tokio::spawn(state.store.clone().scrub(rate)));
-        let flag = state.clone();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
+        let stopper = {
+            let (stop, flag) = (stop.clone(), state.clone());
+            async move {
                 shutdown.await;
                 flag.ready.store(false, Ordering::Release);
                 tracing::info!("shutting down: finishing in-flight requests");
-            })
-            .await
-            .map_err(ServeError::Serve)?;
+                stop.cancel();
+            }
+        };
+        tokio::join!(main_loop, cluster_loop, stopper);
+        // Not accepting any more: ask open connections to finish, and cut them after the grace.
+        tokio::spawn(graceful.shutdown());
+        conns.drain(SHUTDOWN_GRACE).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         purger.abort();
         upkeep.abort();
         state.store.close();
