@@ -69,13 +69,31 @@ impl MantaServer {
 
     /// Start the binary `bin` (e.g. `env!("CARGO_BIN_EXE_manta")`) on `data_dir`.
     pub fn spawn(bin: &Path, data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::spawn_under(&[], bin, data_dir, extra_args)
+    }
+
+    /// Start `bin` through a wrapper command (`["prlimit", "--nofile=256:256", "--"]`, say).
+    pub fn spawn_under(
+        wrapper: &[&str],
+        bin: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let mut child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -93,13 +93,30 @@ fn refusal(message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Refusals being written at once; beyond this a connection is closed without an answer.
+/// Refusals being written at once; beyond this, accepting waits for one to end.
 const MAX_REFUSALS: usize = 64;
 
-/// Write the refusal, then read (and drop) what the client sends for a moment, so that its
-/// request bytes do not turn the close into a reset before it has read the answer.
+/// Read the request's head (an answer that comes before the question is a broken connection
+/// to most clients), write the refusal, then read (and drop) what the client still sends, so
+/// that its bytes do not turn the close into a reset before it has read the answer.
 async fn refuse(mut stream: TcpStream, why: &'static str) {
     let work = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        let asked = tokio::time::timeout(Duration::from_secs(1), async {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        if let Ok(Err(e)) = asked {
+            return Err(e);
+        }
         stream.write_all(&refusal(why)).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 4096];
@@ -113,7 +130,7 @@ async fn refuse(mut stream: TcpStream, why: &'static str) {
         }
         Ok::<_, io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), work).await;
 }
 
 /// `EMFILE` / `ENFILE`: the process or the system is out of file descriptors.
@@ -160,17 +177,17 @@ impl Connections {
         }
     }
 
-    fn refuse(&self, stream: TcpStream, reason: RefusalReason, why: &'static str) {
+    /// Answer 503 and close, in a task of its own. At most [`MAX_REFUSALS`] run at once; past
+    /// that, accepting waits (the clients wait in the listen backlog rather than being reset).
+    async fn refuse(&self, stream: TcpStream, reason: RefusalReason, why: &'static str) {
         self.metrics.connection_refused(reason);
-        match self.refusals.clone().try_acquire_owned() {
-            Ok(p) => {
-                tokio::spawn(async move {
-                    refuse(stream, why).await;
-                    drop(p);
-                });
-            }
-            Err(_) => drop(stream),
-        }
+        let Ok(p) = self.refusals.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            refuse(stream, why).await;
+            drop(p);
+        });
     }
 
     /// Accept on `listener` and serve `router` until `stop` resolves (then stop accepting; the
@@ -198,11 +215,14 @@ impl Connections {
                             me.connection(stream, router, watcher, permit).await
                         });
                     }
-                    Err(_) => self.refuse(
-                        stream,
-                        RefusalReason::cap,
-                        "too many connections; retry shortly",
-                    ),
+                    Err(_) => {
+                        self.refuse(
+                            stream,
+                            RefusalReason::cap,
+                            "too many connections; retry shortly",
+                        )
+                        .await
+                    }
                 },
                 Err(e) if is_fd_exhaustion(&e) => {
                     tracing::warn!(error = %e, "out of file descriptors; refusing a connection");
@@ -214,7 +234,8 @@ impl Connections {
                                     stream,
                                     RefusalReason::fds,
                                     "the agent is out of file descriptors; retry shortly",
-                                );
+                                )
+                                .await;
                             }
                             spare = std::fs::File::open("/dev/null").ok();
                         }
@@ -448,6 +469,7 @@ impl<T> TimedIo<T> {
 }
 
 fn timed_out(what: &str) -> io::Error {
+    tracing::debug!(what, "connection timed out");
     io::Error::new(io::ErrorKind::TimedOut, what.to_string())
 }
 

@@ -87,10 +87,23 @@ pub struct Server {
     scrub_rate: Option<u64>,
 }
 
+/// Connections the kernel queues for `accept`: a burst of pulls (containerd opens several
+/// connections per image) must not overflow the queue while the agent is busy, which would cost
+/// clients a dropped SYN and a second of retry, or a reset. (std and tokio use 128; the kernel
+/// caps this at `net.core.somaxconn`.)
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+    let err = |source| ServeError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 impl Server {
