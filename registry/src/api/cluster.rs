@@ -80,7 +80,7 @@ fn stamp_of(path: &Path) -> std::io::Result<Stamp> {
 }
 
 /// The tokens of a token file's text: one per line, blank lines and `#` comments skipped.
-fn parse_tokens(text: &str) -> Vec<&str> {
+pub fn parse_tokens(text: &str) -> Vec<&str> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))

@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// The agent's address: its admin API, and the registry host the printed references name.
     #[arg(long, env = "MANTA_SERVER", default_value = "http://127.0.0.1:5000", value_parser = parse_server)]
     pub server: Url,
+    /// File holding the cluster token, to reach an agent through its cluster listener (the
+    /// first token in the file is sent).
+    #[arg(long, env = "MANTA_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Which files of a hub repo (`huggingface_hub`'s glob semantics).
@@ -155,6 +159,14 @@ impl std::fmt::Display for ModelUri {
 pub enum ClientError {
     #[error("cannot set up the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("reading the token file {path}")]
+    TokenFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the token file {path} holds no token")]
+    NoToken { path: std::path::PathBuf },
     #[error("{method} {url}: cannot reach the Manta agent")]
     Request {
         method: Method,
@@ -357,6 +369,22 @@ impl Agent {
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
+        }
+        if let Some(path) = &args.token_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
+                path: path.clone(),
+                source,
+            })?;
+            let token = crate::api::cluster::parse_tokens(&text)
+                .first()
+                .map(|t| t.to_string())
+                .ok_or_else(|| ClientError::NoToken { path: path.clone() })?;
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::NoToken { path: path.clone() })?;
+            v.set_sensitive(true);
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::AUTHORIZATION, v);
+            builder = builder.default_headers(h);
         }
         let http = builder.build().map_err(ClientError::Client)?;
         let base = args.server.as_str().trim_end_matches('/').to_owned();
