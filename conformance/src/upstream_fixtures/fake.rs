@@ -38,6 +38,14 @@ pub enum FakeMode {
     /// The Docker token flow: `/v2/…` needs `Authorization: Bearer <token>`; tokens come from
     /// `GET /token?service=fake&scope=…` with basic auth of these credentials.
     Token(Credentials),
+    /// Layer blob GETs answer `307` to `<this base URL>/v2/<repo>/blobs/<digest>?redirected=1`
+    /// (a request carrying `redirected=1` is served), as registries send clients to storage.
+    RedirectBlobs(String),
+    /// The same, to the fake's own URL (a registry sending clients to storage on its host).
+    RedirectBlobsToSelf,
+    /// Every `/v2/<repo>/…` request answers `401` with a Bearer challenge naming this realm
+    /// URL (no token is ever accepted).
+    ChallengeAt(String),
 }
 
 /// One request the fake received.
@@ -300,6 +308,21 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     if path == "/v2/" || path == "/v2" {
         return (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
     }
+    if let FakeMode::ChallengeAt(realm) = &s.mode {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "fake upstream: authentication required",
+        );
+        let challenge = format!(
+            "Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:{}:pull\"",
+            s.image.repo
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        return resp;
+    }
     if method != Method::GET && method != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -362,7 +385,21 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         if head || !is_layer {
             return content(bytes, digest, "application/octet-stream", head);
         }
-        return match s.mode {
+        return match &s.mode {
+            FakeMode::RedirectBlobs(_) | FakeMode::RedirectBlobsToSelf
+                if !query.as_deref().unwrap_or("").contains("redirected=1") =>
+            {
+                let base = match &s.mode {
+                    FakeMode::RedirectBlobs(b) => b.clone(),
+                    _ => format!("http://{}", s.addr),
+                };
+                let to = format!("{base}/v2/{}/blobs/{digest}?redirected=1", s.image.repo);
+                let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp
+            }
             FakeMode::Lying => {
                 let flipped: Vec<u8> = bytes.iter().map(|b| !b).collect();
                 content(&flipped, digest, "application/octet-stream", false)

@@ -103,6 +103,43 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(random_bytes(n))
 }
 
+/// A TCP listener that only counts the connections it accepts (and closes them): proof that
+/// nothing was connected to an address.
+pub struct ConnectionCounter {
+    addr: std::net::SocketAddr,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectionCounter {
+    /// Listen on `<ip>:<a free port>` (`127.0.0.2`, say: any 127/8 address is loopback).
+    pub fn start(ip: &str) -> Result<Self> {
+        let listener = std::net::TcpListener::bind((ip, 0)).context("bind a counter")?;
+        let addr = listener.local_addr()?;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        Ok(Self { addr, count })
+    }
+
+    /// `<ip>:<port>`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;

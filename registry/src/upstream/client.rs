@@ -1,10 +1,12 @@
 //! One upstream registry: requests with its credentials, the Bearer token flow (tokens cached
 //! per scope until they expire), Basic auth, and bounded retries honouring `Retry-After`.
 //! Redirects (to blob storage) are followed by reqwest, which drops `Authorization` when the
-//! host changes. Secrets never reach an error message or a log line.
+//! host changes. Every address contacted, redirects and token realms included, is judged by the
+//! upstream's [`AddressPolicy`]; credentials go to a realm only over HTTPS or on the upstream's
+//! own host. Secrets never reach an error message or a log line.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{
@@ -13,6 +15,7 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 
 use super::config::{Credentials, RegistryConfig};
+use super::policy::{bare_host, denial_of, AddressPolicy};
 use super::UpstreamError;
 
 const MAX_ATTEMPTS: u32 = 3;
@@ -34,6 +37,15 @@ pub struct RegistryClient {
     config: RegistryConfig,
     pub timeout: Duration,
     auth: Mutex<AuthState>,
+    policy: Arc<AddressPolicy>,
+}
+
+/// A request failed: the address policy's refusal is `Denied` (403), the rest `Connect`.
+fn send_error(e: reqwest::Error) -> UpstreamError {
+    match denial_of(&e) {
+        Some(d) => UpstreamError::Denied(d.to_string()),
+        None => UpstreamError::Connect(e),
+    }
 }
 
 enum Challenge {
@@ -118,12 +130,15 @@ impl RegistryClient {
         base: String,
         config: RegistryConfig,
         timeout: Duration,
+        policy: AddressPolicy,
     ) -> Result<Self, UpstreamError> {
+        let policy = Arc::new(policy);
         let mut b = reqwest::Client::builder()
             .connect_timeout(timeout)
             .read_timeout(timeout)
             .user_agent(concat!("manta/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .dns_resolver(policy.resolver())
+            .redirect(policy.redirects());
         if config.insecure {
             b = b.danger_accept_invalid_certs(true);
         }
@@ -142,7 +157,18 @@ impl RegistryClient {
             config,
             timeout,
             auth: Mutex::new(AuthState::default()),
+            policy,
         })
+    }
+
+    /// Judge a URL this client is about to request (an IP literal now; a name when resolved).
+    fn check(&self, url: &str) -> Result<reqwest::Url, UpstreamError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|_| UpstreamError::Denied(format!("{url:?} is not a URL")))?;
+        self.policy
+            .check_url(&url)
+            .map_err(|d| UpstreamError::Denied(d.to_string()))?;
+        Ok(url)
     }
 
     fn auth_state(&self) -> std::sync::MutexGuard<'_, AuthState> {
@@ -188,7 +214,14 @@ impl RegistryClient {
                 service,
                 scope: challenged,
             } => {
-                let mut req = self.http.get(&realm);
+                let realm_url = self.check(&realm)?;
+                // Credentials go to a realm over HTTPS, or on this upstream's own host only: a
+                // challenge must not be able to collect them in clear from anywhere.
+                let own_host = realm_url
+                    .host_str()
+                    .is_some_and(|h| bare_host(h) == bare_host(&self.host));
+                let creds = creds.filter(|_| realm_url.scheme() == "https" || own_host);
+                let mut req = self.http.get(realm_url);
                 let mut q = Vec::new();
                 if let Some(s) = &service {
                     q.push(("service", s.as_str()));
@@ -201,7 +234,7 @@ impl RegistryClient {
                 let resp = tokio::time::timeout(self.timeout, req.send())
                     .await
                     .map_err(|_| UpstreamError::Timeout("token request"))?
-                    .map_err(UpstreamError::Connect)?;
+                    .map_err(send_error)?;
                 if !resp.status().is_success() {
                     return Err(UpstreamError::from_response("token request", resp).await);
                 }
@@ -244,12 +277,12 @@ impl RegistryClient {
         suffix: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let url = format!("{}/v2/{repo}/{suffix}", self.base);
+        let url = self.check(&format!("{}/v2/{repo}/{suffix}", self.base))?;
         let scope = format!("repository:{repo}:pull");
         let mut authenticated = false;
         let mut attempt = 0;
         loop {
-            let mut req = self.http.request(method.clone(), &url);
+            let mut req = self.http.request(method.clone(), url.clone());
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
@@ -259,6 +292,7 @@ impl RegistryClient {
             let sent = tokio::time::timeout(self.timeout, req.send()).await;
             let resp = match sent {
                 Err(_) => return Err(UpstreamError::Timeout("response headers")),
+                Ok(Err(e)) if denial_of(&e).is_some() => return Err(send_error(e)),
                 Ok(Err(e)) if e.is_connect() && attempt + 1 < MAX_ATTEMPTS => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;

@@ -3,6 +3,7 @@
 
 mod client;
 pub mod config;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -213,6 +214,8 @@ pub struct Target {
 
 pub struct Upstreams {
     config: UpstreamConfig,
+    /// Every host the configuration names, bare: the private addresses pull-through may reach.
+    configured_hosts: Arc<std::collections::BTreeSet<String>>,
     clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
 }
 
@@ -235,7 +238,21 @@ fn canonical(host: &str, repo: &str) -> (String, String) {
 
 impl Upstreams {
     pub fn new(config: UpstreamConfig) -> Self {
+        let c = &config;
+        let configured_hosts = c
+            .allow
+            .iter()
+            .cloned()
+            .chain(c.registries.keys().cloned())
+            .chain(
+                c.aliases
+                    .values()
+                    .filter_map(|u| BaseUrl::parse(u).ok().map(|b| b.host)),
+            )
+            .map(|h| policy::bare_host(&h))
+            .collect();
         Self {
+            configured_hosts: Arc::new(configured_hosts),
             config,
             clients: Mutex::new(HashMap::new()),
         }
@@ -258,6 +275,23 @@ impl Upstreams {
                 .any(|a| a == host || a == canonical_host)
     }
 
+    /// Whether the configuration names this upstream (an alias's target, an allow-list entry or
+    /// a registry section): only such an upstream may be on a private or loopback address.
+    fn configured(&self, host: &str, canonical_host: &str) -> bool {
+        let is = |h: &str| h == host || h == canonical_host;
+        self.config.allow.iter().any(|a| is(a))
+            || self
+                .config
+                .registries
+                .keys()
+                .any(|k| is(k) || (k == "docker.io" && canonical_host == "registry-1.docker.io"))
+            || self
+                .config
+                .aliases
+                .values()
+                .any(|u| BaseUrl::parse(u).is_ok_and(|b| is(&b.host)))
+    }
+
     fn registry_config(&self, host: &str, canonical_host: &str) -> config::RegistryConfig {
         let r = &self.config.registries;
         r.get(host)
@@ -276,6 +310,7 @@ impl Upstreams {
         host: &str,
         base: BaseUrl,
         cfg: config::RegistryConfig,
+        policy: policy::AddressPolicy,
     ) -> Result<Arc<RegistryClient>, UpstreamError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let key = base.url();
@@ -287,6 +322,7 @@ impl Upstreams {
             key.clone(),
             cfg,
             self.timeout(),
+            policy,
         )?);
         clients.insert(key, c.clone());
         Ok(c)
@@ -305,7 +341,9 @@ impl Upstreams {
                     return Ok(None);
                 };
                 if let Some(url) = self.config.aliases.get(first) {
-                    let base = BaseUrl::parse(url).map_err(UpstreamError::Malformed)?;
+                    let base = BaseUrl::parse(url).map_err(|_| {
+                        UpstreamError::Internal("a configured alias URL does not parse")
+                    })?;
                     (base.host.clone(), rest.to_string(), Some(base.scheme), true)
                 } else if first.contains('.') || first == "localhost" {
                     (first.to_string(), rest.to_string(), None, false)
@@ -324,14 +362,23 @@ impl Upstreams {
             None if is_loopback(&canonical_host) => "http",
             None => "https",
         });
-        let client = self.client(
-            &canonical_host,
-            BaseUrl {
-                scheme,
-                host: canonical_host.clone(),
-            },
-            cfg,
-        )?;
+        let base = BaseUrl {
+            scheme,
+            host: canonical_host.clone(),
+        };
+        // Refused here, before any connection, when the host is an address the policy forbids
+        // (a name is judged when the client resolves it).
+        let policy = if explicit_alias || self.configured(&host, &canonical_host) {
+            policy::AddressPolicy::configured(self.configured_hosts.clone())
+        } else {
+            policy::AddressPolicy::public_only()
+        };
+        let url = reqwest::Url::parse(&format!("{}/v2/", base.url()))
+            .map_err(|_| UpstreamError::Denied(format!("{host:?} (not a host[:port])")))?;
+        policy
+            .check_url(&url)
+            .map_err(|d| UpstreamError::Denied(d.to_string()))?;
+        let client = self.client(&canonical_host, base, cfg, policy)?;
         Ok(Some(Target {
             cache_repo: format!("{canonical_host}/{repo}"),
             client,
@@ -405,6 +452,34 @@ mod tests {
             "ns and alias share one cache"
         );
         assert!(u.resolve("x", Some("bad/host")).is_err());
+    }
+
+    #[test]
+    fn private_upstreams_only_when_configured() {
+        let u = ups("[upstream]\nallow = []\n[upstream.aliases]\nup1 = \"http://127.0.0.1:5055\"\n[upstream.registries.\"10.0.0.7:5000\"]\nplain_http = true\n");
+        for (name, ns) in [
+            ("a/b", Some("127.0.0.1:5055")), // the alias's host, by ns
+            ("127.0.0.1:5055/a/b", None),    // and by prefix
+            ("a/b", Some("10.0.0.7:5000")),  // a registry section
+        ] {
+            assert!(u.resolve(name, ns).unwrap().is_some(), "{name} {ns:?}");
+        }
+        for (name, ns) in [
+            ("a/b", Some("127.0.0.1:22")),
+            ("127.0.0.1:6379/a/b", None),
+            ("a/b", Some("169.254.169.254")),
+            ("169.254.169.254/latest/meta-data", None),
+            ("a/b", Some("[fe80::1]:80")),
+            ("a/b", Some("10.0.0.8:5000")),
+            ("a/b", Some("[::1]:5000")),
+        ] {
+            assert!(
+                matches!(u.resolve(name, ns), Err(UpstreamError::Denied(_))),
+                "{name} {ns:?}"
+            );
+        }
+        // Public hosts stay open while the allow-list is empty.
+        assert!(u.resolve("org/img", Some("ghcr.io")).unwrap().is_some());
     }
 
     #[test]
