@@ -3,9 +3,9 @@
 //!
 //! - `<data>/tmp` holds no regular file (no download or upload left half-written);
 //! - every file under `<data>/blobs` has a blob's path (`sha256/<xx>/<hex>`), and the agent
-//!   serves it: `HEAD …?ns=127.0.0.1:<closed port>` (a pull-through request whose upstream
-//!   refuses connections, so only indexed content can answer) gives 200 with the file's size
-//!   and digest;
+//!   serves it: `HEAD /v2/closed/…` (a pull-through request through the alias [`CLOSED_ALIAS`],
+//!   configured on every test agent, whose upstream refuses connections, so only indexed content
+//!   can answer) gives 200 with the file's size and digest;
 //! - `POST /manta/v1/verify` checks exactly those files (count and bytes), finding none corrupt
 //!   and no indexed blob missing: every indexed blob has its file;
 //! - `space.used` is the bytes of those files and nothing is reserved (the agent is idle);
@@ -26,23 +26,22 @@ use super::lifecycle::{blob_files, temp_file_sizes, Admin};
 /// Status, `Content-Length` and `Docker-Content-Digest` of a blob HEAD.
 pub type HeadAnswer = (u16, Option<String>, Option<String>);
 
-/// An `ns` (`127.0.0.1:<port>`) naming an upstream that refuses connections: a pull-through
-/// request with it can only be answered from the cache.
+/// The alias of an upstream that refuses connections (configured on every test agent: loopback
+/// upstreams are contacted only when configured): a pull-through request through it can only
+/// be answered from the cache.
+pub const CLOSED_ALIAS: &str = "closed";
+
+/// The URL for [`CLOSED_ALIAS`]: a loopback port nothing listens on.
 pub fn closed_upstream() -> Result<String> {
-    Ok(format!("127.0.0.1:{}", free_port()?))
+    Ok(format!("http://127.0.0.1:{}", free_port()?))
 }
 
-/// `HEAD /v2/manta-consistency/probe/blobs/<digest>?ns=<ns>` (containerd's mirror mode, with
-/// `ns` from [`closed_upstream`]): 200 only for a blob the store holds and has indexed.
-pub async fn cached_head(
-    c: &reqwest::Client,
-    base: &str,
-    ns: &str,
-    digest: &str,
-) -> Result<HeadAnswer> {
+/// `HEAD /v2/closed/manta-consistency/probe/blobs/<digest>`: 200 only for a blob the store
+/// holds and has indexed.
+pub async fn cached_head(c: &reqwest::Client, base: &str, digest: &str) -> Result<HeadAnswer> {
     let resp = c
         .head(format!(
-            "{base}/v2/manta-consistency/probe/blobs/{digest}?ns={ns}"
+            "{base}/v2/{CLOSED_ALIAS}/manta-consistency/probe/blobs/{digest}"
         ))
         .timeout(Duration::from_secs(30))
         .send()
@@ -85,12 +84,11 @@ pub async fn check(base: &str, data: &Path) -> Result<StoreView> {
     let total: u64 = blobs.values().sum();
 
     // Every blob file is served, with its size, by a request only the cache can answer.
-    let ns = closed_upstream()?;
     let c = client();
     let heads: Vec<(String, u64, Result<HeadAnswer>)> =
         futures_util::stream::iter(blobs.iter().map(|(d, s)| {
-            let (c, ns) = (c.clone(), ns.clone());
-            async move { (d.clone(), *s, cached_head(&c, base, &ns, d).await) }
+            let c = c.clone();
+            async move { (d.clone(), *s, cached_head(&c, base, d).await) }
         }))
         .buffer_unordered(16)
         .collect()

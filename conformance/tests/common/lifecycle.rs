@@ -65,7 +65,20 @@ impl Agent {
     }
 
     fn spawn(data: &Path, hub: Option<&str>, extra: &[String]) -> Result<MantaServer> {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        // The consistency probe's closed upstream must be configured (see `alias_config`).
+        let own_config;
+        if !extra.contains(&"--config") {
+            own_config = UpstreamConfig::default()
+                .alias(
+                    super::consistency::CLOSED_ALIAS,
+                    &super::consistency::closed_upstream()?,
+                )
+                .write(&data.with_extension("cfg"))?
+                .to_string_lossy()
+                .into_owned();
+            extra.extend(["--config", own_config.as_str()]);
+        }
         match hub {
             Some(h) => spawn_agent(h, data, &extra),
             None => MantaServer::start_in(data, &extra),
@@ -383,7 +396,6 @@ pub async fn pull(c: &reqwest::Client, base: &str, data: &Path, name: &str, tag:
 /// with data dir `data`: its file whole, and its record indexed (the cache alone serves it).
 pub async fn installed(base: &str, data: &Path, blobs: &[(&str, u64)]) {
     let c = client();
-    let ns = super::consistency::closed_upstream().expect("a closed port");
     poll(
         "the blobs to be installed",
         Duration::from_secs(30),
@@ -391,7 +403,7 @@ pub async fn installed(base: &str, data: &Path, blobs: &[(&str, u64)]) {
             let mut missing = Vec::new();
             for (d, size) in blobs {
                 let file = std::fs::metadata(blob_file(data, d)).map(|m| m.len()).ok();
-                let head = super::consistency::cached_head(&c, base, &ns, d).await?;
+                let head = super::consistency::cached_head(&c, base, d).await?;
                 if file != Some(*size) || head.0 != 200 {
                     missing.push(format!("{d}: file {file:?}, HEAD {}", head.0));
                 }
@@ -444,6 +456,10 @@ pub const UPSTREAM_ALIAS: &str = "up1";
 pub fn alias_config(up: &DockerRegistry, dir: &Path) -> String {
     UpstreamConfig::default()
         .alias(UPSTREAM_ALIAS, &up.url())
+        .alias(
+            super::consistency::CLOSED_ALIAS,
+            &super::consistency::closed_upstream().expect("a closed port"),
+        )
         .write(dir)
         .expect("write the upstream config")
         .to_string_lossy()

@@ -5,6 +5,12 @@
 //! index, so a session survives a restart: the hash state is rebuilt by re-reading the file.
 //! Crash story: the record's offset is written after the bytes, so the file is never shorter
 //! than the record says (start-up truncates any excess, and drops sessions whose file is short).
+//!
+//! A session's bytes count against the cache's capacity while it lives (its [`Reservation`]);
+//! a body reserves its announced length before its first byte, or, streamed without a length,
+//! step by step as it is written, so a push that cannot fit is refused with 507 before it eats
+//! the filesystem's reserve. A `PATCH` with `Content-Range` is all or nothing: refused, it
+//! leaves the session byte for byte as it was. At most `--max-upload-sessions` are open.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -23,18 +29,25 @@ use super::{
 };
 use crate::digest::{self, Algorithm, Hasher};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{unix_now, Origin, Store, StoreError, TempBlob, UploadRecord};
+use crate::store::{unix_now, Origin, Reservation, Store, StoreError, TempBlob, UploadRecord};
+
+/// A body streamed without a length reserves room this much at a time.
+const GROW_STEP: u64 = 8 << 20;
 
 struct Session {
     record: UploadRecord,
     /// Hash of exactly `record.offset` bytes, when known (rebuilt from the file after a restart).
     hasher: Option<Hasher>,
+    /// The session's bytes, counted against the capacity until it ends.
+    room: Reservation,
 }
 
 /// Live upload sessions; the index holds the durable part.
 #[derive(Default)]
 pub struct UploadSessions {
     live: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Session>>>>,
+    /// Held while a session is counted and created, so the cap holds under concurrent POSTs.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl UploadSessions {
@@ -132,13 +145,16 @@ pub(super) async fn start(st: &Shared, name: &str, req: Req) -> ApiResult<Respon
     // Monolithic upload: POST ?digest= with the whole body.
     if let Some(d) = req.head.query.get("digest") {
         let (expected, alg) = parse_digest_param(d)?;
-        let _room = room_for_body(st, &req.head.headers).await?;
+        let mut room = st.store.space().hold_existing(0);
+        if let Some(n) = content_length(&req.head.headers) {
+            st.store.grow(&mut room, n).await?;
+        }
         let mut w = st.store.files().temp_writer(alg).await?;
         let mut stream = req.body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::BlobUploadInvalid(format!("reading body: {e}")))?;
+        while let Some(chunk) = next_chunk(st, &mut stream).await? {
+            make_room(st, &mut room, chunk.len() as u64).await?;
             w.write(&chunk).await?;
+            room.written(chunk.len() as u64);
         }
         st.metrics.blob_bytes_received.inc_by(w.len());
         let (blob, actual) = w.finish().await?;
@@ -149,6 +165,14 @@ pub(super) async fn start(st: &Shared, name: &str, req: Req) -> ApiResult<Respon
         Some(a) => Algorithm::parse(a)
             .ok_or_else(|| ApiError::Unsupported(format!("digest algorithm {a:?}")))?,
     };
+    let _starting = st.uploads.starting.lock().await;
+    let mut open = 0usize;
+    st.store.index().for_each_upload(&mut |_, _| open += 1)?;
+    if open >= st.limits.max_upload_sessions {
+        return Err(ApiError::TooMany(format!(
+            "{open} upload sessions are open, as many as this agent allows; finish or cancel one, or retry later"
+        )));
+    }
     let id = Uuid::new_v4();
     let path = st.store.files().upload_path(&id);
     tokio::fs::File::create(&path)
@@ -169,6 +193,7 @@ pub(super) async fn start(st: &Shared, name: &str, req: Req) -> ApiResult<Respon
     let session = Session {
         record,
         hasher: Some(Hasher::new(alg)),
+        room: st.store.space().hold_existing(0),
     };
     st.uploads
         .map()
@@ -211,9 +236,12 @@ async fn session(
             let Some(record) = st.store.index().upload(&key)? else {
                 return Err(ApiError::BlobUploadUnknown);
             };
+            // Bytes received before a restart: on disk, so counted from now on.
+            let room = st.store.space().hold_existing(record.offset);
             let s = Arc::new(tokio::sync::Mutex::new(Session {
                 record,
                 hasher: None,
+                room,
             }));
             st.uploads.map().entry(id).or_insert(s).clone()
         }
@@ -263,26 +291,47 @@ async fn ensure_hasher(
     Ok(h)
 }
 
-/// Reserve room for a body of announced length before receiving it, so an upload that cannot
-/// fit is refused (507) before its first byte, not when the disk is full. A body of unknown
-/// length is written unreserved; a full disk then fails its write, and nothing is indexed.
-async fn room_for_body(
-    st: &Shared,
-    headers: &axum::http::HeaderMap,
-) -> ApiResult<Option<crate::store::Reservation>> {
-    let len = headers
+/// The body's announced length (`Content-Length`), if any and not zero.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .filter(|n| *n > 0);
-    match len {
-        Some(n) => Ok(Some(st.store.reserve(n).await?)),
-        None => Ok(None),
+        .filter(|n| *n > 0)
+}
+
+/// The next chunk of a request body; a client that sends nothing for the stall timeout fails.
+async fn next_chunk(
+    st: &Shared,
+    stream: &mut axum::body::BodyDataStream,
+) -> ApiResult<Option<bytes::Bytes>> {
+    let stall = st.limits.body_stall;
+    match tokio::time::timeout(stall, stream.next()).await {
+        Err(_) => Err(ApiError::BlobUploadInvalid(format!(
+            "the client sent nothing of the body for {}s",
+            stall.as_secs()
+        ))),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(c))) => Ok(Some(c)),
+        Ok(Some(Err(e))) => Err(ApiError::BlobUploadInvalid(format!("reading body: {e}"))),
     }
 }
 
+/// Make sure `room` holds `n` more unwritten bytes, growing it a step at a time (507 when the
+/// cache cannot make room: before the bytes are written, so the filesystem's reserve is kept).
+async fn make_room(st: &Shared, room: &mut Reservation, n: u64) -> ApiResult<()> {
+    if room.unwritten() < n {
+        st.store
+            .grow(room, (n - room.unwritten()).max(GROW_STEP))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Append the request body at the session's offset. `Content-Range`, when present, must start
-/// at the offset (416 otherwise) and match the body's length.
+/// at the offset (416 otherwise) and match the body's length: such a chunk is appended whole or
+/// not at all (a refused one leaves the session exactly as it was). A body without it is
+/// streamed, and what reached the file before it broke off is kept, for the client to resume.
 async fn append(st: &Shared, id: &Uuid, s: &mut Session, req: Req) -> ApiResult<()> {
     let content_range = match req.head.headers.get(header::CONTENT_RANGE) {
         None => None,
@@ -291,15 +340,27 @@ async fn append(st: &Shared, id: &Uuid, s: &mut Session, req: Req) -> ApiResult<
             Some(r.ok_or_else(|| ApiError::UploadRangeInvalid("malformed Content-Range".into()))?)
         }
     };
-    if let Some((start, _)) = content_range {
+    let announced = content_length(&req.head.headers);
+    let range_len = content_range.map(|(start, end)| end - start + 1);
+    if let Some((start, end)) = content_range {
         if start != s.record.offset {
             return Err(ApiError::UploadRangeInvalid(format!(
                 "Content-Range starts at {start}; the upload has {} bytes",
                 s.record.offset
             )));
         }
+        if announced.is_some_and(|n| Some(n) != range_len) {
+            return Err(ApiError::SizeInvalid(format!(
+                "Content-Range {start}-{end} announces {} bytes, Content-Length {}",
+                end - start + 1,
+                announced.unwrap_or(0)
+            )));
+        }
     }
-    let _room = room_for_body(st, &req.head.headers).await?;
+    let mut chunk_room = st.store.space().hold_existing(0);
+    if let Some(n) = announced {
+        st.store.grow(&mut chunk_room, n).await?;
+    }
     let alg = s.record.algorithm;
     let mut hasher = ensure_hasher(st, id, s, alg).await?;
     let path = st.store.files().upload_path(id);
@@ -315,49 +376,72 @@ async fn append(st: &Shared, id: &Uuid, s: &mut Session, req: Req) -> ApiResult<
     let mut written = 0u64;
     let mut stream = req.body.into_data_stream();
     let mut failure = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(chunk) => {
-                if let Err(e) = f.write_all(&chunk).await {
-                    failure = Some(ApiError::Store(StoreError::io("write", &path)(e)));
-                    break;
-                }
-                hasher.update(&chunk);
-                written += chunk.len() as u64;
-            }
+    loop {
+        let chunk = match next_chunk(st, &mut stream).await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
             Err(e) => {
-                failure = Some(ApiError::BlobUploadInvalid(format!("reading body: {e}")));
+                failure = Some(e);
                 break;
             }
+        };
+        let n = chunk.len() as u64;
+        if range_len.is_some_and(|len| written + n > len) {
+            failure = Some(ApiError::SizeInvalid(format!(
+                "the body is longer than its Content-Range's {} bytes",
+                range_len.unwrap_or(0)
+            )));
+            break;
         }
+        if let Err(e) = make_room(st, &mut chunk_room, n).await {
+            failure = Some(e);
+            break;
+        }
+        if let Err(e) = f.write_all(&chunk).await {
+            failure = Some(ApiError::Store(StoreError::io("write", &path)(e)));
+            break;
+        }
+        chunk_room.written(n);
+        hasher.update(&chunk);
+        written += n;
     }
-    if let Err(e) = f.flush().await {
+    let flushed = f.flush().await;
+    let whole_range = range_len.is_none_or(|len| written == len);
+    if content_range.is_some() && (failure.is_some() || !whole_range || flushed.is_err()) {
+        // All or nothing: the session goes back to exactly what it was.
+        let file = f.into_inner();
+        file.set_len(s.record.offset)
+            .await
+            .map_err(StoreError::io("truncate", &path))?;
+        return Err(failure.unwrap_or_else(|| match flushed {
+            Err(e) => ApiError::Store(StoreError::io("write", &path)(e)),
+            Ok(()) => ApiError::SizeInvalid(format!(
+                "Content-Range announced {} bytes, the body had {written}",
+                range_len.unwrap_or(0)
+            )),
+        }));
+    }
+    if let Err(e) = flushed {
         // What reached the file is unknown: keep the old offset and rebuild the hash later.
         s.hasher = None;
         return Err(StoreError::io("write", &path)(e).into());
     }
     st.metrics.blob_bytes_received.inc_by(written);
-    // Bytes that reached the file are kept even when the body broke off: the client can ask
-    // for the session's Range and resume.
+    // A streamed body's bytes that reached the file are kept even when it broke off: the
+    // client can ask for the session's Range and resume.
     s.record.offset += written;
     s.record.updated_at = unix_now();
     s.hasher = Some(hasher);
+    chunk_room.shrink_to_written();
+    s.room.absorb(chunk_room);
     let (key, rec) = (id.to_string(), s.record.clone());
     st.store
         .blocking(move |idx| idx.put_upload(&key, &rec, false))
         .await?;
-    if let Some(e) = failure {
-        return Err(e);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    if let Some((start, end)) = content_range {
-        if written != end - start + 1 {
-            return Err(ApiError::SizeInvalid(format!(
-                "Content-Range {start}-{end} announced {} bytes, the body had {written}",
-                end - start + 1
-            )));
-        }
-    }
-    Ok(())
 }
 
 pub(super) async fn patch(st: &Shared, name: &str, id: &str, req: Req) -> ApiResult<Response> {

@@ -470,6 +470,14 @@ impl Store {
         })
     }
 
+    /// Grow `room` by `n` bytes, as [`Store::reserve`] would reserve them (evicting if needed,
+    /// 507 when even that cannot make room).
+    pub async fn grow(&self, room: &mut Reservation, n: u64) -> Result<()> {
+        let more = self.reserve(n).await?;
+        room.absorb(more);
+        Ok(())
+    }
+
     pub fn index(&self) -> &dyn Index {
         &*self.index
     }

@@ -123,6 +123,17 @@ pub struct Space {
 }
 
 impl Space {
+    /// Account for `n` bytes already on disk (an upload session found at start-up): they count
+    /// against the capacity from now on, whatever it says.
+    pub fn hold_existing(self: &Arc<Self>, n: u64) -> Reservation {
+        self.reserved.fetch_add(n, Ordering::AcqRel);
+        Reservation {
+            space: self.clone(),
+            n,
+            written: n,
+        }
+    }
+
     pub fn new(dir: PathBuf, cfg: &SpaceConfig) -> std::io::Result<Self> {
         let capacity = match cfg.capacity {
             Capacity::Bytes(b) => b,
@@ -258,6 +269,28 @@ impl Reservation {
         self.n
     }
 
+    /// Reserved bytes not yet written.
+    pub fn unwritten(&self) -> u64 {
+        self.n - self.written
+    }
+
+    /// Take over another reservation's bytes (one reservation for a whole upload session).
+    pub fn absorb(&mut self, mut other: Reservation) {
+        self.n += other.n;
+        self.written += other.written;
+        // `other` gives nothing back when dropped: its bytes are ours now.
+        other.n = 0;
+        other.written = 0;
+    }
+
+    /// Give back what was reserved but not written.
+    pub fn shrink_to_written(&mut self) {
+        let spare = self.n - self.written;
+        self.space.reserved.fetch_sub(spare, Ordering::AcqRel);
+        self.space.unwritten.fetch_sub(spare, Ordering::AcqRel);
+        self.n = self.written;
+    }
+
     /// `n` more of the reserved bytes reached the filesystem.
     pub fn written(&mut self, n: u64) {
         let n = n.min(self.n - self.written);
@@ -319,5 +352,31 @@ mod tests {
         assert_eq!((s.reserved(), s.unwritten.load(Ordering::Acquire)), (0, 0));
         let _b = s.try_reserve(400).unwrap();
         assert_eq!(s.over_high(), 1000 - 700);
+    }
+
+    #[test]
+    fn a_session_reservation_absorbs_its_chunks_and_gives_back_the_slack() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpaceConfig {
+            capacity: Capacity::Bytes(1000),
+            ..Default::default()
+        };
+        let s = Arc::new(Space::new(dir.path().to_path_buf(), &cfg).unwrap());
+        let mut session = s.hold_existing(100);
+        assert_eq!(
+            (s.reserved(), s.unwritten.load(Ordering::Acquire)),
+            (100, 0)
+        );
+        let mut chunk = s.try_reserve(300).unwrap();
+        chunk.written(120);
+        session.absorb(chunk);
+        assert_eq!((session.bytes(), session.unwritten()), (400, 180));
+        session.shrink_to_written();
+        assert_eq!(
+            (s.reserved(), s.unwritten.load(Ordering::Acquire)),
+            (220, 0)
+        );
+        drop(session);
+        assert_eq!((s.reserved(), s.unwritten.load(Ordering::Acquire)), (0, 0));
     }
 }

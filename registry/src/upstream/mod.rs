@@ -15,7 +15,8 @@ pub use config::{FileConfig, UpstreamConfig};
 /// Failures talking to an upstream. Messages never carry credentials or tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream {0} is not allowed by this agent's configuration")]
+    /// Refused by this agent's policy (the allow-list, the address policy): said why.
+    #[error("{0}")]
     Denied(String),
     #[error("upstream sent nothing for the configured timeout ({0})")]
     Timeout(&'static str),
@@ -333,7 +334,9 @@ impl Upstreams {
         let (host, repo, base_scheme, explicit_alias) =
             if let Some(ns) = ns.filter(|n| !n.is_empty()) {
                 if !valid_host(ns) {
-                    return Err(UpstreamError::Denied(format!("{ns:?} (not a host[:port])")));
+                    return Err(UpstreamError::Denied(format!(
+                        "upstream {ns:?} is not a host[:port]"
+                    )));
                 }
                 (ns.to_string(), name.to_string(), None, false)
             } else {
@@ -353,7 +356,9 @@ impl Upstreams {
             };
         let (canonical_host, repo) = canonical(&host, &repo);
         if !explicit_alias && !self.allowed(&host, &canonical_host) {
-            return Err(UpstreamError::Denied(host));
+            return Err(UpstreamError::Denied(format!(
+                "upstream {host} is not allowed by this agent's configuration"
+            )));
         }
         let cfg = self.registry_config(&host, &canonical_host);
         let scheme = base_scheme.unwrap_or(match cfg.plain_http {
@@ -373,8 +378,9 @@ impl Upstreams {
         } else {
             policy::AddressPolicy::public_only()
         };
-        let url = reqwest::Url::parse(&format!("{}/v2/", base.url()))
-            .map_err(|_| UpstreamError::Denied(format!("{host:?} (not a host[:port])")))?;
+        let url = reqwest::Url::parse(&format!("{}/v2/", base.url())).map_err(|_| {
+            UpstreamError::Denied(format!("upstream {host:?} is not a host[:port]"))
+        })?;
         policy
             .check_url(&url)
             .map_err(|d| UpstreamError::Denied(d.to_string()))?;

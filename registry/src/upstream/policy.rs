@@ -80,7 +80,7 @@ pub fn classify(ip: IpAddr) -> AddrClass {
 
 /// A refusal of the address policy. It reaches the client as 403 `DENIED`.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves to {what}, which pull-through may not contact")]
+#[error("upstream {host} is {what}, which pull-through may not contact")]
 pub struct AddressDenied {
     pub host: String,
     pub what: &'static str,
@@ -91,8 +91,8 @@ impl AddressDenied {
         Self {
             host: host.to_string(),
             what: match class {
-                AddrClass::LinkLocal => "a link-local address",
-                _ => "a private or loopback address of no configured upstream",
+                AddrClass::LinkLocal => "at a link-local address",
+                _ => "at a private or loopback address and not a configured upstream",
             },
         }
     }
@@ -147,7 +147,7 @@ impl AddressPolicy {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(AddressDenied {
                 host: url.scheme().to_string(),
-                what: "a scheme other than http or https",
+                what: "reached by a scheme other than http or https",
             });
         }
         let ip = match url.host() {
@@ -157,7 +157,7 @@ impl AddressPolicy {
             None => {
                 return Err(AddressDenied {
                     host: String::new(),
-                    what: "no host",
+                    what: "without a host",
                 })
             }
         };
