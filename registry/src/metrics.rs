@@ -131,6 +131,8 @@ pub struct Metrics {
     connections_refused: Family<RefusalLabels, Counter>,
     /// Bytes streamed from a source to clients without being cached (no room).
     pub passthrough_bytes: Counter,
+    /// Blob fetches that found no room and streamed through uncached.
+    pub passthrough_fetches: Counter,
 }
 
 impl Metrics {
@@ -155,6 +157,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Family::default(),
             passthrough_bytes: Counter::default(),
+            passthrough_fetches: Counter::default(),
         };
         let gauges = [
             (
@@ -245,6 +248,11 @@ impl Metrics {
             "manta_cache_passthrough_bytes",
             "Blob bytes streamed from their source to clients without being cached, because the cache had no room",
             m.passthrough_bytes.clone(),
+        );
+        registry.register(
+            "manta_cache_passthrough_fetches",
+            "Blob fetches that found no room in the cache and streamed through to their clients uncached",
+            m.passthrough_fetches.clone(),
         );
         registry.register(
             "manta_http_requests",

@@ -167,7 +167,7 @@ fn file_progress(st: &Shared, f: &crate::store::HubFileRecord) -> FileProgress {
         {
             Some(FetchState::Streaming { written, .. }) => (written, "running"),
             Some(FetchState::Verified { size, .. } | FetchState::Done { size }) => (size, "done"),
-            Some(FetchState::Starting) => (0, "running"),
+            Some(FetchState::Starting | FetchState::Passthrough { .. }) => (0, "running"),
             Some(FetchState::Failed(_)) => (0, "failed"),
             None => (0, "pending"),
         }
@@ -265,6 +265,8 @@ async fn run(st: Shared, job: Arc<Job>, spec: Spec) {
     }
 }
 
+/// Fetch what the job asks for; it succeeds only when every file is in the cache (a file that
+/// found no room streamed through uncached, which a prefetch is not).
 async fn prefetch(st: &Shared, job: &Job, spec: Spec) -> Result<(), FetchError> {
     let name = job.repo.to_ascii_lowercase();
     let rec = st
@@ -279,9 +281,44 @@ async fn prefetch(st: &Shared, job: &Job, spec: Spec) -> Result<(), FetchError> 
             .revision(job.hub, &name, &job.tag, Form::Image, None)
             .await?;
         job.set(|s| s.record = Some(rec));
+    }
+    // The image form may have been built with no room to keep the files (only hashed), or its
+    // files evicted since: fetch what the store lacks.
+    fetch_files(st, &rec).await?;
+    let missing: Vec<&str> = rec
+        .files
+        .iter()
+        .filter(|f| {
+            !matches!(
+                st.store.index().blob(&format!("sha256:{}", f.sha256)),
+                Ok(Some(_))
+            )
+        })
+        .map(|f| f.path.as_str())
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    futures_util::stream::iter(rec.files)
+    let space = st.store.space();
+    Err(Arc::new(UpstreamError::Local(
+        crate::store::StoreError::NoSpace {
+            needed: rec
+                .files
+                .iter()
+                .filter(|f| missing.contains(&f.path.as_str()))
+                .map(|f| f.size)
+                .sum(),
+            capacity: space.capacity(),
+            used: space.used(),
+            reserved: space.reserved(),
+            fs_available: None,
+        },
+    )))
+}
+
+/// Fetch every file of a record that the store lacks.
+async fn fetch_files(st: &Shared, rec: &HubRevisionRecord) -> Result<(), FetchError> {
+    futures_util::stream::iter(rec.files.clone())
         .map(|f| async move {
             let digest = crate::digest::parse(&format!("sha256:{}", f.sha256))
                 .map_err(|e| Arc::new(UpstreamError::Malformed(e.to_string())))?

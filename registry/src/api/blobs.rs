@@ -209,7 +209,10 @@ pub(super) async fn serve_fetch(
             rx.wait_for(|s| {
                 matches!(
                     s,
-                    FetchState::Verified { .. } | FetchState::Done { .. } | FetchState::Failed(_)
+                    FetchState::Verified { .. }
+                        | FetchState::Done { .. }
+                        | FetchState::Passthrough { .. }
+                        | FetchState::Failed(_)
                 )
             }),
         )

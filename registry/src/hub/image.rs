@@ -90,13 +90,14 @@ impl Hubs {
         let prefix = forms::tar_prefix(&f.path, f.size)
             .map_err(|e| Arc::new(UpstreamError::Unrepresentable(e.to_string())))?;
         let raw_d = parse_digest(&raw)?;
-        if self
-            .store
-            .open_verified(&raw_d)
-            .await
-            .map_err(store_err)?
-            .is_none()
-        {
+        let mut held = self.store.open_verified(&raw_d).await.map_err(store_err)?;
+        // Not held: fetch it, hashing the tar on the way (kept, or with no room, only hashed).
+        // A fetch joined that does not hash the tar leaves the blob in the store, or, passed
+        // through, leaves the next round to a fetch of our own.
+        for _ in 0..3 {
+            if held.is_some() {
+                break;
+            }
             let tar = TarHash {
                 path: f.path.clone(),
                 prefix: prefix.clone(),
@@ -106,18 +107,19 @@ impl Hubs {
             if let Some(layer) = self.known_layer(&raw, &f.path)? {
                 return Ok(layer);
             }
-            // Joined a fetch that did not hash the tar: read the blob once it is in the store.
             fetch::wait_done(&fetch).await?;
+            held = self.store.open_verified(&raw_d).await.map_err(store_err)?;
         }
         // Held, or fetched by a request that did not hash the tar: hash it from disk.
-        let Some((file, size)) = self.store.open_verified(&raw_d).await.map_err(store_err)? else {
-            return Err(Arc::new(UpstreamError::Malformed(format!(
-                "{raw} vanished while building the image form"
-            ))));
+        let Some((file, size)) = held else {
+            return Err(Arc::new(UpstreamError::Internal(
+                "a file could neither be kept nor hashed while building the image form",
+            )));
         };
+        let path = self.store.files().blob_path(&raw_d);
         let tar_digest = hash_tar(file.file, &prefix, size)
             .await
-            .map_err(|e| Arc::new(UpstreamError::Malformed(format!("reading {raw}: {e}"))))?;
+            .map_err(|e| store_err(crate::store::StoreError::io("read", &path)(e)))?;
         let recipe = RecipeRecord {
             version: 1,
             raw: raw.clone(),

@@ -487,7 +487,8 @@ impl Hubs {
             .map_err(store_err)
     }
 
-    /// Download a file the hub lists without a sha256, hash it and keep it.
+    /// Download a file the hub lists without a sha256, hash it and keep it (with no room in the
+    /// cache, only hash it: it streams through later like any file not kept).
     /// `file` is (path, size, git blob id): a listed git id is checked, so a hub cannot swap
     /// the bytes of a file it lists without a sha256 either.
     async fn hash_file(
@@ -507,32 +508,52 @@ impl Hubs {
             .download(repo, commit, path, 0)
             .await
             .map_err(hub_err)?;
-        let mut w = self
-            .store
-            .files()
-            .temp_writer(digest::Algorithm::Sha256)
-            .await
-            .map_err(store_err)?;
+        let mut room = match self.store.reserve(size).await {
+            Ok(r) => Some(r),
+            Err(e) if e.is_no_space() => {
+                tracing::warn!(%path, size, reason = %e, "no room in the cache: hashing a hub file without keeping it");
+                None
+            }
+            Err(e) => return Err(store_err(e)),
+        };
+        let mut w = match room {
+            Some(_) => Some(
+                self.store
+                    .files()
+                    .temp_writer(digest::Algorithm::Sha256)
+                    .await
+                    .map_err(store_err)?,
+            ),
+            None => None,
+        };
+        let mut sha = sha2::Sha256::new();
         let mut body = dl.body;
         let mut git = Sha1::new();
         git.update(format!("blob {size}\0").as_bytes());
+        let mut len = 0u64;
         while let Some(chunk) = tokio::time::timeout(self.settings.idle, body.next())
             .await
             .map_err(|_| Arc::new(UpstreamError::Timeout("hub file body")))?
         {
             let chunk = chunk.map_err(hub_err)?;
-            if w.len() + chunk.len() as u64 > size {
+            len += chunk.len() as u64;
+            if len > size {
                 return Err(Arc::new(UpstreamError::Malformed(format!(
                     "{path}: longer than the listed {size} bytes"
                 ))));
             }
             git.update(&chunk);
-            w.write(&chunk).await.map_err(store_err)?;
+            match (w.as_mut(), room.as_mut()) {
+                (Some(w), Some(room)) => {
+                    w.write(&chunk).await.map_err(store_err)?;
+                    room.written(chunk.len() as u64);
+                }
+                _ => sha.update(&chunk),
+            }
         }
-        if w.len() != size {
+        if len != size {
             return Err(Arc::new(UpstreamError::Malformed(format!(
-                "{path}: {} bytes, the hub lists {size}",
-                w.len()
+                "{path}: {len} bytes, the hub lists {size}"
             ))));
         }
         if let Some(oid) = oid {
@@ -542,6 +563,9 @@ impl Hubs {
                 }));
             }
         }
+        let Some(w) = w else {
+            return Ok(hex::encode(sha.finalize()));
+        };
         let (blob, d) = w.finish().await.map_err(store_err)?;
         self.store
             .commit_blob(cache_repo, blob, &d, Origin::Upstream)
@@ -620,23 +644,29 @@ impl Hubs {
     fn fetch_source(&self, digest: &Digest, s: HubSource, tar: Option<TarHash>) -> Arc<Fetch> {
         let adapter = self.adapter(s.hub);
         let repo = oci_repo(s.hub, Form::Raw, &s.repo.to_ascii_lowercase());
-        let open = move || async move {
-            let adapter = adapter.map_err(|e| match &*e {
-                UpstreamError::HubNotConfigured(h) => UpstreamError::HubNotConfigured(h),
-                _ => UpstreamError::Internal("no adapter for the hub"),
-            })?;
-            let dl = adapter.download(&s.repo, &s.commit, &s.path, 0).await?;
-            if dl.size != s.size {
-                return Err(UpstreamError::Malformed(format!(
-                    "{}: {} bytes, the hub listed {}",
-                    s.path, dl.size, s.size
-                )));
-            }
-            Ok(Download {
-                size: dl.size,
-                body: dl.body.map_err(UpstreamError::from).boxed(),
+        let s = Arc::new(s);
+        let open: crate::fetch::Opener = Arc::new(move |offset| {
+            let (adapter, s) = (adapter.clone(), s.clone());
+            Box::pin(async move {
+                let adapter = adapter.map_err(|e| match &*e {
+                    UpstreamError::HubNotConfigured(h) => UpstreamError::HubNotConfigured(h),
+                    _ => UpstreamError::Internal("no adapter for the hub"),
+                })?;
+                let dl = adapter
+                    .download(&s.repo, &s.commit, &s.path, offset)
+                    .await?;
+                if dl.size != s.size {
+                    return Err(UpstreamError::Malformed(format!(
+                        "{}: {} bytes, the hub listed {}",
+                        s.path, dl.size, s.size
+                    )));
+                }
+                Ok(Download {
+                    size: dl.size,
+                    body: dl.body.map_err(UpstreamError::from).boxed(),
+                })
             })
-        };
+        });
         let (f, _) = self
             .fetcher
             .fetch(digest, &repo, self.settings.idle, tar, open);

@@ -277,6 +277,19 @@ impl RegistryClient {
         suffix: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        self.request_from(method, repo, suffix, accept, 0).await
+    }
+
+    /// [`Self::request`] for the bytes from `offset` on (`Range: bytes=<offset>-` when it is
+    /// not 0).
+    pub async fn request_from(
+        &self,
+        method: Method,
+        repo: &str,
+        suffix: &str,
+        accept: Option<&str>,
+        offset: u64,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let url = self.check(&format!("{}/v2/{repo}/{suffix}", self.base))?;
         let scope = format!("repository:{repo}:pull");
         let mut authenticated = false;
@@ -285,6 +298,9 @@ impl RegistryClient {
             let mut req = self.http.request(method.clone(), url.clone());
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
+            }
+            if offset > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
             }
             if let Some(auth) = self.cached_auth(&scope)? {
                 req = req.header(AUTHORIZATION, auth);

@@ -10,27 +10,39 @@
 //! until the leader has verified the digest (then it fsyncs, installs and indexes the file for
 //! the cache; a failure there costs the cache its copy, never a client a byte). A mismatch fails
 //! every follower's stream, so its client sees a broken connection, and nothing is indexed.
+//!
+//! A pull never fails because the cache is full. When the leader cannot reserve the blob's
+//! size (the cache is full of content too young or pinned to evict, or the disk is short), the
+//! fetch becomes a *passthrough* ([`pass`]): nothing is written, and every follower streams the
+//! bytes from the source itself, the first one on the leader's own response, the others each
+//! on a request of its own from the offset it wants (`Range`). A whole-blob read is still
+//! verified before its last byte. A leader that must know the blob's image-form tar digest
+//! hashes its response instead of handing it on, and records the layer's recipe, so the image
+//! form of a model can be built, and served, with no room to keep it.
+
+mod follow;
+pub mod pass;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use crate::digest;
 use crate::metrics::Metrics;
 use crate::store::{Origin, RecipeRecord, Store};
 use crate::upstream::UpstreamError;
+pub use follow::follow;
+pub use pass::PassSource;
 
-/// Followers read at most this much at a time.
-const READ_CHUNK: u64 = 256 << 10;
 /// The leader makes written bytes visible to followers at least this often...
 const PUBLISH_BYTES: u64 = 256 << 10;
 /// ...or after this long, whichever comes first.
@@ -58,13 +70,45 @@ pub enum FetchState {
     Done {
         size: u64,
     },
+    /// No room to keep it: each follower streams it from `source` itself. `ended` once the
+    /// leader is done with it (it may hash the blob first, for an image form's tar layer).
+    Passthrough {
+        size: u64,
+        source: Arc<PassSource>,
+        ended: bool,
+    },
     Failed(FetchError),
 }
 
-/// The bytes of a blob as an upstream sends them: the announced size, then the body.
+impl FetchState {
+    /// The fetch is over: in the store, passed through, or failed.
+    fn is_over(&self) -> bool {
+        matches!(
+            self,
+            FetchState::Done { .. }
+                | FetchState::Failed(_)
+                | FetchState::Passthrough { ended: true, .. }
+        )
+    }
+}
+
+/// The bytes of a blob as its source sends them: the whole blob's size, then the body from the
+/// offset asked for.
 pub struct Download {
     pub size: u64,
     pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
+}
+
+/// Opens a blob at its source from a byte offset (0: the whole blob).
+pub type Opener =
+    Arc<dyn Fn(u64) -> BoxFuture<'static, Result<Download, UpstreamError>> + Send + Sync>;
+
+/// How a leader's fetch ended well.
+enum Outcome {
+    /// Verified and in the store.
+    Stored(u64),
+    /// Verified (when the leader read it) or handed on, and not kept.
+    PassedThrough(u64, Arc<PassSource>),
 }
 
 pub struct Fetch {
@@ -107,18 +151,14 @@ impl Fetcher {
 
     /// Join the fetch of `digest`, starting it with `open` if none is running. `repo` is the
     /// cache repository the blob is linked into; `idle` bounds how long the upstream may stall.
-    pub fn fetch<F, Fut>(
+    pub fn fetch(
         self: &Arc<Self>,
         digest: &Digest,
         repo: &str,
         idle: Duration,
         tar: Option<TarHash>,
-        open: F,
-    ) -> (Arc<Fetch>, bool)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<Download, UpstreamError>> + Send + 'static,
-    {
+        open: Opener,
+    ) -> (Arc<Fetch>, bool) {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(digest.as_ref()) {
             return (f.clone(), false);
@@ -134,7 +174,12 @@ impl Fetcher {
         tokio::spawn(async move {
             let outcome = me.lead(&f, &repo, idle, tar, open).await;
             let state = match outcome {
-                Ok(size) => FetchState::Done { size },
+                Ok(Outcome::Stored(size)) => FetchState::Done { size },
+                Ok(Outcome::PassedThrough(size, source)) => FetchState::Passthrough {
+                    size,
+                    source,
+                    ended: true,
+                },
                 Err(e) => {
                     tracing::warn!(digest = %f.digest, error = %e, "upstream blob fetch failed");
                     FetchState::Failed(Arc::new(e))
@@ -160,24 +205,29 @@ impl Fetcher {
             .cloned()
     }
 
-    async fn lead<F, Fut>(
+    async fn lead(
         &self,
         fetch: &Fetch,
         repo: &str,
         idle: Duration,
         tar: Option<TarHash>,
-        open: F,
-    ) -> Result<u64, UpstreamError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Download, UpstreamError>>,
-    {
+        open: Opener,
+    ) -> Result<Outcome, UpstreamError> {
         let store_err = UpstreamError::Local;
         // Held against eviction from the first byte to the index (and by each reader after).
         let _lease = self.store.lease(fetch.digest.as_ref());
-        let Download { size, mut body } = open().await?;
-        // The whole size is promised before a byte is written: a blob that cannot fit fails now.
-        let mut room = self.store.reserve(size).await.map_err(store_err)?;
+        let Download { size, mut body } = open(0).await?;
+        // The whole size is promised before a byte is written. A blob that cannot fit is not
+        // cached: it streams through.
+        let mut room = match self.store.reserve(size).await {
+            Ok(r) => r,
+            Err(e) if e.is_no_space() => {
+                return self
+                    .pass_through(fetch, Download { size, body }, idle, tar, open, &e)
+                    .await
+            }
+            Err(e) => return Err(store_err(e)),
+        };
         let mut w = self
             .store
             .files()
@@ -246,19 +296,8 @@ impl Fetcher {
         // The layer recipe is content-addressed over verified bytes: record it now, so an image
         // form waiting on it is built while the blob is made durable (a recipe whose raw blob is
         // not held just fetches it again).
-        if let (Some(t), Some(mut h)) = (tar, tar_hasher) {
-            finish_tar_hash(&mut h, size);
-            let tar_digest = format!("sha256:{}", hex::encode(h.finalize()));
-            let recipe = RecipeRecord {
-                version: 1,
-                raw: fetch.digest.to_string(),
-                size,
-                prefix: t.prefix,
-            };
-            self.store
-                .blocking(move |idx| idx.put_recipe(&tar_digest, &t.path, &recipe))
-                .await
-                .map_err(store_err)?;
+        if let (Some(t), Some(h)) = (tar, tar_hasher) {
+            self.record_recipe(fetch, t, h, size).await?;
         }
         // Verified: followers may send the last byte now. Durability is the cache's business:
         // the file is fsynced before it is installed and indexed, never indexed before.
@@ -270,7 +309,91 @@ impl Fetcher {
             .commit_blob(repo, blob, &fetch.digest, Origin::Upstream)
             .await
             .map_err(store_err)?;
-        Ok(size)
+        Ok(Outcome::Stored(size))
+    }
+
+    /// No room for the blob: hand the source to the followers (the leader's own response to
+    /// the first). With a [`TarHash`], first read the response through, verifying the digest
+    /// and recording the layer's recipe, while the followers open their own.
+    async fn pass_through(
+        &self,
+        fetch: &Fetch,
+        dl: Download,
+        idle: Duration,
+        tar: Option<TarHash>,
+        open: Opener,
+        why: &crate::store::StoreError,
+    ) -> Result<Outcome, UpstreamError> {
+        let size = dl.size;
+        tracing::warn!(digest = %fetch.digest, size, reason = %why,
+            "no room in the cache: streaming the blob through to its clients, uncached");
+        self.metrics.passthrough_fetches.inc();
+        let Some(t) = tar else {
+            let source = PassSource::new(open, Some(dl), self.metrics.passthrough_bytes.clone());
+            return Ok(Outcome::PassedThrough(size, source));
+        };
+        let source = PassSource::new(open, None, self.metrics.passthrough_bytes.clone());
+        fetch.state.send_replace(FetchState::Passthrough {
+            size,
+            source: source.clone(),
+            ended: false,
+        });
+        let mut hasher = digest::Hasher::new(digest::algorithm_of(&fetch.digest));
+        let mut tar_hasher = Sha256::new();
+        tar_hasher.update(&t.prefix);
+        let (mut body, mut len) = (dl.body, 0u64);
+        while let Some(chunk) = tokio::time::timeout(idle, body.next())
+            .await
+            .map_err(|_| UpstreamError::Timeout("blob body"))?
+        {
+            let chunk = chunk?;
+            len += chunk.len() as u64;
+            if len > size {
+                return Err(UpstreamError::Malformed(format!(
+                    "blob longer than the announced {size} bytes"
+                )));
+            }
+            hasher.update(&chunk);
+            tar_hasher.update(&chunk);
+            self.metrics
+                .upstream_fetched_bytes
+                .inc_by(chunk.len() as u64);
+        }
+        if len != size {
+            return Err(UpstreamError::Malformed(format!(
+                "blob ended after {len} of {size} bytes"
+            )));
+        }
+        if hasher.finish() != fetch.digest {
+            return Err(UpstreamError::DigestMismatch {
+                expected: fetch.digest.to_string(),
+            });
+        }
+        self.record_recipe(fetch, t, tar_hasher, size).await?;
+        Ok(Outcome::PassedThrough(size, source))
+    }
+
+    /// Record the image-form tar layer of a verified blob (content addressed: safe to keep
+    /// whether or not the blob itself is kept).
+    async fn record_recipe(
+        &self,
+        fetch: &Fetch,
+        t: TarHash,
+        mut h: Sha256,
+        size: u64,
+    ) -> Result<(), UpstreamError> {
+        finish_tar_hash(&mut h, size);
+        let tar_digest = format!("sha256:{}", hex::encode(h.finalize()));
+        let recipe = RecipeRecord {
+            version: 1,
+            raw: fetch.digest.to_string(),
+            size,
+            prefix: t.prefix,
+        };
+        self.store
+            .blocking(move |idx| idx.put_recipe(&tar_digest, &t.path, &recipe))
+            .await
+            .map_err(UpstreamError::Local)
     }
 }
 
@@ -285,22 +408,17 @@ pub fn finish_tar_hash(h: &mut Sha256, size: u64) {
     }
 }
 
-/// Wait until the fetch is over: the blob is in the store, or the fetch failed.
+/// Wait until the fetch is over: the blob is in the store, passed through uncached (a caller
+/// that needs it kept checks the store), or the fetch failed.
 pub async fn wait_done(fetch: &Fetch) -> Result<(), FetchError> {
-    wait_for(fetch, |s| {
-        matches!(s, FetchState::Done { .. } | FetchState::Failed(_))
-    })
-    .await
+    wait_for(fetch, FetchState::is_over).await
 }
 
 /// Wait until every byte is verified (and, with a [`TarHash`], the layer recipe recorded), or the
 /// fetch failed; durability and indexing may still be under way.
 pub async fn wait_verified(fetch: &Fetch) -> Result<(), FetchError> {
     wait_for(fetch, |s| {
-        matches!(
-            s,
-            FetchState::Verified { .. } | FetchState::Done { .. } | FetchState::Failed(_)
-        )
+        matches!(s, FetchState::Verified { .. }) || s.is_over()
     })
     .await
 }
@@ -331,118 +449,9 @@ pub async fn size_of(
     match state {
         FetchState::Streaming { size, .. }
         | FetchState::Verified { size, .. }
+        | FetchState::Passthrough { size, .. }
         | FetchState::Done { size } => Ok(size),
         FetchState::Failed(e) => Err(e),
         FetchState::Starting => Err(Arc::new(UpstreamError::Internal("a fetch did not start"))),
     }
-}
-
-struct Follower {
-    rx: watch::Receiver<FetchState>,
-    final_path: PathBuf,
-    file: Option<tokio::fs::File>,
-    pos: u64,
-    end: u64,
-    idle: Duration,
-    finished: bool,
-}
-
-impl Follower {
-    async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
-        if self.finished || self.pos > self.end {
-            return None;
-        }
-        loop {
-            let state = self.rx.borrow_and_update().clone();
-            let (available, path) = match state {
-                FetchState::Starting => (0, None),
-                // The last byte waits for verification.
-                FetchState::Streaming {
-                    size,
-                    written,
-                    path,
-                } => (written.min(size.saturating_sub(1)), Some(path)),
-                FetchState::Verified { size, path } => (size, Some(path)),
-                FetchState::Done { size } => (size, None),
-                FetchState::Failed(e) => {
-                    self.finished = true;
-                    return Some(Err(std::io::Error::other(e.to_string())));
-                }
-            };
-            if available > self.pos {
-                if self.file.is_none() {
-                    let p = path.as_deref().unwrap_or(&self.final_path);
-                    match tokio::fs::File::open(p).await {
-                        Ok(mut f) => {
-                            if let Err(e) = f.seek(std::io::SeekFrom::Start(self.pos)).await {
-                                self.finished = true;
-                                return Some(Err(e));
-                            }
-                            self.file = Some(f);
-                        }
-                        // Renamed into the store, or removed after a failure, just now: look again.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_some() => {
-                            if self.rx.changed().await.is_err() {
-                                self.finished = true;
-                                return Some(Err(e));
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            self.finished = true;
-                            return Some(Err(e));
-                        }
-                    }
-                }
-                let n = (available - self.pos)
-                    .min(self.end + 1 - self.pos)
-                    .min(READ_CHUNK) as usize;
-                let mut buf = BytesMut::zeroed(n);
-                let Some(file) = self.file.as_mut() else {
-                    self.finished = true;
-                    return Some(Err(std::io::Error::other("blob file not open")));
-                };
-                if let Err(e) = file.read_exact(&mut buf).await {
-                    self.finished = true;
-                    return Some(Err(e));
-                }
-                self.pos += n as u64;
-                return Some(Ok(buf.freeze()));
-            }
-            match tokio::time::timeout(self.idle, self.rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    self.finished = true;
-                    return Some(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "upstream stalled",
-                    )));
-                }
-            }
-        }
-    }
-}
-
-/// Bytes `start..=end` of a fetching blob, as they arrive. `final_path` is where the verified blob
-/// will live.
-pub fn follow(
-    fetch: &Fetch,
-    final_path: PathBuf,
-    start: u64,
-    end: u64,
-    idle: Duration,
-) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let f = Follower {
-        rx: fetch.subscribe(),
-        final_path,
-        file: None,
-        pos: start,
-        end,
-        idle,
-        finished: false,
-    };
-    futures_util::stream::unfold(
-        f,
-        |mut f| async move { f.next_chunk().await.map(|c| (c, f)) },
-    )
 }
