@@ -614,6 +614,42 @@ pub async fn next_second(after: u64) {
 // A small filesystem
 // ---------------------------------------------------------------------------------------------
 
+/// Append to `path` until the filesystem is full (ENOSPC); the bytes written.
+pub fn fill(path: &Path) -> u64 {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let chunk = vec![0xa5u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(k) => n += k as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let _ = f.sync_all();
+    n
+}
+
+/// Bytes free on the filesystem holding `path`.
+pub fn fs_available(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's answer")
+}
+
 /// A tmpfs mounted on a directory, unmounted (lazily, so that a process still holding a file
 /// cannot keep it) when dropped.
 pub struct Tmpfs {

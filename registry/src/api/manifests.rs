@@ -300,13 +300,13 @@ pub(super) async fn delete(st: &Shared, name: &str, reference: &str) -> ApiResul
         Ok(Reference::Tag(tag)) => {
             let repo = name.to_string();
             st.store
-                .blocking(move |idx| idx.delete_tag(&repo, &tag, true))
+                .freeing_write(move |idx| idx.delete_tag(&repo, &tag, true))
                 .await?
         }
         Ok(Reference::Digest(d, _)) => {
             let (repo, key) = (name.to_string(), d.to_string());
             st.store
-                .blocking(move |idx| idx.delete_manifest(&repo, &key, true))
+                .freeing_write(move |idx| idx.delete_manifest(&repo, &key, true))
                 .await?
         }
         Err(ReferenceError::InvalidTag(_)) => false,

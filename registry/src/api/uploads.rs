@@ -77,7 +77,9 @@ impl UploadSessions {
             };
             self.map().remove(&id);
             let k = key.clone();
-            store.blocking(move |idx| idx.delete_upload(&k)).await?;
+            store
+                .freeing_write(move |idx| idx.delete_upload(&k))
+                .await?;
             let _ = tokio::fs::remove_file(store.files().upload_path(&id)).await;
             purged += 1;
         }
@@ -187,9 +189,15 @@ pub(super) async fn start(st: &Shared, name: &str, req: Req) -> ApiResult<Respon
         updated_at: unix_now(),
     };
     let (key, rec) = (id.to_string(), record.clone());
-    st.store
+    let recorded = st
+        .store
         .blocking(move |idx| idx.put_upload(&key, &rec, true))
-        .await?;
+        .await;
+    if let Err(e) = recorded {
+        // No session without its record: its file goes too.
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e.into());
+    }
     let session = Session {
         record,
         hasher: Some(Hasher::new(alg)),
@@ -491,7 +499,7 @@ pub(super) async fn cancel(st: &Shared, name: &str, id: &str) -> ApiResult<Respo
     st.uploads.map().remove(&id);
     let key = id.to_string();
     st.store
-        .blocking(move |idx| idx.delete_upload(&key))
+        .freeing_write(move |idx| idx.delete_upload(&key))
         .await?;
     let path = st.store.files().upload_path(&id);
     let _ = tokio::fs::remove_file(&path).await;

@@ -203,6 +203,7 @@ impl Server {
         };
         let purger = tokio::spawn(purge_uploads(state.clone()));
         let upkeep = tokio::spawn(state.store.clone().upkeep());
+        let disk = tokio::spawn(state.store.clone().watch_disk());
         let scrub = self
             .scrub_rate
             .map(|rate| tokio::spawn(state.store.clone().scrub(rate)));
@@ -224,6 +225,7 @@ impl Server {
         }
         purger.abort();
         upkeep.abort();
+        disk.abort();
         state.store.close();
         if let Some(s) = scrub {
             s.abort();

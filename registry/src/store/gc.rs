@@ -530,8 +530,19 @@ impl Store {
     /// its own digest lock, and a reader holding it open keeps its bytes).
     pub async fn evict(&self, select: Select, dry_run: bool) -> Result<GcReport> {
         let _one = self.gc.lock().await;
-        let me = self.clone();
-        low_priority(move || me.evict_blocking(select, dry_run)).await
+        // Eviction frees space: on a full disk, the index gets its reserve (see
+        // `Store::freeing_write`) and the pass runs again (it plans afresh).
+        let deadline = std::time::Instant::now() + super::FREEING_PATIENCE;
+        loop {
+            let (me, sel) = (self.clone(), select.clone());
+            match low_priority(move || me.evict_blocking(sel, dry_run)).await {
+                Err(e) if e.is_no_space() && !dry_run && std::time::Instant::now() < deadline => {
+                    self.reserve.release();
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The cache as eviction sees it (for `manta ls` and `GET /manta/v1/cache`).

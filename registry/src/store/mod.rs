@@ -9,6 +9,7 @@
 mod files;
 pub mod gc;
 pub mod index;
+pub mod reserve;
 mod rocks;
 pub mod space;
 pub mod usage;
@@ -161,6 +162,9 @@ impl DigestLocks {
     }
 }
 
+/// How long a write that frees space waits for a full index to take writes again.
+const FREEING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How the cache manages its space.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheOptions {
@@ -229,6 +233,8 @@ pub struct Store {
     /// Blob files known to match their digest, with the file's identity when they did.
     /// (Value: the stamp, and when it was taken, Unix nanoseconds.)
     verified: Arc<std::sync::Mutex<std::collections::HashMap<String, (FileStamp, i128)>>>,
+    /// Room kept on the disk for the index, given to it when the disk fills.
+    reserve: Arc<reserve::IndexReserve>,
 }
 
 /// A file's identity and change times: any write through the filesystem changes `ctime`, so a
@@ -282,16 +288,32 @@ impl Store {
 
     pub fn open_with(data_dir: &Path, options: CacheOptions) -> Result<(Self, Recovery)> {
         let files = BlobFiles::create(data_dir)?;
+        // rocksdb writes as it opens (a new log, a new manifest): on a full disk, first the
+        // index's reserve goes, then opening waits for room rather than failing in rocksdb.
+        let reserve = reserve::IndexReserve::new(data_dir);
+        let mut waited = std::time::Instant::now();
+        while rocks::room_for_index(data_dir).is_err() {
+            if !reserve.release() && waited.elapsed() >= std::time::Duration::from_secs(10) {
+                tracing::error!(
+                    data_dir = %data_dir.display(),
+                    needed = rocks::INDEX_MIN_FREE,
+                    "the data directory's filesystem is full: waiting for room to open the index"
+                );
+                waited = std::time::Instant::now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
         let index = RocksIndex::open(&data_dir.join("db"))?;
         let space = Space::new(data_dir.to_path_buf(), &options.space)
             .map_err(StoreError::io("statvfs", data_dir))?;
-        Self::with_index(Arc::new(index), files, space, options)
+        Self::with_index(Arc::new(index), files, space, reserve, options)
     }
 
     pub fn with_index(
         index: Arc<dyn Index>,
         files: BlobFiles,
         space: Space,
+        reserve: reserve::IndexReserve,
         options: CacheOptions,
     ) -> Result<(Self, Recovery)> {
         let store = Self {
@@ -307,6 +329,7 @@ impl Store {
             pressure: Arc::default(),
             closing: Arc::default(),
             verified: Arc::default(),
+            reserve: Arc::new(reserve),
         };
         let recovery = store.reconcile()?;
         Ok((store, recovery))
@@ -363,6 +386,45 @@ impl Store {
                     }
                     since_flush = std::time::Instant::now();
                 }
+            }
+        }
+    }
+
+    /// Watch the disk's free space: give the index its reserve when the disk is nearly full, and
+    /// take it back once there is room. Runs until the task is dropped.
+    pub async fn watch_disk(self) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok((_, available)) = space::fs_space(&me.space.dir) {
+                    me.reserve.balance(available, space::FS_HEADROOM);
+                }
+            })
+            .await;
+        }
+    }
+
+    /// An index write that must succeed on a full disk, because it is how space gets freed (a
+    /// delete, a cancel): if it fails for want of space, the index's reserve is released and the
+    /// write is tried again until the index takes writes (rocksdb resumes by itself once it has
+    /// room, within seconds), for at most [`FREEING_PATIENCE`].
+    pub async fn freeing_write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&dyn Index) -> Result<T> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let deadline = std::time::Instant::now() + FREEING_PATIENCE;
+        loop {
+            let g = f.clone();
+            match self.blocking(move |idx| g(idx)).await {
+                Err(e) if e.is_no_space() && std::time::Instant::now() < deadline => {
+                    self.reserve.release();
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                r => return r,
             }
         }
     }
@@ -603,13 +665,16 @@ impl Store {
     pub async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
         let _g = self.locks.lock(digest).await;
         let (r, key) = (repo.to_string(), digest.to_string());
-        let Some(remaining) = self.blocking(move |idx| idx.unlink_blob(&r, &key)).await? else {
+        let Some(remaining) = self
+            .freeing_write(move |idx| idx.unlink_blob(&r, &key))
+            .await?
+        else {
             return Ok(false);
         };
         if remaining == 0 {
             let key = digest.to_string();
             let size = self
-                .blocking(move |idx| {
+                .freeing_write(move |idx| {
                     let size = idx.blob(&key)?.map(|r| r.size);
                     idx.delete_blob(&key, true)?;
                     Ok(size)

@@ -73,6 +73,25 @@ pub struct RocksIndex {
     db: DB,
     /// Serialises read-modify-write updates (deletes that depend on what remains).
     write_lock: Mutex<()>,
+    /// The database's directory, whose filesystem's free space is checked before each write.
+    dir: std::path::PathBuf,
+}
+
+/// Free space below which the index refuses writes itself: rocksdb needs room for its log's
+/// next preallocation, a memtable's table file and its manifest, and a write it attempts on a
+/// full disk can leave it stopped, or (Debian's build keeps its assertions) abort the process.
+pub const INDEX_MIN_FREE: u64 = 16 << 20;
+
+/// Fail unless the filesystem holding `dir` has [`INDEX_MIN_FREE`] bytes free.
+pub fn room_for_index(dir: &Path) -> Result<()> {
+    match super::space::fs_space(dir) {
+        Ok((_, available)) if available < INDEX_MIN_FREE => Err(StoreError::Io {
+            op: "write to the index: the disk is full",
+            path: dir.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn key2(a: &str, b: &str) -> Vec<u8> {
@@ -159,17 +178,31 @@ impl RocksIndex {
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
         // Small memtables: the records are small, and rocksdb preallocates its log at about the
-        // memtable size, which on a small disk is space the cache cannot use.
+        // largest memtable size of any column family (the default one included: left at its
+        // 64 MiB, it made the first write preallocate 64 MiB), which on a small disk is space the
+        // cache cannot use. All memtables together are bounded too.
         opts.set_write_buffer_size(WRITE_BUFFER);
-        let cfs = ALL_CFS.iter().map(|n| {
+        opts.set_db_write_buffer_size(2 * WRITE_BUFFER);
+        opts.set_manifest_preallocation_size(1 << 20);
+        let cf_opts = || {
             let mut o = Options::default();
             o.set_write_buffer_size(WRITE_BUFFER);
-            ColumnFamilyDescriptor::new(*n, o)
-        });
+            o
+        };
+        let cfs = std::iter::once(ColumnFamilyDescriptor::new(
+            rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+            cf_opts(),
+        ))
+        .chain(
+            ALL_CFS
+                .iter()
+                .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts())),
+        );
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StoreError::Db)?;
         Ok(Self {
             db,
             write_lock: Mutex::new(()),
+            dir: path.to_path_buf(),
         })
     }
 
@@ -184,6 +217,7 @@ impl RocksIndex {
     }
 
     fn write(&self, batch: WriteBatch, durable: bool) -> Result<()> {
+        room_for_index(&self.dir)?;
         let mut wo = WriteOptions::default();
         wo.set_sync(durable);
         self.db.write_opt(batch, &wo).map_err(StoreError::Db)
@@ -629,6 +663,9 @@ impl Index for RocksIndex {
     }
 
     fn health(&self) -> Result<Health> {
+        if let Err(e) = room_for_index(&self.dir) {
+            return Ok(Health::Degraded(e.to_string()));
+        }
         // A write probe (a no-op delete, not synced): a database that stopped accepting writes
         // after a background error (a full disk, an I/O error) fails it.
         // Not logged to the WAL: the probe must not itself write to a disk that may be full.

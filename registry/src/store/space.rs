@@ -110,7 +110,7 @@ pub struct Shortfall {
 
 /// The space accounting of one store.
 pub struct Space {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     capacity: u64,
     high: u64,
     low: u64,
