@@ -723,3 +723,70 @@ async fn modelscope_raw_form_is_byte_identical() {
         "the Hugging Face API was asked for a ModelScope repo"
     );
 }
+
+/// The node's hub token opens a gated repo for the clients that ask for it by name; its files
+/// are not readable under any other name: a hub blob is served only under a repo whose
+/// resolved revisions list it (raw file, or image-form tar layer), held or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_blob_is_served_only_under_a_repo_that_lists_it() {
+    let token = format!("hf_{}", random_hex(12));
+    let weights = random_bytes(300 * 1024 + 5);
+    let gated = FixtureRepo::with_main(
+        GATED,
+        vec![FixtureFile::bytes(WEIGHTS, weights.clone()).lfs()],
+    )
+    .gated(true);
+    let env = HubAgent::start(
+        vec![minilm_repo().unwrap(), gated],
+        FixtureOptions {
+            token: Some(token.clone()),
+            ..Default::default()
+        },
+        &["--hf-token", &token],
+    );
+    let (c, base) = (client(), env.url());
+    let gated_raw = format!("hf-raw/{GATED_NAME}");
+    let gated_image = format!("hf/{GATED_NAME}");
+    let (m, _, _) = manifest_ok(&c, &base, &gated_raw, "main").await;
+    let raw_layer = layers_by_title(&m)[WEIGHTS].clone();
+    let (mi, _, _) = manifest_ok(&c, &base, &gated_image, "main").await;
+    let tar_layer = mi["layers"][0]["digest"].as_str().unwrap().to_string();
+    // A public repo the node also resolved, and names it never resolved.
+    manifest_ok(&c, &base, &raw_name(), "main").await;
+    let strangers = [
+        raw_name(),
+        image_name(),
+        "hf-raw/someone/else".to_string(),
+        "hf/someone/else".to_string(),
+        "ms-raw/acme/gated-model".to_string(),
+    ];
+    for held in [false, true] {
+        if held {
+            blob_ok(&c, &base, &gated_raw, &raw_layer.digest, raw_layer.size).await;
+        }
+        for name in &strangers {
+            for digest in [&raw_layer.digest, &tar_layer] {
+                for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+                    let r = c
+                        .request(method.clone(), format!("{base}/v2/{name}/blobs/{digest}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        r.status(),
+                        404,
+                        "{method} {name} {digest} (held: {held}) was served"
+                    );
+                }
+            }
+        }
+        // Under its own names, both forms' blobs are served.
+        blob_ok(&c, &base, &gated_raw, &raw_layer.digest, raw_layer.size).await;
+        let r = c
+            .get(format!("{base}/v2/{gated_image}/blobs/{tar_layer}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}

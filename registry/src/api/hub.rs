@@ -2,7 +2,9 @@
 //!
 //! A manifest by tag resolves the revision (see [`crate::hub`]); by digest it is whatever the
 //! node built. A blob is a held file, an image-form tar layer (streamed from its recipe), or a
-//! hub file fetched on first use through the single-flight fetcher.
+//! hub file fetched on first use through the single-flight fetcher; and only under the name of
+//! a repo whose resolved revisions list it: the node's hub token (which opened a gated repo for
+//! one client) must not make that repo's files readable under any other name.
 
 use axum::body::Body;
 use axum::http::Method;
@@ -71,12 +73,42 @@ pub(super) async fn blob(
 ) -> ApiResult<Response> {
     let (digest, _) =
         digest::parse(digest_s).map_err(|e| ApiError::DigestInvalid(e.to_string()))?;
-    if hn.form == Form::Image && st.store.index().blob(digest.as_ref())?.is_none() {
-        if let Some(recipe) = st.store.index().recipe(digest.as_ref())? {
+    let recipe = match hn.form {
+        Form::Image => st.store.index().recipe(digest.as_ref())?,
+        Form::Raw => None,
+    };
+    if !belongs(st, &hn, &digest, recipe.as_ref())? {
+        return Err(ApiError::BlobUnknown);
+    }
+    if let Some(recipe) = recipe {
+        if st.store.index().blob(digest.as_ref())?.is_none() {
             return serve_recipe(st, &digest, recipe, req).await;
         }
     }
     file_blob(st, &digest, req).await
+}
+
+/// Whether `digest` is content of the repo `hn` names: a blob linked to its OCI repository (a
+/// form's config, a file fetched for it), or a file one of its resolved revisions lists (for
+/// the image form, through the tar layer's recipe).
+fn belongs(
+    st: &Shared,
+    hn: &HubName<'_>,
+    digest: &Digest,
+    recipe: Option<&RecipeRecord>,
+) -> ApiResult<bool> {
+    let index = st.store.index();
+    if index.blob_linked(&hub::oci_repo(hn.hub, hn.form, hn.repo), digest.as_ref())? {
+        return Ok(true);
+    }
+    let file = recipe.map_or(digest.as_ref(), |r| r.raw.as_str());
+    let Some(sha256) = file.strip_prefix("sha256:") else {
+        return Ok(false);
+    };
+    let records = index.hub_revisions_of(&crate::store::hub_repo_prefix(hn.hub, hn.repo))?;
+    Ok(records
+        .iter()
+        .any(|r| r.files.iter().any(|f| f.sha256 == sha256)))
 }
 
 /// A hub file's blob: held, or fetched through the single-flight fetcher (HEAD answers from the

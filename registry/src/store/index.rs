@@ -248,6 +248,8 @@ pub trait Index: Send + Sync + 'static {
         sources: &[(String, HubSource)],
     ) -> Result<()>;
     fn for_each_hub_revision(&self, f: &mut dyn FnMut(&str, &HubRevisionRecord)) -> Result<()>;
+    /// The records of every tag of one hub repo (keys under [`hub_repo_prefix`]).
+    fn hub_revisions_of(&self, prefix: &str) -> Result<Vec<HubRevisionRecord>>;
     fn delete_hub_revision(&self, key: &str, durable: bool) -> Result<()>;
     fn hub_source(&self, digest: &str) -> Result<Option<HubSource>>;
     /// The recipe of an image-form tar layer.
@@ -278,4 +280,9 @@ pub trait Index: Send + Sync + 'static {
 /// The key of a hub tag's record: hub, lowercase repo, tag.
 pub fn hub_key(hub: manta_hub::HubKind, repo: &str, tag: &str) -> String {
     format!("{}\0{}\0{}", hub.as_str(), repo.to_ascii_lowercase(), tag)
+}
+
+/// The common prefix of the [`hub_key`]s of one hub repo.
+pub fn hub_repo_prefix(hub: manta_hub::HubKind, repo: &str) -> String {
+    format!("{}\0{}\0", hub.as_str(), repo.to_ascii_lowercase())
 }

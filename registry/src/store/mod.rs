@@ -24,8 +24,8 @@ use oci_spec::image::Digest;
 pub use files::{BlobFiles, TempBlob};
 pub use gc::{Protection, Root};
 pub use index::{
-    hub_key, BlobRecord, Health, HubFileRecord, HubRevisionRecord, HubSource, Index, ManifestPut,
-    ManifestRecord, Origin, PinRecord, PinTarget, RecipeRecord, UploadRecord,
+    hub_key, hub_repo_prefix, BlobRecord, Health, HubFileRecord, HubRevisionRecord, HubSource,
+    Index, ManifestPut, ManifestRecord, Origin, PinRecord, PinTarget, RecipeRecord, UploadRecord,
 };
 pub use rocks::RocksIndex;
 pub use space::{Capacity, Reservation, Space, SpaceConfig};

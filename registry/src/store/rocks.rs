@@ -548,6 +548,13 @@ impl Index for RocksIndex {
         self.write(b, true)
     }
 
+    fn hub_revisions_of(&self, prefix: &str) -> Result<Vec<HubRevisionRecord>> {
+        self.scan(CF_HUB_REVISIONS, prefix.as_bytes(), None, usize::MAX)?
+            .iter()
+            .map(|(_, v)| from_json("hub revision", v))
+            .collect()
+    }
+
     fn for_each_hub_revision(&self, f: &mut dyn FnMut(&str, &HubRevisionRecord)) -> Result<()> {
         for item in self.scan_all(CF_HUB_REVISIONS)? {
             let (k, v) = item.map_err(StoreError::Db)?;
