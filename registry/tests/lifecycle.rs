@@ -20,6 +20,16 @@ fn help_explains_every_flag() {
         "MANTA_DATA_DIR",
         "--max-manifest-bytes",
         "--log-format",
+        "--cluster-listen",
+        "MANTA_CLUSTER_LISTEN",
+        "--cluster-token-file",
+        "--header-read-timeout-secs",
+        "--idle-timeout-secs",
+        "--stall-timeout-secs",
+        "--max-connections",
+        "--max-upload-sessions",
+        "--hf-token-file",
+        "--ms-token-file",
     ] {
         assert!(
             help.contains(flag),
@@ -138,4 +148,174 @@ async fn idle_upload_sessions_are_purged_with_their_bytes() {
             .status(),
         200
     );
+}
+
+/// The spec lets a client delete a layer of a tagged manifest, or a child of a tagged index;
+/// `verify` (API and CLI) must then say the parent can no longer be pulled, not "all intact".
+#[tokio::test]
+async fn verify_reports_manifests_whose_layers_or_children_were_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(&tmp.path().join("data"), &[]);
+    let (c, url) = (client(), srv.url());
+    let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}".to_vec();
+    let config_d = push_blob(&c, &url, "team/app", &config).await;
+    // A: tagged v1. B: a child of the index tagged multi.
+    let mut manifests = Vec::new();
+    for (seed, tag) in [(1, Some("v1")), (2, None)] {
+        let layer = bytes(4096, seed);
+        let layer_d = push_blob(&c, &url, "team/app", &layer).await;
+        let m = image_manifest((&config_d, config.len()), &[(&layer_d, layer.len())]);
+        let reference = sha256(&m);
+        let r = put_manifest(&c, &url, "team/app", tag.unwrap_or(&reference), &m).await;
+        assert_eq!(r.status(), 201);
+        manifests.push((sha256(&m), m.len(), layer_d));
+    }
+    let (a, a_layer) = (manifests[0].0.clone(), manifests[0].2.clone());
+    let (b, b_len) = (manifests[1].0.clone(), manifests[1].1);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": b, "size": b_len,
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }))
+    .unwrap();
+    let r = c
+        .put(format!("{url}/v2/team/app/manifests/multi"))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let index_d = sha256(&index);
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_manta"))
+            .args(["verify", "--server", &url])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all intact"));
+
+    // Both deletes are allowed...
+    let r = c
+        .delete(format!("{url}/v2/team/app/blobs/{a_layer}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c
+        .delete(format!("{url}/v2/team/app/manifests/{b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // ...and leave both parents unpullable, which verify reports.
+    let report: serde_json::Value = c
+        .post(format!("{url}/manta/v1/verify"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let missing_of = |m: &str| {
+        report["dangling"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["manifest"] == m && d["repo"] == "team/app")
+            .map(|d| d["missing"].clone())
+            .unwrap_or_else(|| panic!("{m} is not reported: {report}"))
+    };
+    assert_eq!(missing_of(&a), serde_json::json!([a_layer]));
+    assert_eq!(missing_of(&index_d), serde_json::json!([b]));
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1), "verify must fail on damage");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!("dangling  team/app@{a}: lacks {a_layer}"),
+        format!("dangling  team/app@{index_d}: lacks {b}"),
+    ] {
+        assert!(text.contains(&line), "{line} not in:\n{text}");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line, no backtrace: {err}");
+    assert!(err.starts_with("manta: verify found"), "{err}");
+}
+
+/// The CLI's failures: one line on stderr (never a backtrace, even with `RUST_BACKTRACE=1`),
+/// and an exit code that says which failure: 2 unreachable agent, 3 refused or failed request
+/// or bad configuration, 64 usage.
+#[test]
+fn cli_errors_are_one_line_with_an_exit_code_per_kind() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let tmp = tempfile::tempdir().unwrap();
+    let bad_config = tmp.path().join("manta.toml");
+    std::fs::write(&bad_config, "[upstream]\nno_such_field = 1\n").unwrap();
+    let server = format!("http://127.0.0.1:{port}");
+    let data = tmp.path().join("data");
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["ls", "--server", &server],
+            2,
+            "cannot reach the Manta agent",
+        ),
+        (
+            vec!["verify", "--server", &server],
+            2,
+            "cannot reach the Manta agent",
+        ),
+        (
+            vec!["prefetch", "hf://org/name", "--server", &server],
+            2,
+            "cannot reach the Manta agent",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--config",
+                bad_config.to_str().unwrap(),
+            ],
+            3,
+            "no_such_field",
+        ),
+        (vec!["ls", "--no-such-flag"], 64, "--no-such-flag"),
+    ];
+    for (args, code, says) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_manta"))
+            .args(&args)
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("backtrace") && !err.contains("Stack"),
+            "{args:?}: {err}"
+        );
+        if code != 64 {
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "{args:?}: not one line: {err}"
+            );
+            assert!(err.starts_with("manta: "), "{args:?}: {err}");
+        }
+    }
 }

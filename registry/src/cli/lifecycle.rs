@@ -14,6 +14,7 @@ use super::{
     FilterArgs, ModelUri, ServerArgs, UriError,
 };
 use crate::store::space::parse_size;
+use crate::store::VerifyReport;
 
 /// `manta rm <ref>`
 #[derive(Debug, Clone, clap::Args)]
@@ -283,12 +284,13 @@ pub async fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<(), ClientE
     let answer = answer?;
     emit(out, args.json, &answer, format_verify)?;
     let report = &answer.value;
-    if report.corrupt.is_empty() && report.missing.is_empty() {
+    if !report.is_damaged() {
         return Ok(());
     }
     Err(ClientError::Damaged {
         corrupt: report.corrupt.len(),
         missing: report.missing.len(),
+        dangling: report.dangling.len(),
     })
 }
 
@@ -405,7 +407,7 @@ fn format_unpinned(u: &Unpinned, now: u64) -> String {
 
 fn format_verify(r: &VerifyReport) -> String {
     let mut text = format!("checked {} blob(s), {}", r.checked, human_bytes(r.bytes));
-    if r.corrupt.is_empty() && r.missing.is_empty() {
+    if !r.is_damaged() {
         text.push_str(": all intact\n");
         return text;
     }
@@ -414,6 +416,14 @@ fn format_verify(r: &VerifyReport) -> String {
         for d in digests {
             text.push_str(&format!("{what}  {d}\n"));
         }
+    }
+    for m in &r.dangling {
+        text.push_str(&format!(
+            "dangling  {}@{}: lacks {}\n",
+            m.repo,
+            m.manifest,
+            m.missing.join(", ")
+        ));
     }
     text
 }
@@ -527,14 +537,6 @@ struct PinTargetView {
 struct Unpinned {
     name: String,
     gc: Option<GcReport>,
-}
-
-#[derive(Deserialize)]
-struct VerifyReport {
-    checked: u64,
-    bytes: u64,
-    corrupt: Vec<String>,
-    missing: Vec<String>,
 }
 
 #[cfg(test)]
@@ -728,6 +730,7 @@ mod tests {
             bytes: 3072,
             corrupt: Vec::new(),
             missing: Vec::new(),
+            dangling: Vec::new(),
         };
         assert_eq!(
             format_verify(&clean),
@@ -744,6 +747,19 @@ mod tests {
              corrupt  sha256:aa\n\
              missing  sha256:bb\n\
              missing  sha256:cc\n"
+        );
+        let dangling = VerifyReport {
+            dangling: vec![crate::store::DanglingManifest {
+                repo: "team/app".into(),
+                manifest: "sha256:dd".into(),
+                missing: vec!["sha256:ee".into(), "sha256:ff".into()],
+            }],
+            ..clean
+        };
+        assert_eq!(
+            format_verify(&dangling),
+            "checked 3 blob(s), 3.0 KiB\n\
+             dangling  team/app@sha256:dd: lacks sha256:ee, sha256:ff\n"
         );
     }
 

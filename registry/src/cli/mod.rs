@@ -204,8 +204,12 @@ pub enum ClientError {
     #[error("--include, --exclude and --file apply to hub targets (hf://…), not to {target}")]
     FilterOnReference { target: String },
     /// `manta verify` found damage (after printing what).
-    #[error("verify found {corrupt} corrupt and {missing} missing blob(s)")]
-    Damaged { corrupt: usize, missing: usize },
+    #[error("verify found {corrupt} corrupt and {missing} missing blob(s), and {dangling} manifest(s) that cannot be pulled whole")]
+    Damaged {
+        corrupt: usize,
+        missing: usize,
+        dangling: usize,
+    },
     #[error("cannot write the output")]
     Output(#[source] io::Error),
 }

@@ -30,7 +30,7 @@ pub use index::{
 pub use rocks::RocksIndex;
 pub use space::{Capacity, Reservation, Space, SpaceConfig};
 pub use usage::{AccessLog, Lease, Leases};
-pub use verify::VerifyReport;
+pub use verify::{DanglingManifest, VerifyReport};
 
 /// Failures of the store. Callers map them to 500s; the detail goes to the log.
 #[derive(Debug, thiserror::Error)]

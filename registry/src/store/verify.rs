@@ -1,6 +1,11 @@
 //! Integrity: re-hash blobs on disk (`manta verify`, and the background scrub). A blob whose
 //! bytes no longer match its digest, or whose file vanished or shrank, is dropped from the index
 //! (and its file removed), counted, and fetched again on its next use.
+//!
+//! `manta verify` also reports pushed manifests that can no longer be pulled: the spec lets a
+//! client delete a layer of a tagged manifest, or a child of a tagged index, and nothing else
+//! would say the parent is broken. (Cached manifests are not reported: what they lack is
+//! fetched again when it is pulled.)
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -11,7 +16,7 @@ use super::{Result, Store, StoreError};
 use crate::digest::{self, Hasher};
 
 /// What one verification pass found.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
     pub checked: u64,
@@ -20,6 +25,44 @@ pub struct VerifyReport {
     pub corrupt: Vec<String>,
     /// Digests whose file was missing or the wrong size (now dropped).
     pub missing: Vec<String>,
+    /// Pushed manifests that reference what their repository no longer holds.
+    #[serde(default)]
+    pub dangling: Vec<DanglingManifest>,
+}
+
+impl VerifyReport {
+    /// Whether the pass found anything wrong.
+    pub fn is_damaged(&self) -> bool {
+        !(self.corrupt.is_empty() && self.missing.is_empty() && self.dangling.is_empty())
+    }
+}
+
+/// A pushed manifest that cannot be pulled whole from `repo`: `missing` lists the blobs
+/// (config, layers) and child manifests it references that the repository cannot serve.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DanglingManifest {
+    pub repo: String,
+    pub manifest: String,
+    pub missing: Vec<String>,
+}
+
+/// The blobs and the child manifests a manifest or index references.
+fn references(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return (Vec::new(), Vec::new());
+    };
+    let digest = |d: &serde_json::Value| d.get("digest")?.as_str().map(str::to_string);
+    let list = |k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(|l| l.as_array())
+            .map(|a| a.iter().filter_map(digest).collect())
+            .unwrap_or_default()
+    };
+    let mut blobs: Vec<String> = v.get("config").and_then(digest).into_iter().collect();
+    blobs.extend(list("layers"));
+    blobs.extend(list("blobs"));
+    (blobs, list("manifests"))
 }
 
 /// The state of one blob on disk.
@@ -87,10 +130,47 @@ impl Store {
                     BlobCheck::Gone => {}
                 }
             }
+            report.dangling = me.dangling_manifests()?;
             Ok(report)
         })
         .await
         .map_err(StoreError::Join)?
+    }
+
+    /// Pushed manifests, in each repository they are in, that reference a blob or a child
+    /// manifest the repository cannot serve.
+    fn dangling_manifests(&self) -> Result<Vec<DanglingManifest>> {
+        let mut pushed = Vec::new();
+        self.index.for_each_manifest(&mut |d, rec| {
+            if rec.origin == super::Origin::Pushed {
+                pushed.push((d.to_string(), references(&rec.bytes)));
+            }
+        })?;
+        let idx = &*self.index;
+        let mut out = Vec::new();
+        for (manifest, (blobs, children)) in pushed {
+            for repo in idx.manifest_repos(&manifest)? {
+                let mut missing = Vec::new();
+                for b in &blobs {
+                    if idx.blob(b)?.is_none() || !idx.blob_linked(&repo, b)? {
+                        missing.push(b.clone());
+                    }
+                }
+                for m in &children {
+                    if idx.manifest(m)?.is_none() || !idx.manifest_linked(&repo, m)? {
+                        missing.push(m.clone());
+                    }
+                }
+                if !missing.is_empty() {
+                    out.push(DanglingManifest {
+                        repo,
+                        manifest: manifest.clone(),
+                        missing,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Re-hash one blob (dropping it if it is corrupt or missing).
