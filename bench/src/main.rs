@@ -16,6 +16,7 @@ mod rawget;
 mod report;
 mod rss;
 mod servers;
+mod users;
 mod wrk;
 
 use std::fmt::Write as _;
@@ -31,6 +32,8 @@ use report::{Goal, Row};
 use servers::Server;
 
 const REPO: &str = "bench/model";
+/// The single-layer image `ctr images pull` fetches.
+const CTR_REPO: &str = "bench/ctr";
 const TAG: &str = "bench";
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -101,6 +104,13 @@ struct Args {
     /// Give up (and clean up) after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_secs: u64,
+    /// Skip the `ctr images pull` phase (it needs containerd and root).
+    #[arg(long)]
+    skip_ctr: bool,
+    /// Where containerd keeps its content and snapshots for the `ctr images pull` phase: tmpfs
+    /// by default, so the pull measures the registry and containerd, not the disk.
+    #[arg(long, default_value = "/dev/shm")]
+    ctr_root: PathBuf,
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -313,6 +323,88 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     pair.check_alive()?;
 
+    // The same GETs with curl, the client users run.
+    let mut curl_single: [Vec<f64>; 2] = [vec![], vec![]];
+    for i in 0..args.runs {
+        for k in Pair::order(i) {
+            let s = &pair.servers[k];
+            let url = s.base.join(&format!("/v2/{REPO}/blobs/{}", blob.digest))?;
+            let t = tokio::task::spawn_blocking(move || users::curl_get(&url, size)).await??;
+            step(&format!(
+                "curl GET from {}: {:.0} MB/s",
+                s.name,
+                t.mb_per_s()
+            ));
+            curl_single[k].push(t.mb_per_s());
+        }
+    }
+    let mut curl_multi = [0.0; 2];
+    for k in Pair::order(1) {
+        let s = &pair.servers[k];
+        let url = s.base.join(&format!("/v2/{REPO}/blobs/{}", blob.digest))?;
+        let t = users::curl_concurrently(&url, size, args.streams).await?;
+        step(&format!(
+            "{} curl GETs from {}: {:.0} MB/s",
+            args.streams,
+            s.name,
+            t.mb_per_s()
+        ));
+        curl_multi[k] = t.mb_per_s();
+    }
+    pair.check_alive()?;
+
+    // containerd pulling a single-layer image of the blob (a tar of it), fetch and unpack.
+    let mut ctr_runs: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut ctr_note = None;
+    if args.skip_ctr {
+        ctr_note = Some("skipped (--skip-ctr)".to_string());
+    } else {
+        step("writing the single-layer image for ctr");
+        let layer = {
+            let (src, path) = (blob.clone(), tmp.path().join("layer.tar"));
+            tokio::task::spawn_blocking(move || users::write_tar_layer(&src, &path)).await??
+        };
+        let ctr_config = users::image_config(&layer);
+        let ctr_manifest = content::manifest_bytes(&ctr_config, &layer)?;
+        for s in &pair.servers {
+            client::upload_bytes(&client, &s.base, CTR_REPO, ctr_config.clone()).await?;
+            client::upload_file(&client, &s.base, CTR_REPO, &layer).await?;
+            client::put_manifest(&client, &s.base, CTR_REPO, TAG, ctr_manifest.clone()).await?;
+        }
+        std::fs::remove_file(&layer.path)?;
+        let root = args.ctr_root.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            manta_conformance::containerd::Containerd::start_under(&root)
+        });
+        match started.await? {
+            Err(e) => ctr_note = Some(format!("not run: containerd did not start ({e:#})")),
+            Ok(ctrd) => {
+                let ctrd = std::sync::Arc::new(ctrd);
+                // Run 0 warms containerd up (its first pull is slower, whichever registry).
+                for i in 0..=args.runs {
+                    for k in Pair::order(i) {
+                        let s = &pair.servers[k];
+                        let reference = format!("{}/{CTR_REPO}:{TAG}", s.base.authority());
+                        let (c, ns) = (ctrd.clone(), format!("bench-{k}-{i}"));
+                        let took = tokio::task::spawn_blocking(move || {
+                            users::ctr_pull(&c, &ns, &reference)
+                        })
+                        .await??;
+                        let rate = layer.size as f64 / 1e6 / took.as_secs_f64();
+                        step(&format!(
+                            "ctr images pull from {}: {:.0} MB/s",
+                            s.name, rate
+                        ));
+                        if i > 0 {
+                            ctr_runs[k].push(rate);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    pair.check_alive()?;
+
     // Manifest GETs by tag with wrk.
     let accept = content::MANIFEST_MEDIA_TYPE;
     let mut rps = [0.0; 2];
@@ -365,6 +457,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
             multi[0].mb_per_s(),
             multi[1].mb_per_s(),
             Goal::RatioAtLeast(1.0),
+        ),
+        Row::new(
+            format!(
+                "GET {} MiB blob with curl, 1 stream (median of {})",
+                args.size_mib, args.runs
+            ),
+            "MB/s",
+            median(curl_single[0].clone()),
+            median(curl_single[1].clone()),
+            Goal::RatioAtLeast(1.2),
+        ),
+        Row::new(
+            format!(
+                "GET {} MiB blob with curl, {} concurrent streams (aggregate)",
+                args.size_mib, args.streams
+            ),
+            "MB/s",
+            curl_multi[0],
+            curl_multi[1],
+            Goal::RatioAtLeast(1.0),
+        ),
+        Row::new(
+            format!(
+                "`ctr images pull` of a {} MiB single-layer image, fetch + unpack (median of {})",
+                args.size_mib, args.runs
+            ),
+            "MB/s",
+            median(ctr_runs[0].clone()),
+            median(ctr_runs[1].clone()),
+            Goal::None,
         ),
         Row::new(
             format!("peak RSS during the {} streams", args.streams),
@@ -424,6 +546,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         fmt_runs(&single[0]),
         fmt_runs(&single[1])
     );
+    let _ = writeln!(
+        md,
+        "- curl, single stream: Manta {}; docker-registry {}",
+        fmt_runs(&curl_single[0]),
+        fmt_runs(&curl_single[1])
+    );
+    let _ = writeln!(
+        md,
+        "- ctr images pull: Manta {}; docker-registry {}",
+        fmt_runs(&ctr_runs[0]),
+        fmt_runs(&ctr_runs[1])
+    );
+    if let Some(n) = &ctr_note {
+        let _ = writeln!(md, "- ctr images pull: {n}");
+    }
     let _ = writeln!(
         md,
         "- upload: Manta {}; docker-registry {}",

@@ -2,6 +2,7 @@
 //! conformance workflows (pull, push, content discovery, content management) as a library that
 //! runs against any registry URL and reports pass/fail per case.
 
+pub mod containerd;
 pub mod hub_fixture;
 pub mod oci;
 pub mod process;

@@ -86,3 +86,46 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> 
         Some(_) => Ok(Output { stdout, stderr }),
     }
 }
+
+/// How long a client command may take by default.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The path of a required tool; panics with an install hint when it is missing (never skips).
+pub fn require_tool(name: &str, install_hint: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return candidate;
+            }
+        }
+    }
+    panic!("required tool `{name}` is not on PATH; {install_hint}");
+}
+
+/// [`run_with_timeout`] with [`COMMAND_TIMEOUT`].
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    run_with_timeout(cmd, COMMAND_TIMEOUT)
+}
+
+/// Poll `probe` until it returns `Ok(Some(v))`, or fail at the deadline with the last error.
+pub fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use manta_conformance::server::MantaServer;
@@ -32,7 +32,8 @@ pub mod upstream;
 
 /// Default deadline for one client command: generous, but a stalled server fails the test
 /// instead of hanging CI.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+#[allow(unused_imports)]
+pub use manta_conformance::process::COMMAND_TIMEOUT;
 
 // ---------------------------------------------------------------------------------------------
 // The registry under test
@@ -124,46 +125,8 @@ pub fn with_registry(body: impl FnOnce(&Registry) -> Result<()>) {
 // Running client commands
 // ---------------------------------------------------------------------------------------------
 
-/// The path of a required tool; panics with an install hint when it is missing (never skips).
-pub fn require_tool(name: &str, install_hint: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join(name);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return candidate;
-            }
-        }
-    }
-    panic!("required tool `{name}` is not on PATH; {install_hint}");
-}
-
-pub use manta_conformance::process::{run_with_timeout, Output};
-
-/// [`run_with_timeout`] with [`COMMAND_TIMEOUT`].
-pub fn run(cmd: &mut Command) -> Result<Output> {
-    run_with_timeout(cmd, COMMAND_TIMEOUT)
-}
-
-/// Poll `probe` until it returns `Ok(Some(v))`, or fail at `deadline` with the last error.
-pub fn poll_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match probe() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => "condition not met".to_string(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+#[allow(unused_imports)] // each test binary uses its own share of these
+pub use manta_conformance::process::{poll_until, require_tool, run, run_with_timeout, Output};
 
 // ---------------------------------------------------------------------------------------------
 // Digests and random content

@@ -166,16 +166,17 @@ pub(super) async fn file_stream(
         stamp,
         _lease: lease,
     };
-    Ok(
-        futures_util::stream::unfold((chunks.boxed(), check), |(mut chunks, mut check)| async move {
+    Ok(futures_util::stream::unfold(
+        (chunks.boxed(), check),
+        |(mut chunks, mut check)| async move {
             let item = match chunks.next().await? {
                 Ok(chunk) => check.pass(chunk).await,
                 Err(e) => Err(e),
             };
             Some((item, (chunks, check)))
-        })
-        .boxed(),
+        },
     )
+    .boxed())
 }
 
 /// Hashes a whole blob as it is served; the last chunk goes out only if the digest matches.
