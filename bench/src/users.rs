@@ -72,23 +72,24 @@ pub fn write_tar_layer(src: &BlobFile, path: &Path) -> anyhow::Result<BlobFile> 
     let suffix = manta_hub::forms::tar_suffix_len(src.size);
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut h = Sha256::new();
-    let mut put = |b: &[u8]| -> anyhow::Result<()> {
-        h.update(b);
-        out.write_all(b)?;
-        Ok(())
-    };
-    put(&prefix)?;
-    let mut f = std::fs::File::open(&src.path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf)?;
-        if n == 0 {
-            break;
+    {
+        let mut put = |b: &[u8]| -> anyhow::Result<()> {
+            h.update(b);
+            out.write_all(b)?;
+            Ok(())
+        };
+        put(&prefix)?;
+        let mut f = std::fs::File::open(&src.path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            put(&buf[..n])?;
         }
-        put(&buf[..n])?;
+        put(&vec![0u8; suffix as usize])?;
     }
-    put(&vec![0u8; suffix as usize])?;
-    drop(put);
     out.flush()?;
     Ok(BlobFile {
         path: path.to_path_buf(),
