@@ -229,7 +229,11 @@ impl Connections {
                     match spare.take() {
                         Some(file) => {
                             drop(file);
-                            if let Ok((stream, _)) = listener.accept().await {
+                            let accepted = tokio::select! {
+                                a = listener.accept() => a,
+                                _ = stop.cancelled() => return,
+                            };
+                            if let Ok((stream, _)) = accepted {
                                 self.refuse(
                                     stream,
                                     RefusalReason::fds,
@@ -419,7 +423,10 @@ struct TimedIo<T> {
     shared: Arc<ConnShared>,
     timeouts: Timeouts,
     read_timer: Option<Pin<Box<Sleep>>>,
+    /// Runs while a write is pending (reset, not reallocated: a busy stream fills its socket
+    /// buffer thousands of times a second).
     write_timer: Option<Pin<Box<Sleep>>>,
+    write_armed: bool,
 }
 
 impl<T> TimedIo<T> {
@@ -434,6 +441,7 @@ impl<T> TimedIo<T> {
             },
             read_timer: None,
             write_timer: None,
+            write_armed: false,
         }
     }
 
@@ -452,10 +460,14 @@ impl<T> TimedIo<T> {
     }
 
     fn write_stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let stall = self.timeouts.stall;
+        let deadline = tokio::time::Instant::now() + self.timeouts.stall;
         let t = self
             .write_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.write_armed {
+            t.as_mut().reset(deadline);
+            self.write_armed = true;
+        }
         t.as_mut().poll(cx).is_ready()
     }
 
@@ -530,7 +542,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
             ))),
             Poll::Pending => Poll::Pending,
             r => {
-                self.write_timer = None;
+                self.write_armed = false;
                 r
             }
         }
@@ -547,7 +559,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
             ))),
             Poll::Pending => Poll::Pending,
             r => {
-                self.write_timer = None;
+                self.write_armed = false;
                 r
             }
         }

@@ -304,6 +304,10 @@ impl Store {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         let index = RocksIndex::open(&data_dir.join("db"))?;
+        // Taken now, before anything is served (then kept up by `watch_disk`).
+        if let Ok((_, available)) = space::fs_space(data_dir) {
+            reserve.balance(available, space::FS_HEADROOM);
+        }
         let space = Space::new(data_dir.to_path_buf(), &options.space)
             .map_err(StoreError::io("statvfs", data_dir))?;
         Self::with_index(Arc::new(index), files, space, reserve, options)
