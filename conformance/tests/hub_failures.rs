@@ -736,14 +736,20 @@ async fn a_hub_blob_is_served_only_under_a_repo_that_lists_it() {
         vec![FixtureFile::bytes(WEIGHTS, weights.clone()).lfs()],
     )
     .gated(true);
+    // The token from a file (as a mounted Secret gives it): it never shows in the process list.
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("hf-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let env = HubAgent::start(
         vec![minilm_repo().unwrap(), gated],
         FixtureOptions {
             token: Some(token.clone()),
             ..Default::default()
         },
-        &["--hf-token", &token],
+        &["--hf-token-file", token_file.to_str().unwrap()],
     );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", env.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&token));
     let (c, base) = (client(), env.url());
     let gated_raw = format!("hf-raw/{GATED_NAME}");
     let gated_image = format!("hf/{GATED_NAME}");

@@ -112,14 +112,10 @@ struct ServeArgs {
     hf_endpoint: String,
     /// Hugging Face token, for gated and private repos (never logged, never sent to another host).
     /// Prefer --hf-token-file: a flag's value shows in the process list.
-    #[arg(
-        long,
-        env = "HF_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "hf_token_file"
-    )]
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     hf_token: Option<String>,
-    /// File holding the Hugging Face token (a mounted Secret, say), read at start.
+    /// File holding the Hugging Face token (a mounted Secret, say), read at start; it wins over
+    /// --hf-token.
     #[arg(long, env = "MANTA_HF_TOKEN_FILE")]
     hf_token_file: Option<PathBuf>,
     /// ModelScope endpoint for `ms/…` and `ms-raw/…` repositories.
@@ -130,14 +126,9 @@ struct ServeArgs {
     )]
     ms_endpoint: String,
     /// ModelScope token (prefer --ms-token-file).
-    #[arg(
-        long,
-        env = "MODELSCOPE_API_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "ms_token_file"
-    )]
+    #[arg(long, env = "MODELSCOPE_API_TOKEN", hide_env_values = true)]
     ms_token: Option<String>,
-    /// File holding the ModelScope token, read at start.
+    /// File holding the ModelScope token, read at start; it wins over --ms-token.
     #[arg(long, env = "MANTA_MS_TOKEN_FILE")]
     ms_token_file: Option<PathBuf>,
     /// Seconds a branch's resolution to a commit is trusted before the hub is asked again (a

@@ -103,6 +103,11 @@ impl HubAgent {
         self.agent.data_dir()
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.agent.pid().expect("the agent runs")
+    }
+
     /// A scratch directory that lives as long as the agent.
     pub fn scratch(&self, name: &str) -> PathBuf {
         let p = self.tmp.path().join(name);
@@ -136,7 +141,7 @@ pub fn log_tail(log: &str, n: usize) -> String {
 /// No token reaches it from the caller's environment.
 pub fn spawn_agent(endpoint: &str, data_dir: &Path, extra: &[&str]) -> Result<MantaServer> {
     let mut args = vec!["--hf-endpoint", endpoint, "--ms-endpoint", endpoint];
-    if !extra.contains(&"--hf-token") {
+    if !extra.contains(&"--hf-token") && !extra.contains(&"--hf-token-file") {
         // An empty token is no token (and overrides an HF_TOKEN in the environment).
         args.extend(["--hf-token", ""]);
     }
