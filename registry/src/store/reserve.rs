@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The reserve's size: rocksdb's preallocated log (about 1.1 × its 8 MiB memtable), its
 /// manifest, and the table file of a flushed memtable, with room to spare.
 pub const RESERVE: u64 = 32 << 20;
-/// Free space below which the reserve is given to the index.
-pub const LOW_WATER: u64 = 8 << 20;
+/// Free space below which the reserve is given to the index: above the free space the index
+/// refuses writes below ([`super::rocks::INDEX_MIN_FREE`]), so it is given before it is needed.
+pub const LOW_WATER: u64 = 24 << 20;
 
 pub struct IndexReserve {
     path: PathBuf,
