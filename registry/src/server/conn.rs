@@ -225,9 +225,9 @@ impl Connections {
                     }
                 },
                 Err(e) if is_fd_exhaustion(&e) => {
-                    tracing::warn!(error = %e, "out of file descriptors; refusing a connection");
                     match spare.take() {
                         Some(file) => {
+                            tracing::warn!(error = %e, "out of file descriptors; refusing a connection");
                             drop(file);
                             let accepted = tokio::select! {
                                 a = listener.accept() => a,
