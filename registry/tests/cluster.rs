@@ -392,3 +392,56 @@ fn a_cluster_listener_without_a_usable_token_does_not_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A blob that streams through uncached (no room) for a client of the node is not offered to
+/// peers: following it would make the node fetch it again for the caller.
+#[test]
+fn a_blob_passed_through_for_a_local_client_is_not_fetched_for_a_peer() {
+    let fake = FakeUpstream::start(FakeMode::Trickle).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(passed_through_not_for_peers(&fake));
+}
+
+async fn passed_through_not_for_peers(fake: &FakeUpstream) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = UpstreamConfig::default()
+        .alias("up1", &fake.url())
+        .write(&tmp.path().join("cfg"))
+        .unwrap();
+    let m = start_cluster(
+        tmp.path(),
+        TOKEN,
+        &["--config", cfg.to_str().unwrap(), "--capacity", "2MiB"],
+    );
+    let cluster = m.cluster_url().unwrap();
+    let c = client();
+    // Pushed content (never evicted) fills the cache: upstream blobs stream through.
+    push_blob(&c, &m.url(), "local/filler", &bytes(1900 << 10, 9)).await;
+    let (layer, layer_bytes) = fake.image().layers[1].clone();
+    let local = {
+        let url = format!("{}/v2/up1/{}/blobs/{layer}", m.url(), fake.image().repo);
+        let c = c.clone();
+        tokio::spawn(async move { c.get(url).send().await.unwrap().bytes().await.unwrap() })
+    };
+    // While the local client's bytes trickle through, a peer asks for the same digest.
+    let started = common::eventually(Duration::from_secs(10), || fake.blob_gets(&layer) >= 1).await;
+    assert!(started);
+    let r = c
+        .get(format!("{cluster}/manta/v1/blobs/{layer}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(local.await.unwrap() == layer_bytes[..]);
+    assert!(
+        !common::blob_file(m.data_dir(), &layer).exists(),
+        "it was kept"
+    );
+    assert_eq!(
+        fake.blob_gets(&layer),
+        1,
+        "the peer's read made the node fetch"
+    );
+}

@@ -251,6 +251,7 @@ pub(super) async fn serve_fetch(
     digest: &Digest,
     req: &Head,
     idle: Duration,
+    if_passed: fetch::IfPassedThrough,
 ) -> ApiResult<Response> {
     let up = |e: Arc<UpstreamError>| ApiError::upstream(Wanted::Blob, e);
     let mut rx = f.subscribe();
@@ -291,6 +292,7 @@ pub(super) async fn serve_fetch(
                 start,
                 start + len - 1,
                 idle,
+                if_passed,
             )
             .map(move |c| {
                 let _held = &lease;

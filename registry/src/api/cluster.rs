@@ -29,6 +29,7 @@ use sha2::{Digest as _, Sha256};
 use super::{admin, blobs, lifecycle, Shared};
 use crate::digest;
 use crate::error::{ApiError, ApiResult};
+use crate::fetch::IfPassedThrough;
 
 /// Why the cluster token cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -211,10 +212,25 @@ async fn blob(
     if let Some((file, size)) = st.store.open_verified(&digest).await? {
         return blobs::serve_file(&st, &digest, file, size, &head).await;
     }
-    match st.fetcher.get(digest.as_ref()) {
-        Some(f) => blobs::serve_fetch(&st, &f, &digest, &head, st.upstreams.timeout()).await,
-        None => Err(ApiError::BlobUnknown),
+    // Being written to this node's disk: the bytes so far, then the rest. A fetch that streams
+    // through uncached has nothing to offer a peer (following it would fetch for the caller).
+    let Some(f) = st.fetcher.get(digest.as_ref()) else {
+        return Err(ApiError::BlobUnknown);
+    };
+    // Until the fetch knows whether it keeps the blob (its source has answered).
+    let idle = st.upstreams.timeout();
+    let mut rx = f.subscribe();
+    let _ = crate::fetch::size_of(&mut rx, idle).await;
+    let kept = matches!(
+        *rx.borrow(),
+        crate::fetch::FetchState::Streaming { .. }
+            | crate::fetch::FetchState::Verified { .. }
+            | crate::fetch::FetchState::Done { .. }
+    );
+    if !kept {
+        return Err(ApiError::BlobUnknown);
     }
+    blobs::serve_fetch(&st, &f, &digest, &head, idle, IfPassedThrough::Fail).await
 }
 
 async fn not_found() -> Response {

@@ -128,7 +128,15 @@ pub(super) async fn file_blob(st: &Shared, digest: &Digest, req: &Head) -> ApiRe
     }
     let f = st.hubs.fetch_blob(digest, None).map_err(up)?;
     st.metrics.lookup(ObjectKind::blob, CacheResult::miss);
-    serve_fetch(st, &f, digest, req, st.hubs.settings().idle).await
+    serve_fetch(
+        st,
+        &f,
+        digest,
+        req,
+        st.hubs.settings().idle,
+        fetch::IfPassedThrough::OpenSource,
+    )
+    .await
 }
 
 /// An image-form tar layer: its headers, the raw blob's bytes (held, or streaming in), zeros.
@@ -181,5 +189,13 @@ pub(super) async fn raw_range(
         .hubs
         .fetch_blob(raw, None)
         .map_err(|e| ApiError::upstream(Wanted::Blob, e))?;
-    Ok(fetch::follow(&f, st.store.files().blob_path(raw), start, end - 1, idle).boxed())
+    Ok(fetch::follow(
+        &f,
+        st.store.files().blob_path(raw),
+        start,
+        end - 1,
+        idle,
+        fetch::IfPassedThrough::OpenSource,
+    )
+    .boxed())
 }

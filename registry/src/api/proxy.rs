@@ -450,5 +450,13 @@ async fn blob_inner(
             CacheResult::hit
         },
     );
-    serve_fetch(st, &f, &digest, req, idle).await
+    serve_fetch(
+        st,
+        &f,
+        &digest,
+        req,
+        idle,
+        crate::fetch::IfPassedThrough::OpenSource,
+    )
+    .await
 }

@@ -18,8 +18,19 @@ use super::{Fetch, FetchState};
 /// Followers read at most this much at a time.
 const READ_CHUNK: u64 = 256 << 10;
 
+/// What a follower does when the fetch turns out to be a passthrough (nothing is written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfPassedThrough {
+    /// Open the source itself (a client of this node).
+    OpenSource,
+    /// Fail: the reader may only have what this node writes (a peer, which must never make
+    /// the node fetch for it).
+    Fail,
+}
+
 struct Follower {
     rx: watch::Receiver<FetchState>,
+    if_passed: IfPassedThrough,
     digest: Digest,
     final_path: PathBuf,
     file: Option<tokio::fs::File>,
@@ -65,6 +76,11 @@ impl Follower {
                 } => (written.min(size.saturating_sub(1)), Some(path)),
                 FetchState::Verified { size, path } => (size, Some(path)),
                 FetchState::Done { size } => (size, None),
+                FetchState::Passthrough { .. } if self.if_passed == IfPassedThrough::Fail => {
+                    return self.fail(std::io::Error::other(
+                        "the blob is not being kept by this node",
+                    ));
+                }
                 FetchState::Passthrough { size, source, .. } => {
                     let opened = PassStream::open(
                         &source,
@@ -139,9 +155,11 @@ pub fn follow(
     start: u64,
     end: u64,
     idle: Duration,
+    if_passed: IfPassedThrough,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let f = Follower {
         rx: fetch.subscribe(),
+        if_passed,
         digest: fetch.digest.clone(),
         final_path,
         file: None,

@@ -40,7 +40,7 @@ use crate::digest;
 use crate::metrics::Metrics;
 use crate::store::{Origin, RecipeRecord, Store};
 use crate::upstream::UpstreamError;
-pub use follow::follow;
+pub use follow::{follow, IfPassedThrough};
 pub use pass::PassSource;
 
 /// The leader makes written bytes visible to followers at least this often...
