@@ -1,0 +1,131 @@
+//! The peer wire protocol: JSON bodies under `/manta/v1/peer/` on the cluster listener, which
+//! authenticates every request with the cluster token. Blob bytes themselves are read with
+//! `GET /manta/v1/blobs/<digest>` and `Range`, also from nodes still downloading them.
+//!
+//! Peers name nodes by the cluster address the others reach them at (`host:port`), and blobs by
+//! digest; nothing in this protocol names a path or makes a node fetch something for a caller.
+
+use serde::{Deserialize, Serialize};
+
+/// The path prefix of the protocol on the cluster listener.
+pub const PREFIX: &str = "/manta/v1/peer";
+
+/// `GET /manta/v1/peer/hello`: who answers at an address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The node's name (`--node-name`, the Kubernetes node).
+    pub node: String,
+    /// Random per process start: a node recognises itself in the membership by it.
+    pub instance: String,
+}
+
+/// `POST /manta/v1/peer/locate`, to a digest's first live owner: where to get a blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocateRequest {
+    pub digest: String,
+    /// The asker's cluster address, when it knows it (then it is recorded as fetching, and
+    /// named to later askers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How many bytes of the blob the asker holds already (it resumes from there).
+    #[serde(default)]
+    pub have: u64,
+    /// Nodes the asker could not use for this digest (unreachable, broken, lying).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+/// What an owner tells an asker to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum LocateReply {
+    /// Read the blob from this node (it holds it, or is fetching it).
+    Follow {
+        from: String,
+        /// Whether `from` holds all of it.
+        complete: bool,
+        /// Piece hashes known so far, to check what `from` sends.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pieces: Option<Pieces>,
+    },
+    /// No node has or is fetching it: the asker is now the one fetching it from the origin.
+    Fetch,
+}
+
+/// `POST /manta/v1/peer/announce`, to each of a digest's owners.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    pub digest: String,
+    pub node: String,
+    pub event: Event,
+    /// Hashes of pieces the announcer verified (computed from bytes it fetched from the origin,
+    /// or of a blob whose whole digest it verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<Pieces>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// Fetching: `have` bytes of `size` held (from the first byte on).
+    Progress { have: u64, size: u64, origin: bool },
+    /// Holds the whole blob, verified.
+    Complete { size: u64 },
+    /// No longer has it (evicted, or the fetch failed).
+    Gone,
+}
+
+/// Hashes of consecutive pieces of a blob: piece `first + i` is `hashes[i]` (hex sha256).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pieces {
+    pub size: u64,
+    pub first: u64,
+    pub hashes: Vec<String>,
+}
+
+/// `GET /manta/v1/peer/pieces/<digest>?from=<i>&wait_ms=<ms>`: the owner's piece hashes from
+/// piece `from`, waiting up to `wait_ms` for piece `from` if it is not known yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PiecesQuery {
+    #[serde(default)]
+    pub from: u64,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// `GET /manta/v1/peer/status`: what a node knows and does, for `manta peers`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    /// This node's cluster address, once it has found itself in the membership.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    pub members: Vec<MemberStatus>,
+    /// Digests this node owns and the nodes it knows hold or fetch them.
+    pub tracked: usize,
+    /// Blobs this node is fetching now, and from where.
+    pub fetching: Vec<Fetching>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub healthy: bool,
+    pub is_self: bool,
+    /// Seconds until the next try of a member that failed.
+    #[serde(default)]
+    pub backoff_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetching {
+    pub digest: String,
+    /// A peer's address, or `origin`.
+    pub from: String,
+    pub have: u64,
+    pub size: u64,
+}

@@ -1,0 +1,283 @@
+//! One node's view of the peers: it asks a digest's owners where to read it, announces what it
+//! fetches, and (as an owner) answers the others.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::client::{PeerClient, Timeouts, TokenSource};
+use crate::members::{Membership, Seeds};
+use crate::proto::{Announce, Event, Fetching, Hello, LocateReply, LocateRequest, Pieces, Status};
+use crate::tracker::{Tracker, TrackerOptions};
+use crate::{ring, PeerError};
+
+#[derive(Clone)]
+pub struct PeerConfig {
+    pub seeds: Seeds,
+    pub node_name: String,
+    /// Owners per digest.
+    pub owners: usize,
+    /// How often the membership is re-read and backed-off members probed.
+    pub refresh: Duration,
+    pub token: TokenSource,
+    pub timeouts: Timeouts,
+}
+
+/// Where to read a blob from, as the owners decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// From this peer.
+    Peer {
+        addr: String,
+        complete: bool,
+        pieces: Option<Pieces>,
+    },
+    /// From the origin: this node is the cluster's fetcher of the blob.
+    Origin,
+    /// From the origin, without the owners' word (none answered, or no peers).
+    Alone,
+}
+
+pub struct PeerRouter {
+    me: Hello,
+    owners_k: usize,
+    members: Arc<Membership>,
+    client: PeerClient,
+    tracker: Mutex<Tracker>,
+    /// Woken when piece hashes arrive.
+    pieces_changed: Notify,
+    fetching: Mutex<HashMap<String, Fetching>>,
+}
+
+impl PeerRouter {
+    /// Build the router and start re-reading the membership every `refresh`.
+    pub fn start(cfg: PeerConfig) -> Result<Arc<Self>, PeerError> {
+        let client = PeerClient::new(cfg.token.clone(), cfg.timeouts.clone())?;
+        let me = Hello {
+            node: cfg.node_name.clone(),
+            instance: uuid::Uuid::new_v4().to_string(),
+        };
+        let members = Membership::new(cfg.seeds.clone(), me.clone(), client.clone());
+        let router = Arc::new(Self {
+            me,
+            owners_k: cfg.owners.max(1),
+            members,
+            client,
+            tracker: Mutex::new(Tracker::new(TrackerOptions::default())),
+            pieces_changed: Notify::new(),
+            fetching: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&router);
+        let every = cfg.refresh;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(r) = weak.upgrade() else { break };
+                r.members.refresh().await;
+                r.tracker().expire(Instant::now());
+            }
+        });
+        Ok(router)
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn hello(&self) -> Hello {
+        self.me.clone()
+    }
+
+    pub fn client(&self) -> &PeerClient {
+        &self.client
+    }
+
+    pub fn members(&self) -> &Membership {
+        &self.members
+    }
+
+    /// This node's cluster address, once it has found itself among the peers.
+    pub fn self_addr(&self) -> Option<String> {
+        self.members.self_addr()
+    }
+
+    fn owners(&self, digest: &str) -> Vec<String> {
+        let live = self.members.live();
+        ring::owners(digest, live.iter().map(String::as_str), self.owners_k)
+    }
+
+    /// Ask `digest`'s owners, first live one first, where to read it. `have` bytes are held
+    /// already; `exclude` are peers that failed this node for it.
+    pub async fn locate(&self, digest: &str, have: u64, exclude: &[String]) -> Route {
+        let me = self.self_addr();
+        let req = LocateRequest {
+            digest: digest.to_string(),
+            node: me.clone(),
+            have,
+            exclude: exclude.to_vec(),
+        };
+        for owner in self.owners(digest) {
+            let reply = if Some(&owner) == me.as_ref() {
+                self.handle_locate(&req)
+            } else {
+                match self.client.locate(&owner, &req).await {
+                    Ok(r) => {
+                        self.members.succeeded(&owner);
+                        r
+                    }
+                    Err(e) => {
+                        if e.is_unreachable() {
+                            self.members.failed(&owner, &e);
+                        } else {
+                            tracing::debug!(owner, error = %e, "owner did not answer a locate");
+                        }
+                        continue;
+                    }
+                }
+            };
+            return match reply {
+                LocateReply::Follow {
+                    from,
+                    complete,
+                    pieces,
+                } => Route::Peer {
+                    addr: from,
+                    complete,
+                    pieces,
+                },
+                LocateReply::Fetch => Route::Origin,
+            };
+        }
+        Route::Alone
+    }
+
+    /// Tell `digest`'s owners what this node has of it (in the background; an owner that does
+    /// not answer is backed off).
+    pub fn announce(self: &Arc<Self>, digest: &str, event: Event, pieces: Option<Pieces>) {
+        let Some(node) = self.self_addr() else { return };
+        {
+            let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            match &event {
+                Event::Progress { .. } => {}
+                Event::Complete { .. } | Event::Gone => {
+                    f.remove(digest);
+                }
+            }
+        }
+        let a = Announce {
+            digest: digest.to_string(),
+            node: node.clone(),
+            event,
+            pieces,
+        };
+        for owner in self.owners(digest) {
+            if owner == node {
+                self.handle_announce(&a);
+                continue;
+            }
+            let (me, a) = (self.clone(), a.clone());
+            tokio::spawn(async move {
+                match me.client.announce(&owner, &a).await {
+                    Ok(()) => me.members.succeeded(&owner),
+                    Err(e) if e.is_unreachable() => me.members.failed(&owner, &e),
+                    Err(e) => tracing::debug!(owner, error = %e, "an announcement was refused"),
+                }
+            });
+        }
+    }
+
+    /// Record, for `manta peers`, where this node reads a blob from.
+    pub fn note_fetching(&self, digest: &str, from: &str, have: u64, size: u64) {
+        self.fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                digest.to_string(),
+                Fetching {
+                    digest: digest.to_string(),
+                    from: from.to_string(),
+                    have,
+                    size,
+                },
+            );
+    }
+
+    /// This node's fetch of `digest` is over, however it ended.
+    pub fn done_fetching(&self, digest: &str) {
+        self.fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+    }
+
+    /// The piece hashes of `digest` from piece `from`, from its first live owner that knows
+    /// them, waiting up to `wait` for piece `from`.
+    pub async fn pieces(&self, digest: &str, from: u64, wait: Duration) -> Option<Pieces> {
+        let me = self.self_addr();
+        for owner in self.owners(digest) {
+            if Some(&owner) == me.as_ref() {
+                if let Some(p) = self.handle_pieces(digest, from, wait).await {
+                    return Some(p);
+                }
+                continue;
+            }
+            match self.client.pieces(&owner, digest, from, wait).await {
+                Ok(Some(p)) => return Some(p),
+                Ok(None) => {}
+                Err(e) if e.is_unreachable() => self.members.failed(&owner, &e),
+                Err(e) => tracing::debug!(owner, error = %e, "no piece hashes from an owner"),
+            }
+        }
+        None
+    }
+
+    /// Owner side of `locate`.
+    pub fn handle_locate(&self, req: &LocateRequest) -> LocateReply {
+        self.tracker().locate(req, Instant::now())
+    }
+
+    /// Owner side of `announce`.
+    pub fn handle_announce(&self, a: &Announce) {
+        self.tracker().announce(a, Instant::now());
+        if a.pieces.is_some() {
+            self.pieces_changed.notify_waiters();
+        }
+    }
+
+    /// Owner side of `pieces`: the known hashes from piece `from`, waiting up to `wait` (at most
+    /// 10 s) for piece `from` to be announced.
+    pub async fn handle_pieces(&self, digest: &str, from: u64, wait: Duration) -> Option<Pieces> {
+        let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(10));
+        loop {
+            let changed = self.pieces_changed.notified();
+            if let Some(p) = self.tracker().pieces(digest, from) {
+                return Some(p);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let mut fetching: Vec<Fetching> = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        fetching.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Status {
+            node: self.me.node.clone(),
+            addr: self.self_addr(),
+            members: self.members.status(),
+            tracked: self.tracker().len(),
+            fetching,
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! What an owner knows about the digests it owns: which nodes hold or fetch each, who reads
+//! from whom, and the piece hashes the origin fetcher published. Plain data with the time
+//! passed in, so the swarm simulator drives the same code as the agent.
+//!
+//! The routing rule, for one `locate`:
+//! 1. drop the nodes the asker could not use, and in-progress nodes not heard from lately;
+//! 2. the candidates are the other nodes that hold or fetch the blob and do not read from the
+//!    asker, directly or down a chain (no cycles);
+//! 3. pick the candidate with the fewest readers, then a complete one, then one already past the
+//!    asker's offset, then the furthest along — so nodes that arrive together form a pipeline,
+//!    each reading from the one before while it downloads, and a later node reads from an idle
+//!    complete copy;
+//! 4. no candidate: the asker fetches from the origin, and is named to everyone who asks next.
+//!
+//! When the origin fetcher dies, its readers ask again; the furthest-along survivor is offered
+//! to the others, and finds no candidate itself (everyone else reads from it), so it resumes
+//! the origin download from its own offset: the origin is asked only for what no survivor has.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::proto::{Announce, Event, LocateReply, LocateRequest, Pieces};
+
+/// How an owner ages what it knows.
+#[derive(Clone, Debug)]
+pub struct TrackerOptions {
+    /// A node fetching a blob that has not announced for this long is forgotten.
+    pub stale_after: Duration,
+    /// Most digests tracked; the least recently used go first.
+    pub max_entries: usize,
+}
+
+impl Default for TrackerOptions {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(20),
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Holder {
+    complete: bool,
+    have: u64,
+    /// Fetching from the origin (not from a peer).
+    origin: bool,
+    /// The node it reads from.
+    source: Option<String>,
+    seen: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    size: Option<u64>,
+    holders: HashMap<String, Holder>,
+    pieces: Vec<Option<String>>,
+    touched: Instant,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Self {
+            size: None,
+            holders: HashMap::new(),
+            pieces: Vec::new(),
+            touched: now,
+        }
+    }
+
+    fn remove(&mut self, node: &str) {
+        self.holders.remove(node);
+        for h in self.holders.values_mut() {
+            if h.source.as_deref() == Some(node) {
+                h.source = None;
+            }
+        }
+    }
+
+    fn readers(&self, node: &str) -> usize {
+        self.holders
+            .values()
+            .filter(|h| h.source.as_deref() == Some(node))
+            .count()
+    }
+
+    /// Whether `node` reads from `from`, directly or down a chain.
+    fn downstream_of<'a>(&'a self, mut node: &'a str, from: &str) -> bool {
+        for _ in 0..=self.holders.len() {
+            match self.holders.get(node).and_then(|h| h.source.as_deref()) {
+                Some(s) if s == from => return true,
+                Some(s) => node = s,
+                None => return false,
+            }
+        }
+        // A cycle that does not pass through `from`: treat as unusable.
+        true
+    }
+
+    fn pieces_from(&self, first: u64) -> Option<Pieces> {
+        let size = self.size?;
+        let hashes: Vec<String> = self
+            .pieces
+            .iter()
+            .skip(first as usize)
+            .map_while(|h| h.clone())
+            .collect();
+        (!hashes.is_empty()).then_some(Pieces {
+            size,
+            first,
+            hashes,
+        })
+    }
+}
+
+/// An owner's table of the digests it owns.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    entries: HashMap<String, Entry>,
+    opts: TrackerOptions,
+}
+
+impl Tracker {
+    pub fn new(opts: TrackerOptions) -> Self {
+        Self {
+            entries: HashMap::new(),
+            opts,
+        }
+    }
+
+    /// Digests tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Where the asker should get the blob; records what it will do.
+    pub fn locate(&mut self, req: &LocateRequest, now: Instant) -> LocateReply {
+        let stale = self.opts.stale_after;
+        let e = self
+            .entries
+            .entry(req.digest.clone())
+            .or_insert_with(|| Entry::new(now));
+        e.touched = now;
+        for x in &req.exclude {
+            e.remove(x);
+        }
+        let gone: Vec<String> = e
+            .holders
+            .iter()
+            .filter(|(_, h)| !h.complete && now.duration_since(h.seen) > stale)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            e.remove(&n);
+        }
+        let asker = req.node.as_deref();
+        if let Some(a) = asker {
+            // Asking again: whatever it read from before is over.
+            if let Some(h) = e.holders.get_mut(a) {
+                h.source = None;
+                h.origin = false;
+            }
+        }
+        let best = e
+            .holders
+            .iter()
+            .filter(|(n, _)| Some(n.as_str()) != asker)
+            .filter(|(n, _)| asker.is_none_or(|a| !e.downstream_of(n, a)))
+            .min_by_key(|(n, h)| {
+                (
+                    e.readers(n),
+                    !h.complete,
+                    h.have < req.have,
+                    std::cmp::Reverse(h.have),
+                    n.to_string(),
+                )
+            })
+            .map(|(n, h)| (n.clone(), h.complete));
+        let reply = match best {
+            Some((from, complete)) => LocateReply::Follow {
+                pieces: e.pieces_from(0),
+                from,
+                complete,
+            },
+            None => LocateReply::Fetch,
+        };
+        if let Some(a) = asker {
+            let source = match &reply {
+                LocateReply::Follow { from, .. } => Some(from.clone()),
+                LocateReply::Fetch => None,
+            };
+            let h = e.holders.entry(a.to_string()).or_insert(Holder {
+                complete: false,
+                have: req.have,
+                origin: false,
+                source: None,
+                seen: now,
+            });
+            h.have = h.have.max(req.have);
+            h.origin = source.is_none();
+            h.source = source;
+            h.seen = now;
+        }
+        self.trim();
+        reply
+    }
+
+    /// Record what a node says about a digest.
+    pub fn announce(&mut self, a: &Announce, now: Instant) {
+        let e = self
+            .entries
+            .entry(a.digest.clone())
+            .or_insert_with(|| Entry::new(now));
+        e.touched = now;
+        let trusted = match a.event {
+            Event::Gone => {
+                e.remove(&a.node);
+                false
+            }
+            Event::Progress { have, size, origin } => {
+                e.size = Some(size);
+                let h = e.holders.entry(a.node.clone()).or_insert(Holder {
+                    complete: false,
+                    have,
+                    origin,
+                    source: None,
+                    seen: now,
+                });
+                h.have = have;
+                h.seen = now;
+                if origin {
+                    h.origin = true;
+                    h.source = None;
+                }
+                origin
+            }
+            Event::Complete { size } => {
+                e.size = Some(size);
+                e.holders.insert(
+                    a.node.clone(),
+                    Holder {
+                        complete: true,
+                        have: size,
+                        origin: false,
+                        source: None,
+                        seen: now,
+                    },
+                );
+                true
+            }
+        };
+        if let (true, Some(p)) = (trusted, &a.pieces) {
+            if e.size == Some(p.size) {
+                let end = p.first as usize + p.hashes.len();
+                if e.pieces.len() < end {
+                    e.pieces.resize(end, None);
+                }
+                for (i, h) in p.hashes.iter().enumerate() {
+                    // The first word on a piece stands: a later, different one is a liar's.
+                    e.pieces[p.first as usize + i].get_or_insert_with(|| h.clone());
+                }
+            }
+        }
+        self.trim();
+    }
+
+    /// The known piece hashes of `digest` from piece `from` on (consecutive, so it stops at the
+    /// first unknown one).
+    pub fn pieces(&self, digest: &str, from: u64) -> Option<Pieces> {
+        self.entries.get(digest)?.pieces_from(from)
+    }
+
+    /// Forget digests nobody holds or fetches that nobody asked about for `stale_after`.
+    pub fn expire(&mut self, now: Instant) {
+        let stale = self.opts.stale_after;
+        self.entries.retain(|_, e| {
+            e.holders
+                .retain(|_, h| h.complete || now.duration_since(h.seen) <= stale);
+            !e.holders.is_empty() || now.duration_since(e.touched) <= stale
+        });
+    }
+
+    fn trim(&mut self) {
+        if self.entries.len() <= self.opts.max_entries {
+            return;
+        }
+        let mut by_age: Vec<(Instant, String)> = self
+            .entries
+            .iter()
+            .map(|(d, e)| (e.touched, d.clone()))
+            .collect();
+        by_age.sort();
+        let excess = self.entries.len() - self.opts.max_entries;
+        for (_, d) in by_age.into_iter().take(excess) {
+            self.entries.remove(&d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(t: &mut Tracker, node: &str, have: u64, exclude: &[&str], now: Instant) -> LocateReply {
+        t.locate(
+            &LocateRequest {
+                digest: "sha256:x".into(),
+                node: Some(node.into()),
+                have,
+                exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            },
+            now,
+        )
+    }
+
+    fn from(r: &LocateReply) -> &str {
+        match r {
+            LocateReply::Follow { from, .. } => from,
+            LocateReply::Fetch => "origin",
+        }
+    }
+
+    fn progress(t: &mut Tracker, node: &str, have: u64, origin: bool, now: Instant) {
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: node.into(),
+                event: Event::Progress {
+                    have,
+                    size: 100,
+                    origin,
+                },
+                pieces: None,
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn nodes_that_ask_together_form_a_pipeline_with_one_origin_fetch() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let order: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| from(&ask(&mut t, n, 0, &[], now)).to_string())
+            .collect();
+        assert_eq!(order, ["origin", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_later_node_reads_from_an_idle_complete_copy() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        ask(&mut t, "a", 0, &[], now);
+        ask(&mut t, "b", 0, &[], now);
+        for n in ["a", "b"] {
+            t.announce(
+                &Announce {
+                    digest: "sha256:x".into(),
+                    node: n.into(),
+                    event: Event::Complete { size: 100 },
+                    pieces: None,
+                },
+                now,
+            );
+        }
+        let r = ask(&mut t, "c", 0, &[], now);
+        assert!(matches!(r, LocateReply::Follow { complete: true, .. }));
+        // c reads from one of them; d is sent to the other.
+        let d = ask(&mut t, "d", 0, &[], now);
+        assert_ne!(from(&r), from(&d));
+    }
+
+    #[test]
+    fn when_the_origin_fetcher_dies_the_furthest_survivor_resumes_it() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        ask(&mut t, "a", 0, &[], now); // origin
+        ask(&mut t, "b", 0, &[], now); // reads a
+        ask(&mut t, "c", 0, &[], now); // reads b
+        ask(&mut t, "d", 0, &[], now); // reads c
+        progress(&mut t, "a", 60, true, now);
+        progress(&mut t, "b", 59, false, now);
+        progress(&mut t, "c", 55, false, now);
+        // a dies: only b read from it. b asks, naming a.
+        let r = ask(&mut t, "b", 59, &["a"], now);
+        assert_eq!(from(&r), "origin", "c and d read from b: b resumes at 59");
+        // c and d go on reading down the chain; a newcomer goes to the end of it.
+        assert_eq!(from(&ask(&mut t, "e", 0, &[], now)), "d");
+    }
+
+    #[test]
+    fn a_reader_that_asks_first_is_sent_to_the_survivor_furthest_along() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        ask(&mut t, "a", 0, &[], now);
+        ask(&mut t, "b", 0, &[], now); // reads a
+        progress(&mut t, "b", 59, false, now);
+        progress(&mut t, "d", 40, false, now);
+        // d held 40 bytes from an earlier read of a. a dies; d asks first: b, with more, is
+        // offered to it, and b, asking next, resumes the origin (d now reads from it).
+        assert_eq!(from(&ask(&mut t, "d", 40, &["a"], now)), "b");
+        assert_eq!(from(&ask(&mut t, "b", 59, &["a"], now)), "origin");
+    }
+
+    #[test]
+    fn silent_fetchers_are_forgotten_and_complete_holders_are_not() {
+        let mut t = Tracker::new(TrackerOptions {
+            stale_after: Duration::from_secs(10),
+            max_entries: 10,
+        });
+        let t0 = Instant::now();
+        ask(&mut t, "a", 0, &[], t0);
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(from(&ask(&mut t, "b", 0, &[], later)), "origin");
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: "b".into(),
+                event: Event::Complete { size: 100 },
+                pieces: None,
+            },
+            later,
+        );
+        let much_later = later + Duration::from_secs(3600);
+        t.expire(much_later);
+        assert_eq!(from(&ask(&mut t, "c", 0, &[], much_later)), "b");
+    }
+
+    #[test]
+    fn piece_hashes_come_only_from_the_origin_fetcher_or_a_complete_holder() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let pieces = |hashes: &[&str]| Pieces {
+            size: 100,
+            first: 0,
+            hashes: hashes.iter().map(|s| s.to_string()).collect(),
+        };
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: "liar".into(),
+                event: Event::Progress {
+                    have: 50,
+                    size: 100,
+                    origin: false,
+                },
+                pieces: Some(pieces(&["bad"])),
+            },
+            now,
+        );
+        assert_eq!(t.pieces("sha256:x", 0), None);
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: "a".into(),
+                event: Event::Progress {
+                    have: 50,
+                    size: 100,
+                    origin: true,
+                },
+                pieces: Some(pieces(&["p0", "p1"])),
+            },
+            now,
+        );
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: "b".into(),
+                event: Event::Complete { size: 100 },
+                pieces: Some(pieces(&["other", "p1", "p2"])),
+            },
+            now,
+        );
+        assert_eq!(
+            t.pieces("sha256:x", 1),
+            Some(Pieces {
+                size: 100,
+                first: 1,
+                hashes: vec!["p1".into(), "p2".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn the_table_keeps_at_most_max_entries() {
+        let mut t = Tracker::new(TrackerOptions {
+            stale_after: Duration::from_secs(10),
+            max_entries: 3,
+        });
+        let now = Instant::now();
+        for i in 0..10u64 {
+            t.locate(
+                &LocateRequest {
+                    digest: format!("sha256:{i}"),
+                    node: Some("a".into()),
+                    have: 0,
+                    exclude: vec![],
+                },
+                now + Duration::from_millis(i),
+            );
+        }
+        assert_eq!(t.len(), 3);
+    }
+}
