@@ -114,12 +114,17 @@ impl PeerRouter {
     /// already; `exclude` are peers that failed this node for it.
     pub async fn locate(&self, digest: &str, have: u64, exclude: &[String]) -> Route {
         let me = self.self_addr();
-        let req = LocateRequest {
+        let mut req = LocateRequest {
             digest: digest.to_string(),
             node: me.clone(),
             have,
             exclude: exclude.to_vec(),
+            probe: false,
         };
+        // The first owner that answers decides; if it grants this node the origin fetch, the
+        // other owners are still asked who has the blob (the first may have just joined and
+        // know less than they do).
+        let mut granted = false;
         for owner in self.owners(digest) {
             let reply = if Some(&owner) == me.as_ref() {
                 self.handle_locate(&req)
@@ -139,20 +144,29 @@ impl PeerRouter {
                     }
                 }
             };
-            return match reply {
+            match reply {
                 LocateReply::Follow {
                     from,
                     complete,
                     pieces,
-                } => Route::Peer {
-                    addr: from,
-                    complete,
-                    pieces,
-                },
-                LocateReply::Fetch => Route::Origin,
-            };
+                } => {
+                    return Route::Peer {
+                        addr: from,
+                        complete,
+                        pieces,
+                    }
+                }
+                LocateReply::Fetch => {
+                    granted = true;
+                    req.probe = true;
+                }
+            }
         }
-        Route::Alone
+        if granted {
+            Route::Origin
+        } else {
+            Route::Alone
+        }
     }
 
     /// Tell `digest`'s owners what this node has of it (in the background; an owner that does

@@ -19,7 +19,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::pieces::piece_count;
 use crate::proto::{Announce, Event, LocateReply, LocateRequest, Pieces};
+
+/// How far past the known piece hashes an announcement may start.
+const MAX_PIECE_GAP: u64 = 4096;
 
 /// How an owner ages what it knows.
 #[derive(Clone, Debug)]
@@ -140,6 +144,9 @@ impl Tracker {
     /// Where the asker should get the blob; records what it will do.
     pub fn locate(&mut self, req: &LocateRequest, now: Instant) -> LocateReply {
         let stale = self.opts.stale_after;
+        if req.probe && !self.entries.contains_key(&req.digest) {
+            return LocateReply::Fetch;
+        }
         let e = self
             .entries
             .entry(req.digest.clone())
@@ -158,7 +165,7 @@ impl Tracker {
             e.remove(&n);
         }
         let asker = req.node.as_deref();
-        if let Some(a) = asker {
+        if let (Some(a), false) = (asker, req.probe) {
             // Asking again: whatever it read from before is over.
             if let Some(h) = e.holders.get_mut(a) {
                 h.source = None;
@@ -188,7 +195,7 @@ impl Tracker {
             },
             None => LocateReply::Fetch,
         };
-        if let Some(a) = asker {
+        if let (Some(a), false) = (asker, req.probe) {
             let source = match &reply {
                 LocateReply::Follow { from, .. } => Some(from.clone()),
                 LocateReply::Fetch => None,
@@ -254,7 +261,12 @@ impl Tracker {
             }
         };
         if let (true, Some(p)) = (trusted, &a.pieces) {
-            if e.size == Some(p.size) {
+            // Announcements travel in parallel and may arrive out of order, but never far
+            // ahead of what is known, and never past the blob's last piece.
+            let end = p.first.saturating_add(p.hashes.len() as u64);
+            let sane = end <= piece_count(p.size)
+                && p.first <= e.pieces.len() as u64 + MAX_PIECE_GAP;
+            if e.size == Some(p.size) && sane {
                 let end = p.first as usize + p.hashes.len();
                 if e.pieces.len() < end {
                     e.pieces.resize(end, None);
@@ -312,6 +324,7 @@ mod tests {
                 node: Some(node.into()),
                 have,
                 exclude: exclude.iter().map(|s| s.to_string()).collect(),
+                probe: false,
             },
             now,
         )
@@ -349,6 +362,30 @@ mod tests {
             .map(|n| from(&ask(&mut t, n, 0, &[], now)).to_string())
             .collect();
         assert_eq!(order, ["origin", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_probe_records_nothing_and_grants_nothing() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let probe = |t: &mut Tracker, node: &str| {
+            t.locate(
+                &LocateRequest {
+                    digest: "sha256:x".into(),
+                    node: Some(node.into()),
+                    have: 0,
+                    exclude: vec![],
+                    probe: true,
+                },
+                now,
+            )
+        };
+        assert_eq!(probe(&mut t, "a"), LocateReply::Fetch);
+        assert!(t.is_empty(), "a probe of an unknown digest leaves no entry");
+        ask(&mut t, "b", 0, &[], now);
+        assert_eq!(from(&probe(&mut t, "a")), "b");
+        // The probe did not make a a reader of b: c is sent to b as well, not to a.
+        assert_eq!(from(&ask(&mut t, "c", 0, &[], now)), "b");
     }
 
     #[test]
@@ -436,7 +473,7 @@ mod tests {
         let mut t = Tracker::default();
         let now = Instant::now();
         let pieces = |hashes: &[&str]| Pieces {
-            size: 100,
+            size: 12 << 20,
             first: 0,
             hashes: hashes.iter().map(|s| s.to_string()).collect(),
         };
@@ -446,7 +483,7 @@ mod tests {
                 node: "liar".into(),
                 event: Event::Progress {
                     have: 50,
-                    size: 100,
+                    size: 12 << 20,
                     origin: false,
                 },
                 pieces: Some(pieces(&["bad"])),
@@ -460,7 +497,7 @@ mod tests {
                 node: "a".into(),
                 event: Event::Progress {
                     have: 50,
-                    size: 100,
+                    size: 12 << 20,
                     origin: true,
                 },
                 pieces: Some(pieces(&["p0", "p1"])),
@@ -471,7 +508,7 @@ mod tests {
             &Announce {
                 digest: "sha256:x".into(),
                 node: "b".into(),
-                event: Event::Complete { size: 100 },
+                event: Event::Complete { size: 12 << 20 },
                 pieces: Some(pieces(&["other", "p1", "p2"])),
             },
             now,
@@ -479,7 +516,7 @@ mod tests {
         assert_eq!(
             t.pieces("sha256:x", 1),
             Some(Pieces {
-                size: 100,
+                size: 12 << 20,
                 first: 1,
                 hashes: vec!["p1".into(), "p2".into()]
             })
@@ -500,6 +537,7 @@ mod tests {
                     node: Some("a".into()),
                     have: 0,
                     exclude: vec![],
+                    probe: false,
                 },
                 now + Duration::from_millis(i),
             );

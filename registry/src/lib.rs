@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod mirror_config;
 pub mod names;
 pub mod server;
+pub mod source;
 pub mod store;
 pub mod upstream;

@@ -76,6 +76,18 @@ struct ServeArgs {
     /// new one first, then drop the old). Re-read when it changes.
     #[arg(long, env = "MANTA_CLUSTER_TOKEN_FILE")]
     cluster_token_file: Option<PathBuf>,
+    /// The other agents' cluster listeners, to read blobs from before going to the origin:
+    /// `host:port,host:port,…` (this node's own may be listed), or `dns:<name>:<port>` (every
+    /// address of a headless Service, re-resolved every few seconds). Needs --cluster-listen.
+    #[arg(long, env = "MANTA_PEERS", requires = "cluster_listen")]
+    peers: Option<String>,
+    /// This node's name, shown to peers and in `manta peers` [default: the host name].
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Nodes that track each digest (its owners): more survive more failures, at the cost of
+    /// more announcements.
+    #[arg(long, env = "MANTA_PEER_OWNERS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    peer_owners: u16,
     /// Seconds a client may take to send a request's head (from connecting, or from the first
     /// byte of a later request).
     #[arg(long, env = "MANTA_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
@@ -309,7 +321,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let secs = std::time::Duration::from_secs;
     let cluster = match (args.cluster_listen, args.cluster_token_file) {
         (Some(addr), Some(token_file)) => {
-            Some(manta_registry::server::ClusterListen { addr, token_file })
+            let peers = match args.peers.as_deref() {
+                None => None,
+                Some(p) => Some(manta_registry::server::PeersConfig {
+                    seeds: manta_peer::Seeds::parse(p)?,
+                    node_name: args.node_name.clone().unwrap_or_else(host_name),
+                    owners: usize::from(args.peer_owners),
+                }),
+            };
+            Some(manta_registry::server::ClusterListen {
+                addr,
+                token_file,
+                peers,
+            })
         }
         (None, _) => None,
         (Some(_), None) => anyhow::bail!("--cluster-listen needs --cluster-token-file"),
@@ -445,4 +469,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The host's name, for a node that was given none.
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }

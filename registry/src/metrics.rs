@@ -70,11 +70,35 @@ pub enum ObjectKind {
     blob,
 }
 
-/// Where content came from. Only upstream registries today; hubs and peers join later.
+/// Where content came from: an upstream registry, a model hub, or a peer node.
 #[allow(non_camel_case_types)] // the variant names are the label values
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum SourceKind {
     upstream,
+    hub,
+    peer,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOnly {
+    pub source: SourceKind,
+}
+
+/// What a digest's owners said when asked where to read a blob.
+#[allow(non_camel_case_types)] // the variant names are the label values
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum LocateResult {
+    /// A peer holds or fetches it (a peer hit).
+    peer,
+    /// Nobody has it: this node fetches it from the origin for the cluster (a peer miss).
+    origin,
+    /// No owner answered: this node fetched it from the origin on its own.
+    alone,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocateLabels {
+    pub result: LocateResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,7 +145,16 @@ pub struct Metrics {
     pub recovered_orphans: Counter,
     pub cache_lookups: Family<CacheLabels, Counter>,
     pub upstream_errors: Family<SourceLabels, Counter>,
-    pub upstream_fetched_bytes: Counter,
+    /// Blob bytes fetched, by the kind of source they came from.
+    pub fetched_bytes: Family<SourceOnly, Counter>,
+    pub peer_locates: Family<LocateLabels, Counter>,
+    /// A fetch moved from one source to another mid-blob (a peer failed, stalled or lied).
+    pub peer_switches: Counter,
+    /// Pieces a peer sent that did not match their hash.
+    pub peer_pieces_rejected: Counter,
+    /// Peers dropped for a digest (unreachable, busy, broken or lying).
+    pub peer_bans: Counter,
+    pub peer_announcements: Counter,
     pub cache_served_bytes: Counter,
     pub cache_capacity: Gauge,
     pub cache_used: Gauge,
@@ -148,7 +181,12 @@ impl Metrics {
             recovered_orphans: Counter::default(),
             cache_lookups: Family::default(),
             upstream_errors: Family::default(),
-            upstream_fetched_bytes: Counter::default(),
+            fetched_bytes: Family::default(),
+            peer_locates: Family::default(),
+            peer_switches: Counter::default(),
+            peer_pieces_rejected: Counter::default(),
+            peer_bans: Counter::default(),
+            peer_announcements: Counter::default(),
             cache_served_bytes: Counter::default(),
             cache_capacity: Gauge::default(),
             cache_used: Gauge::default(),
@@ -225,9 +263,34 @@ impl Metrics {
             m.upstream_errors.clone(),
         );
         registry.register(
-            "manta_upstream_fetched_bytes",
-            "Blob bytes fetched from upstream registries",
-            m.upstream_fetched_bytes.clone(),
+            "manta_source_fetched_bytes",
+            "Blob bytes fetched, by kind of source (upstream registry, model hub, peer)",
+            m.fetched_bytes.clone(),
+        );
+        registry.register(
+            "manta_peer_locates",
+            "Asks of a digest's owners by answer: a peer has it (peer), this node fetches it from the origin for the cluster (origin), or no owner answered (alone)",
+            m.peer_locates.clone(),
+        );
+        registry.register(
+            "manta_peer_source_switches",
+            "Fetches that moved to another source mid-blob (a peer failed, stalled or sent a bad piece)",
+            m.peer_switches.clone(),
+        );
+        registry.register(
+            "manta_peer_pieces_rejected",
+            "Pieces from peers that did not match their hash, fetched again elsewhere",
+            m.peer_pieces_rejected.clone(),
+        );
+        registry.register(
+            "manta_peer_bans",
+            "Peers dropped as a source of a digest (unreachable, busy, broken or lying)",
+            m.peer_bans.clone(),
+        );
+        registry.register(
+            "manta_peer_announcements",
+            "Announcements of fetch progress, completion and loss sent to digests' owners",
+            m.peer_announcements.clone(),
         );
         registry.register(
             "manta_cache_served_bytes",
@@ -336,5 +399,20 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+impl Metrics {
+    /// Count `n` blob bytes fetched from a source of `kind`.
+    pub fn fetched(&self, kind: SourceKind, n: u64) {
+        self.fetched_bytes
+            .get_or_create(&SourceOnly { source: kind })
+            .inc_by(n);
+    }
+
+    pub fn located(&self, result: LocateResult) {
+        self.peer_locates
+            .get_or_create(&LocateLabels { result })
+            .inc();
     }
 }

@@ -56,6 +56,8 @@ type Digests = Vec<[u8; 32]>;
 pub struct ClusterToken {
     path: PathBuf,
     tokens: RwLock<Digests>,
+    /// The file's first token, which this node sends to its peers.
+    first: RwLock<String>,
     stamp: std::sync::Mutex<Option<Stamp>>,
 }
 
@@ -88,22 +90,25 @@ pub fn parse_tokens(text: &str) -> Vec<&str> {
         .collect()
 }
 
-fn read_tokens(path: &Path) -> Result<Digests, TokenError> {
+fn read_tokens(path: &Path) -> Result<(Digests, String), TokenError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let tokens: Digests = parse_tokens(&text)
+    let usable: Vec<&str> = parse_tokens(&text)
         .into_iter()
         .filter(|t| t.len() >= MIN_TOKEN_LEN)
-        .map(|t| Sha256::digest(t.as_bytes()).into())
         .collect();
-    if tokens.is_empty() {
+    let Some(first) = usable.first() else {
         return Err(TokenError::Empty {
             path: path.to_path_buf(),
         });
-    }
-    Ok(tokens)
+    };
+    let tokens = usable
+        .iter()
+        .map(|t| Sha256::digest(t.as_bytes()).into())
+        .collect();
+    Ok((tokens, first.to_string()))
 }
 
 /// Equal in time independent of where the digests differ.
@@ -115,12 +120,19 @@ impl ClusterToken {
     /// Read the token file (it must hold a usable token).
     pub fn load(path: &Path) -> Result<Arc<Self>, TokenError> {
         let stamp = stamp_of(path).ok();
-        let tokens = read_tokens(path)?;
+        let (tokens, first) = read_tokens(path)?;
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
             tokens: RwLock::new(tokens),
+            first: RwLock::new(first),
             stamp: std::sync::Mutex::new(stamp),
         }))
+    }
+
+    /// The token this node presents to its peers: the file's first (in a rotation, list the
+    /// new token first once every node accepts it).
+    pub fn current(&self) -> String {
+        self.first.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether `presented` is one of the tokens.
@@ -143,9 +155,10 @@ impl ClusterToken {
             *last = now;
         }
         match read_tokens(&self.path) {
-            Ok(tokens) => {
+            Ok((tokens, first)) => {
                 let n = tokens.len();
                 *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+                *self.first.write().unwrap_or_else(|p| p.into_inner()) = first;
                 tracing::info!(tokens = n, "cluster token file changed; reloaded");
             }
             Err(e) => {
@@ -249,6 +262,7 @@ pub fn router(state: Shared, token: Arc<ClusterToken>) -> Router {
             "/manta/v1/pins/{name}",
             put(lifecycle::put_pin).delete(lifecycle::delete_pin),
         )
+        .merge(super::peer::routes())
         .fallback(not_found)
         .with_state(state)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })

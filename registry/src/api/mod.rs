@@ -7,6 +7,7 @@
 mod admin;
 mod blobs;
 pub mod cluster;
+mod peer;
 mod discovery;
 mod drain;
 mod facade;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub uploads: UploadSessions,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// This node's view of its peers (with `--peers`).
+    pub peers: Option<Arc<manta_peer::PeerRouter>>,
     pub ready: std::sync::atomic::AtomicBool,
 }
 

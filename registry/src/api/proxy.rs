@@ -17,11 +17,10 @@ use super::manifests::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use super::{header_value, Head, Shared, DOCKER_CONTENT_DIGEST};
 use crate::digest;
 use crate::error::{ApiError, ApiResult, Wanted};
-use crate::fetch::Download;
 use crate::metrics::{CacheResult, ObjectKind};
 use crate::names::{Reference, ReferenceError};
 use crate::store::{unix_now, ManifestPut, ManifestRecord};
-use crate::upstream::{RegistryClient, Target, UpstreamError};
+use crate::upstream::{Target, UpstreamError};
 use std::sync::Arc;
 
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
@@ -328,48 +327,6 @@ async fn manifest_inner(
     }
 }
 
-/// An upstream blob from `offset` on: its whole size (from `Content-Range`, or `Content-Length`
-/// of a whole answer) and the body. An upstream that answers a ranged request whole has the
-/// bytes before `offset` skipped.
-async fn blob_from(
-    client: &RegistryClient,
-    repo: &str,
-    path: &str,
-    offset: u64,
-) -> Result<Download, UpstreamError> {
-    let resp = client
-        .request_from(UpMethod::GET, repo, path, None, offset)
-        .await?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(UpstreamError::from_response("blob", resp).await);
-    }
-    let partial = status == reqwest::StatusCode::PARTIAL_CONTENT;
-    let size = if partial {
-        resp.headers()
-            .get(reqwest::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit_once('/'))
-            .and_then(|(_, total)| total.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                UpstreamError::Malformed("a 206 blob answer without a total size".into())
-            })?
-    } else {
-        resp.content_length()
-            .ok_or_else(|| UpstreamError::Malformed("blob without Content-Length".into()))?
-    };
-    let body = resp
-        .bytes_stream()
-        .map(|c| c.map_err(UpstreamError::Connect))
-        .boxed();
-    let body = if offset > 0 && !partial {
-        crate::fetch::pass::skip(body, offset)
-    } else {
-        body
-    };
-    Ok(Download { size, body })
-}
-
 pub(super) async fn blob(
     st: &Shared,
     target: Target,
@@ -432,16 +389,15 @@ async fn blob_inner(
         let (status, start, len) = range_of(req, size)?;
         return blob_response(Body::empty(), &digest, status, start, len, size);
     }
-    let (client, repo) = (target.client.clone(), target.repo.clone());
-    let path = format!("blobs/{digest}");
-    let open: crate::fetch::Opener = Arc::new(move |offset| {
-        let (client, repo, path) = (client.clone(), repo.clone(), path.clone());
-        Box::pin(async move { blob_from(&client, &repo, &path, offset).await })
+    let origin = Arc::new(crate::source::RegistryBlob {
+        client: target.client.clone(),
+        repo: target.repo.clone(),
+        digest: digest.to_string(),
     });
     let idle = st.upstreams.timeout();
     let (f, started) = st
         .fetcher
-        .fetch(&digest, &target.cache_repo, idle, None, open);
+        .fetch(&digest, &target.cache_repo, idle, None, origin);
     st.metrics.lookup(
         ObjectKind::blob,
         if started {

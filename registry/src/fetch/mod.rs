@@ -22,16 +22,17 @@
 
 mod follow;
 pub mod pass;
+mod route;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use manta_peer::pieces::{piece_range, PieceHasher};
+use manta_peer::proto::{Event, Pieces};
+use manta_peer::PeerRouter;
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -39,14 +40,26 @@ use tokio::sync::watch;
 use crate::digest;
 use crate::metrics::Metrics;
 use crate::store::{Origin, RecipeRecord, Store};
+use crate::source::{BlobSource, Download, SourceError};
 use crate::upstream::UpstreamError;
 pub use follow::{follow, IfPassedThrough};
+use route::{Reading, Routing};
 pub use pass::PassSource;
 
 /// The leader makes written bytes visible to followers at least this often...
 const PUBLISH_BYTES: u64 = 256 << 10;
 /// ...or after this long, whichever comes first.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+/// A fetch tells the digest's owners how far it is at least this often (and at every piece).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+fn progress(have: u64, size: u64, reading: &Reading) -> Event {
+    Event::Progress {
+        have,
+        size,
+        origin: *reading == Reading::Origin,
+    }
+}
 
 /// Why a fetch failed, shared by every follower.
 pub type FetchError = Arc<UpstreamError>;
@@ -92,17 +105,6 @@ impl FetchState {
     }
 }
 
-/// The bytes of a blob as its source sends them: the whole blob's size, then the body from the
-/// offset asked for.
-pub struct Download {
-    pub size: u64,
-    pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
-}
-
-/// Opens a blob at its source from a byte offset (0: the whole blob).
-pub type Opener =
-    Arc<dyn Fn(u64) -> BoxFuture<'static, Result<Download, UpstreamError>> + Send + Sync>;
-
 /// How a leader's fetch ended well.
 enum Outcome {
     /// Verified and in the store.
@@ -138,26 +140,31 @@ pub struct Fetcher {
     inflight: Mutex<HashMap<String, Arc<Fetch>>>,
     store: Store,
     metrics: Arc<Metrics>,
+    peers: Option<Arc<PeerRouter>>,
 }
 
 impl Fetcher {
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// With `peers`, a blob this node lacks is read from the peers that have it, and from
+    /// its origin only when none has or is fetching it.
+    pub fn new(store: Store, metrics: Arc<Metrics>, peers: Option<Arc<PeerRouter>>) -> Arc<Self> {
         Arc::new(Self {
             inflight: Mutex::new(HashMap::new()),
             store,
             metrics,
+            peers,
         })
     }
 
-    /// Join the fetch of `digest`, starting it with `open` if none is running. `repo` is the
-    /// cache repository the blob is linked into; `idle` bounds how long the upstream may stall.
+    /// Join the fetch of `digest`, starting it if none is running: from the peers, else from
+    /// `origin`. `repo` is the cache repository the blob is linked into; `idle` bounds how
+    /// long a source may stall.
     pub fn fetch(
         self: &Arc<Self>,
         digest: &Digest,
         repo: &str,
         idle: Duration,
         tar: Option<TarHash>,
-        open: Opener,
+        origin: Arc<dyn BlobSource>,
     ) -> (Arc<Fetch>, bool) {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(digest.as_ref()) {
@@ -172,7 +179,7 @@ impl Fetcher {
         drop(map);
         let (me, f, repo) = (self.clone(), fetch.clone(), repo.to_string());
         tokio::spawn(async move {
-            let outcome = me.lead(&f, &repo, idle, tar, open).await;
+            let outcome = me.lead(&f, &repo, idle, tar, origin).await;
             let state = match outcome {
                 Ok(Outcome::Stored(size)) => FetchState::Done { size },
                 Ok(Outcome::PassedThrough(size, source)) => FetchState::Passthrough {
@@ -211,23 +218,49 @@ impl Fetcher {
         repo: &str,
         idle: Duration,
         tar: Option<TarHash>,
-        open: Opener,
+        origin: Arc<dyn BlobSource>,
+    ) -> Result<Outcome, UpstreamError> {
+        let mut route = Routing::new(
+            self.peers.clone(),
+            fetch.digest.to_string(),
+            self.metrics.clone(),
+        );
+        let outcome = self.lead_from(fetch, repo, idle, tar, &origin, &mut route).await;
+        match &outcome {
+            Ok(Outcome::Stored(_)) => {}
+            // Not held here (failed, or streamed through): the owners must not send anyone.
+            _ => route.announce(Event::Gone, None),
+        }
+        route.done();
+        outcome
+    }
+
+    async fn lead_from(
+        &self,
+        fetch: &Fetch,
+        repo: &str,
+        idle: Duration,
+        tar: Option<TarHash>,
+        origin: &Arc<dyn BlobSource>,
+        route: &mut Routing,
     ) -> Result<Outcome, UpstreamError> {
         let store_err = UpstreamError::Local;
         // Held against eviction from the first byte to the index (and by each reader after).
         let _lease = self.store.lease(fetch.digest.as_ref());
-        let Download { size, mut body } = open(0).await?;
+        let (dl, mut reading) = route.open(origin, 0, None).await?;
+        let size = dl.size;
         // The whole size is promised before a byte is written. A blob that cannot fit is not
         // cached: it streams through.
         let mut room = match self.store.reserve(size).await {
             Ok(r) => r,
             Err(e) if e.is_no_space() => {
                 return self
-                    .pass_through(fetch, Download { size, body }, idle, tar, open, &e)
+                    .pass_through(fetch, dl, idle, tar, origin.clone(), &e)
                     .await
             }
             Err(e) => return Err(store_err(e)),
         };
+        let mut body = dl.body;
         let mut w = self
             .store
             .files()
@@ -245,46 +278,126 @@ impl Fetcher {
             written: 0,
             path: path.clone(),
         });
-        let (mut published, mut last) = (0u64, Instant::now());
+        // Bytes from a peer are trusted a piece at a time, once the piece matches the hash
+        // the origin fetcher published; until then followers do not see them, and a piece
+        // that fails is cut off the file and fetched elsewhere.
+        let mut pieces = PieceHasher::new(size, 0);
+        let mut hashes: Vec<String> = Vec::new();
+        let mut trusted = 0u64;
+        let mut at_trusted = (w.checkpoint(), tar_hasher.clone(), pieces.clone());
+        route.announce(progress(0, size, &reading), None);
+        route.note(&reading, 0, size);
+        let (mut published, mut last, mut announced) = (0u64, Instant::now(), Instant::now());
         loop {
-            let next = tokio::time::timeout(idle, body.next())
-                .await
-                .map_err(|_| UpstreamError::Timeout("blob body"))?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk?;
-            if w.len() + chunk.len() as u64 > size {
-                return Err(UpstreamError::Malformed(format!(
-                    "blob longer than the announced {size} bytes"
-                )));
-            }
-            w.write(&chunk).await.map_err(store_err)?;
-            room.written(chunk.len() as u64);
-            if let Some(h) = tar_hasher.as_mut() {
-                h.update(&chunk);
-            }
-            self.metrics
-                .upstream_fetched_bytes
-                .inc_by(chunk.len() as u64);
-            // The first bytes go out at once (time to first byte); then in batches.
-            if published == 0
-                || w.len() - published >= PUBLISH_BYTES
-                || last.elapsed() >= PUBLISH_EVERY
-            {
-                w.flush().await.map_err(store_err)?;
-                published = w.len();
-                last = Instant::now();
-                fetch.state.send_replace(FetchState::Streaming {
-                    size,
-                    written: published,
-                    path: path.clone(),
+            // What went wrong with the current source, if anything.
+            let broken: SourceError = match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => UpstreamError::Timeout("blob body").into(),
+                Ok(None) if w.len() == size => break,
+                Ok(None) => UpstreamError::Malformed(format!(
+                    "blob ended after {} of {size} bytes",
+                    w.len()
+                ))
+                .into(),
+                Ok(Some(Err(e))) => e,
+                Ok(Some(Ok(chunk))) if w.len() + chunk.len() as u64 > size => {
+                    UpstreamError::Malformed(format!(
+                        "blob longer than the announced {size} bytes"
+                    ))
+                    .into()
+                }
+                Ok(Some(Ok(mut chunk))) => {
+                    let mut bad_piece = None;
+                    // Written a piece at a time, so each piece boundary is a checkpoint.
+                    while !chunk.is_empty() {
+                        let (_, end) = piece_range(size, pieces.current());
+                        let part = chunk.split_to(((end - w.len()) as usize).min(chunk.len()));
+                        w.write(&part).await.map_err(store_err)?;
+                        room.written(part.len() as u64);
+                        if let Some(h) = tar_hasher.as_mut() {
+                            h.update(&part);
+                        }
+                        self.metrics
+                            .fetched(reading.kind(origin.as_ref()), part.len() as u64);
+                        if reading == Reading::Origin {
+                            trusted = w.len();
+                        }
+                        let Some((i, hash)) = pieces.update(&part).pop() else {
+                            continue;
+                        };
+                        if let Reading::Peer(_) = reading {
+                            match route.expected(i, size).await {
+                                Some(want) if want != hash => {
+                                    bad_piece = Some(i);
+                                    break;
+                                }
+                                _ => trusted = w.len(),
+                            }
+                        }
+                        hashes.push(hash.clone());
+                        at_trusted = (w.checkpoint(), tar_hasher.clone(), pieces.clone());
+                        // The origin fetcher publishes each piece's hash as it has it.
+                        let published_hash = (reading == Reading::Origin).then(|| Pieces {
+                            size,
+                            first: i,
+                            hashes: vec![hash],
+                        });
+                        route.announce(progress(trusted, size, &reading), published_hash);
+                        announced = Instant::now();
+                    }
+                    if trusted > published
+                        && (published == 0
+                            || trusted - published >= PUBLISH_BYTES
+                            || last.elapsed() >= PUBLISH_EVERY)
+                    {
+                        w.flush().await.map_err(store_err)?;
+                        published = trusted;
+                        last = Instant::now();
+                        fetch.state.send_replace(FetchState::Streaming {
+                            size,
+                            written: published,
+                            path: path.clone(),
+                        });
+                        route.note(&reading, published, size);
+                        if announced.elapsed() >= ANNOUNCE_EVERY {
+                            route.announce(progress(trusted, size, &reading), None);
+                            announced = Instant::now();
+                        }
+                    }
+                    match bad_piece {
+                        None => continue,
+                        Some(i) => {
+                            self.metrics.peer_pieces_rejected.inc();
+                            manta_peer::PeerError::BadPiece(
+                                reading.describe().to_string(),
+                                i,
+                            )
+                            .into()
+                        }
+                    }
+                }
+            };
+            // The origin failing fails the fetch; a peer failing costs what it sent since the
+            // last trusted piece, and the fetch goes on from there elsewhere.
+            let Reading::Peer(addr) = &reading else {
+                return Err(match broken {
+                    SourceError::Origin(e) => e,
+                    SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
                 });
-            }
-        }
-        if w.len() != size {
-            return Err(UpstreamError::Malformed(format!(
-                "blob ended after {} of {size} bytes",
-                w.len()
-            )));
+            };
+            route.lost(&addr.clone(), &broken);
+            self.metrics.peer_switches.inc();
+            let (cp, tar_at, pieces_at) = at_trusted.clone();
+            w.rollback(&cp).await.map_err(store_err)?;
+            room.shrink_written_to(cp.len());
+            tar_hasher = tar_at;
+            pieces = pieces_at;
+            hashes.truncate(pieces.current() as usize);
+            let (dl, r) = route.open(origin, cp.len(), Some(size)).await?;
+            tracing::info!(digest = %fetch.digest, from = r.describe(), offset = cp.len(),
+                "blob fetch goes on from another source");
+            body = dl.body;
+            reading = r;
+            route.announce(progress(cp.len(), size, &reading), None);
         }
         let (blob, actual) = w.finish_unsynced().await.map_err(store_err)?;
         if actual != fetch.digest {
@@ -309,6 +422,15 @@ impl Fetcher {
             .commit_blob(repo, blob, &fetch.digest, Origin::Upstream)
             .await
             .map_err(store_err)?;
+        // Verified whole: every piece hash is now good for the others to check against.
+        route.announce(
+            Event::Complete { size },
+            Some(Pieces {
+                size,
+                first: 0,
+                hashes,
+            }),
+        );
         Ok(Outcome::Stored(size))
     }
 
@@ -321,10 +443,11 @@ impl Fetcher {
         dl: Download,
         idle: Duration,
         tar: Option<TarHash>,
-        open: Opener,
+        open: Arc<dyn BlobSource>,
         why: &crate::store::StoreError,
     ) -> Result<Outcome, UpstreamError> {
         let size = dl.size;
+        let kind = open.kind();
         tracing::warn!(digest = %fetch.digest, size, reason = %why,
             "no room in the cache: streaming the blob through to its clients, uncached");
         self.metrics.passthrough_fetches.inc();
@@ -346,7 +469,10 @@ impl Fetcher {
             .await
             .map_err(|_| UpstreamError::Timeout("blob body"))?
         {
-            let chunk = chunk?;
+            let chunk = chunk.map_err(|e| match e {
+                SourceError::Origin(e) => e,
+                SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
+            })?;
             len += chunk.len() as u64;
             if len > size {
                 return Err(UpstreamError::Malformed(format!(
@@ -355,9 +481,7 @@ impl Fetcher {
             }
             hasher.update(&chunk);
             tar_hasher.update(&chunk);
-            self.metrics
-                .upstream_fetched_bytes
-                .inc_by(chunk.len() as u64);
+            self.metrics.fetched(kind, chunk.len() as u64);
         }
         if len != size {
             return Err(UpstreamError::Malformed(format!(

@@ -15,20 +15,20 @@ use futures_util::StreamExt;
 use oci_spec::image::Digest;
 use prometheus_client::metrics::counter::Counter;
 
-use super::{Download, Opener};
 use crate::digest;
+use crate::source::{BlobSource, Download, SourceError};
 use crate::upstream::UpstreamError;
 
 /// Where the followers of a passthrough get their bytes.
 pub struct PassSource {
-    open: Opener,
+    open: Arc<dyn BlobSource>,
     /// The leader's response, for the first client that reads the blob from its start.
     first: Mutex<Option<Download>>,
     passed: Counter,
 }
 
 impl PassSource {
-    pub fn new(open: Opener, first: Option<Download>, passed: Counter) -> Arc<Self> {
+    pub fn new(open: Arc<dyn BlobSource>, first: Option<Download>, passed: Counter) -> Arc<Self> {
         Arc::new(Self {
             open,
             first: Mutex::new(first),
@@ -37,14 +37,14 @@ impl PassSource {
     }
 
     /// The source's bytes from `offset`.
-    async fn from(&self, offset: u64) -> Result<Download, UpstreamError> {
+    async fn from(&self, offset: u64) -> Result<Download, SourceError> {
         if offset == 0 {
             let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(d) = first {
                 return Ok(d);
             }
         }
-        (self.open)(offset).await
+        self.open.open(offset).await
     }
 }
 
@@ -56,7 +56,7 @@ impl std::fmt::Debug for PassSource {
 
 /// One client's bytes `start..=end` of a passed-through blob.
 pub(super) struct PassStream {
-    body: BoxStream<'static, Result<Bytes, UpstreamError>>,
+    body: BoxStream<'static, Result<Bytes, SourceError>>,
     pos: u64,
     end: u64,
     size: u64,
@@ -74,13 +74,14 @@ impl PassStream {
         end: u64,
         size: u64,
         idle: Duration,
-    ) -> Result<Self, UpstreamError> {
+    ) -> Result<Self, SourceError> {
         let dl = source.from(start).await?;
         if dl.size != size {
             return Err(UpstreamError::Malformed(format!(
                 "the blob is {} bytes now, {size} a moment ago",
                 dl.size
-            )));
+            ))
+            .into());
         }
         let check = (start == 0 && end + 1 == size)
             .then(|| (digest::Hasher::new(digest::algorithm_of(&digest)), digest));
@@ -132,10 +133,10 @@ impl PassStream {
 }
 
 /// Skip the first `n` bytes of a body (a source that answered a ranged request whole).
-pub fn skip(
-    body: BoxStream<'static, Result<Bytes, UpstreamError>>,
+pub fn skip<E: Send + 'static>(
+    body: BoxStream<'static, Result<Bytes, E>>,
     n: u64,
-) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+) -> BoxStream<'static, Result<Bytes, E>> {
     let mut left = n;
     body.filter_map(move |c| {
         let out = match c {
@@ -159,8 +160,18 @@ pub fn skip(
 mod tests {
     use super::*;
 
-    fn source(data: &'static [u8]) -> Arc<PassSource> {
-        let open: Opener = Arc::new(move |offset| {
+    struct Fixed(&'static [u8]);
+
+    impl BlobSource for Fixed {
+        fn kind(&self) -> crate::source::SourceKind {
+            crate::source::SourceKind::upstream
+        }
+
+        fn open(
+            &self,
+            offset: u64,
+        ) -> futures_util::future::BoxFuture<'static, Result<Download, SourceError>> {
+            let data = self.0;
             let body = futures_util::stream::iter(
                 data[offset as usize..]
                     .chunks(3)
@@ -174,8 +185,11 @@ mod tests {
                     body,
                 })
             })
-        });
-        PassSource::new(open, None, Counter::default())
+        }
+    }
+
+    fn source(data: &'static [u8]) -> Arc<PassSource> {
+        PassSource::new(Arc::new(Fixed(data)), None, Counter::default())
     }
 
     async fn read(mut s: PassStream) -> Result<Vec<u8>, std::io::Error> {

@@ -29,7 +29,7 @@ mod image;
 pub use image::zeros;
 
 use crate::digest;
-use crate::fetch::{Download, Fetch, FetchError, Fetcher, TarHash};
+use crate::fetch::{Fetch, FetchError, Fetcher, TarHash};
 use crate::names;
 use crate::store::{
     hub_key, HubFileRecord, HubRevisionRecord, HubSource, ManifestPut, ManifestRecord, Origin,
@@ -644,32 +644,10 @@ impl Hubs {
     fn fetch_source(&self, digest: &Digest, s: HubSource, tar: Option<TarHash>) -> Arc<Fetch> {
         let adapter = self.adapter(s.hub);
         let repo = oci_repo(s.hub, Form::Raw, &s.repo.to_ascii_lowercase());
-        let s = Arc::new(s);
-        let open: crate::fetch::Opener = Arc::new(move |offset| {
-            let (adapter, s) = (adapter.clone(), s.clone());
-            Box::pin(async move {
-                let adapter = adapter.map_err(|e| match &*e {
-                    UpstreamError::HubNotConfigured(h) => UpstreamError::HubNotConfigured(h),
-                    _ => UpstreamError::Internal("no adapter for the hub"),
-                })?;
-                let dl = adapter
-                    .download(&s.repo, &s.commit, &s.path, offset)
-                    .await?;
-                if dl.size != s.size {
-                    return Err(UpstreamError::Malformed(format!(
-                        "{}: {} bytes, the hub listed {}",
-                        s.path, dl.size, s.size
-                    )));
-                }
-                Ok(Download {
-                    size: dl.size,
-                    body: dl.body.map_err(UpstreamError::from).boxed(),
-                })
-            })
-        });
+        let origin = Arc::new(crate::source::HubFile { adapter, source: s });
         let (f, _) = self
             .fetcher
-            .fetch(digest, &repo, self.settings.idle, tar, open);
+            .fetch(digest, &repo, self.settings.idle, tar, origin);
         f
     }
 

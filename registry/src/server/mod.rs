@@ -31,6 +31,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub struct ClusterListen {
     pub addr: SocketAddr,
     pub token_file: PathBuf,
+    /// The other agents, to read blobs from (`--peers`).
+    pub peers: Option<PeersConfig>,
+}
+
+/// How this node finds its peers.
+#[derive(Clone, Debug)]
+pub struct PeersConfig {
+    pub seeds: manta_peer::Seeds,
+    pub node_name: String,
+    /// Owners per digest.
+    pub owners: usize,
 }
 
 /// Everything `manta serve` needs, already validated.
@@ -64,6 +75,8 @@ pub enum ServeError {
         #[source]
         source: StoreError,
     },
+    #[error("peers: {0}")]
+    Peers(String),
     #[error("the cluster token")]
     Token(#[source] TokenError),
     #[error("binding {addr}")]
@@ -137,7 +150,28 @@ impl Server {
             }
             None => None,
         };
-        let fetcher = crate::fetch::Fetcher::new(store.clone(), metrics.clone());
+        let peers = match (&cfg.cluster, &cluster) {
+            (
+                Some(ClusterListen {
+                    peers: Some(p), ..
+                }),
+                Some((_, token)),
+            ) => {
+                let token = token.clone();
+                let router = manta_peer::PeerRouter::start(manta_peer::PeerConfig {
+                    seeds: p.seeds.clone(),
+                    node_name: p.node_name.clone(),
+                    owners: p.owners,
+                    refresh: Duration::from_secs(2),
+                    token: Arc::new(move || Some(token.current())),
+                    timeouts: manta_peer::Timeouts::default(),
+                })
+                .map_err(|e| ServeError::Peers(e.to_string()))?;
+                Some(router)
+            }
+            _ => None,
+        };
+        let fetcher = crate::fetch::Fetcher::new(store.clone(), metrics.clone(), peers.clone());
         let hub_err = |e: manta_hub::HubError| ServeError::Hub(e.to_string());
         let adapters: Vec<Arc<dyn manta_hub::HubAdapter>> = vec![
             Arc::new(manta_hub::hf::HfAdapter::new(cfg.hubs.hf).map_err(hub_err)?),
@@ -154,6 +188,7 @@ impl Server {
             uploads: UploadSessions::default(),
             limits: cfg.limits,
             metrics,
+            peers,
             ready: AtomicBool::new(true),
         });
         Ok(Self {

@@ -223,6 +223,23 @@ impl Drop for TempBlob {
     }
 }
 
+/// A [`TempWriter`]'s position and digest state at some point.
+#[derive(Clone)]
+pub struct Checkpoint {
+    len: u64,
+    hasher: Hasher,
+}
+
+impl Checkpoint {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Writes a temp blob while hashing it.
 pub struct TempWriter {
     blob: TempBlob,
@@ -276,6 +293,35 @@ impl TempWriter {
 
     pub fn is_empty(&self) -> bool {
         self.blob.len == 0
+    }
+
+    /// Where the writer stands now, to come back to with [`Self::rollback`].
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            len: self.blob.len,
+            hasher: self.hasher.clone(),
+        }
+    }
+
+    /// Forget everything written after `cp` (bytes a peer sent that failed their piece hash):
+    /// the file is cut back to it and the digest is computed as if they never came.
+    pub async fn rollback(&mut self, cp: &Checkpoint) -> Result<()> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.blob.path.clone().unwrap_or_default();
+        self.file
+            .flush()
+            .await
+            .map_err(StoreError::io("flush", &path))?;
+        let f = self.file.get_mut();
+        f.set_len(cp.len)
+            .await
+            .map_err(StoreError::io("truncate", &path))?;
+        f.seek(std::io::SeekFrom::Start(cp.len))
+            .await
+            .map_err(StoreError::io("seek", &path))?;
+        self.blob.len = cp.len;
+        self.hasher = cp.hasher.clone();
+        Ok(())
     }
 
     /// Flush (no fsync) and return the digest of everything written: for a fetch that wants to

@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::Digest;
 
-pub use files::{BlobFiles, TempBlob};
+pub use files::{BlobFiles, Checkpoint, TempBlob, TempWriter};
 pub use gc::{Protection, Root};
 pub use index::{
     hub_key, hub_repo_prefix, BlobRecord, Health, HubFileRecord, HubRevisionRecord, HubSource,

@@ -291,6 +291,14 @@ impl Reservation {
         self.n = self.written;
     }
 
+    /// The file was cut back to `len` bytes (bytes a peer sent that failed their check): they
+    /// count as unwritten again.
+    pub fn shrink_written_to(&mut self, len: u64) {
+        let back = self.written.saturating_sub(len);
+        self.written -= back;
+        self.space.unwritten.fetch_add(back, Ordering::AcqRel);
+    }
+
     /// `n` more of the reserved bytes reached the filesystem.
     pub fn written(&mut self, n: u64) {
         let n = n.min(self.n - self.written);

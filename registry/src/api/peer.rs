@@ -1,0 +1,118 @@
+//! The peer protocol's endpoints on the cluster listener (`/manta/v1/peer/…`, see
+//! [`manta_peer::proto`]): who this node is, and, as the owner of some digests, where the
+//! others should read them. Nothing here reads a path or starts a fetch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use manta_peer::proto::{Announce, Hello, LocateReply, LocateRequest, Pieces, PiecesQuery, Status};
+use manta_peer::PeerRouter;
+
+use super::Shared;
+use crate::digest;
+use crate::error::{ApiError, ApiResult};
+
+/// Most nodes a locate may exclude.
+const MAX_EXCLUDE: usize = 64;
+/// Longest node address accepted.
+const MAX_ADDR: usize = 261;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/manta/v1/peer/hello", get(hello))
+        .route("/manta/v1/peer/status", get(status))
+        .route("/manta/v1/peer/locate", post(locate))
+        .route("/manta/v1/peer/announce", post(announce))
+        .route("/manta/v1/peer/pieces/{digest}", get(pieces))
+}
+
+fn router(st: &Shared) -> ApiResult<&Arc<PeerRouter>> {
+    // Without --peers this node takes no part: the endpoints do not exist.
+    st.peers.as_ref().ok_or(ApiError::NotFound)
+}
+
+fn bad(e: JsonRejection) -> ApiError {
+    ApiError::Unsupported(format!("the request body: {}", e.body_text()))
+}
+
+fn check_digest(d: &str) -> ApiResult<()> {
+    digest::parse(d)
+        .map(drop)
+        .map_err(|e| ApiError::DigestInvalid(e.to_string()))
+}
+
+fn check_addr(a: &str) -> ApiResult<()> {
+    let ok = a.len() <= MAX_ADDR
+        && a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        && a.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unsupported(format!("{a:?} is no node address")))
+    }
+}
+
+async fn hello(State(st): State<Shared>) -> ApiResult<Json<Hello>> {
+    Ok(Json(router(&st)?.hello()))
+}
+
+async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
+    Ok(Json(router(&st)?.status()))
+}
+
+async fn locate(
+    State(st): State<Shared>,
+    body: Result<Json<LocateRequest>, JsonRejection>,
+) -> ApiResult<Json<LocateReply>> {
+    let r = router(&st)?;
+    let Json(req) = body.map_err(bad)?;
+    check_digest(&req.digest)?;
+    if let Some(n) = &req.node {
+        check_addr(n)?;
+    }
+    if req.exclude.len() > MAX_EXCLUDE {
+        return Err(ApiError::Unsupported(format!(
+            "at most {MAX_EXCLUDE} excluded nodes"
+        )));
+    }
+    for x in &req.exclude {
+        check_addr(x)?;
+    }
+    Ok(Json(r.handle_locate(&req)))
+}
+
+async fn announce(
+    State(st): State<Shared>,
+    body: Result<Json<Announce>, JsonRejection>,
+) -> ApiResult<axum::http::StatusCode> {
+    let r = router(&st)?;
+    let Json(a) = body.map_err(bad)?;
+    check_digest(&a.digest)?;
+    check_addr(&a.node)?;
+    if let Some(p) = &a.pieces {
+        if p.hashes.iter().any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(ApiError::Unsupported("piece hashes are hex sha256".into()));
+        }
+    }
+    r.handle_announce(&a);
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+async fn pieces(
+    State(st): State<Shared>,
+    Path(digest_s): Path<String>,
+    Query(q): Query<PiecesQuery>,
+) -> ApiResult<Json<Pieces>> {
+    let r = router(&st)?;
+    check_digest(&digest_s)?;
+    r.handle_pieces(&digest_s, q.from, Duration::from_millis(q.wait_ms))
+        .await
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}

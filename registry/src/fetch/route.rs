@@ -1,0 +1,207 @@
+//! The fetch order for one blob, in one place: peers first (as the digest's owners direct),
+//! then the origin. Also the piece hashes a peer's bytes are checked against, and the peers
+//! this fetch no longer uses (unreachable, busy, broken or lying).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use manta_peer::pieces::piece_count;
+use manta_peer::proto::{Event, Pieces};
+use manta_peer::{PeerRouter, Route};
+
+use crate::metrics::{LocateResult, Metrics};
+use crate::source::{BlobSource, Download, PeerBlob, SourceError, SourceKind};
+use crate::upstream::UpstreamError;
+
+/// After this many peers failed one fetch, it goes to the origin.
+const MAX_PEER_TRIES: usize = 6;
+/// How long a piece from a peer may wait for its hash from the owners before it is taken on
+/// the whole blob's digest alone.
+const PIECE_HASH_WAIT: Duration = Duration::from_secs(20);
+
+/// Where the leader reads from now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    Origin,
+    Peer(String),
+}
+
+impl Reading {
+    pub fn kind(&self, origin: &dyn BlobSource) -> SourceKind {
+        match self {
+            Reading::Origin => origin.kind(),
+            Reading::Peer(_) => SourceKind::peer,
+        }
+    }
+
+    pub fn describe(&self) -> &str {
+        match self {
+            Reading::Origin => "origin",
+            Reading::Peer(a) => a,
+        }
+    }
+}
+
+pub struct Routing {
+    peers: Option<Arc<PeerRouter>>,
+    digest: String,
+    metrics: Arc<Metrics>,
+    /// Peers this fetch does not use again.
+    banned: Vec<String>,
+    /// Expected piece hashes, as the owners published them.
+    hashes: Vec<Option<String>>,
+    /// This node fetches from the origin for the cluster: it announces its pieces' hashes.
+    pub claimed: bool,
+}
+
+impl Routing {
+    pub fn new(peers: Option<Arc<PeerRouter>>, digest: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            peers,
+            digest,
+            metrics,
+            banned: Vec::new(),
+            hashes: Vec::new(),
+            claimed: false,
+        }
+    }
+
+    fn learn(&mut self, p: &Pieces) {
+        let end = p.first as usize + p.hashes.len();
+        if self.hashes.len() < end {
+            self.hashes.resize(end, None);
+        }
+        for (i, h) in p.hashes.iter().enumerate() {
+            self.hashes[p.first as usize + i] = Some(h.clone());
+        }
+    }
+
+    /// Stop using `addr` for this blob.
+    pub fn ban(&mut self, addr: &str, why: &dyn std::fmt::Display) {
+        tracing::warn!(digest = %self.digest, peer = addr, reason = %why,
+            "not reading this blob from the peer again");
+        self.metrics.peer_bans.inc();
+        self.banned.push(addr.to_string());
+    }
+
+    /// A peer's stream broke: back the peer off if it became unreachable, and stop using it.
+    pub fn lost(&mut self, addr: &str, e: &SourceError) {
+        if let (Some(p), SourceError::Peer(pe)) = (&self.peers, e) {
+            if pe.is_unreachable() {
+                p.members().failed(addr, pe);
+            }
+        }
+        self.ban(addr, e);
+    }
+
+    /// Open the blob from `offset`: from the peer the owners name, else from the origin.
+    /// `size`, once known, is what every source must agree on.
+    pub async fn open(
+        &mut self,
+        origin: &Arc<dyn BlobSource>,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<(Download, Reading), UpstreamError> {
+        if let Some(peers) = self.peers.clone() {
+            while self.banned.len() < MAX_PEER_TRIES {
+                match peers.locate(&self.digest, offset, &self.banned).await {
+                    Route::Peer { addr, pieces, .. } => {
+                        self.metrics.located(LocateResult::peer);
+                        if let Some(p) = &pieces {
+                            self.learn(p);
+                        }
+                        let src = PeerBlob {
+                            client: peers.client().clone(),
+                            addr: addr.clone(),
+                            digest: self.digest.clone(),
+                        };
+                        match src.open(offset).await {
+                            Ok(dl) if size.is_none_or(|s| s == dl.size) => {
+                                peers.members().succeeded(&addr);
+                                return Ok((dl, Reading::Peer(addr)));
+                            }
+                            Ok(dl) => {
+                                let why = format!("says {} bytes, not {size:?}", dl.size);
+                                self.ban(&addr, &why);
+                            }
+                            Err(SourceError::Peer(e)) => {
+                                if e.is_unreachable() {
+                                    peers.members().failed(&addr, &e);
+                                }
+                                self.ban(&addr, &e);
+                            }
+                            Err(SourceError::Origin(e)) => self.ban(&addr, &e),
+                        }
+                    }
+                    Route::Origin => {
+                        self.metrics.located(LocateResult::origin);
+                        self.claimed = true;
+                        break;
+                    }
+                    Route::Alone => {
+                        self.metrics.located(LocateResult::alone);
+                        break;
+                    }
+                }
+            }
+        }
+        match origin.open(offset).await {
+            Ok(dl) if size.is_none_or(|s| s == dl.size) => Ok((dl, Reading::Origin)),
+            Ok(dl) => Err(UpstreamError::Malformed(format!(
+                "the blob is {} bytes now, {size:?} a moment ago",
+                dl.size
+            ))),
+            Err(SourceError::Origin(e)) => Err(e),
+            Err(SourceError::Peer(e)) => Err(UpstreamError::Malformed(e.to_string())),
+        }
+    }
+
+    /// The expected hash of piece `i` of a blob of `size` bytes, asking the owners (and
+    /// waiting for the origin fetcher to publish it) when it is not known yet. `None`: no
+    /// owner published it in time; the piece is then taken on the whole digest's word.
+    pub async fn expected(&mut self, i: u64, size: u64) -> Option<String> {
+        if let Some(Some(h)) = self.hashes.get(i as usize) {
+            return Some(h.clone());
+        }
+        let peers = self.peers.clone()?;
+        let deadline = tokio::time::Instant::now() + PIECE_HASH_WAIT;
+        while tokio::time::Instant::now() < deadline && i < piece_count(size) {
+            if let Some(p) = peers
+                .pieces(&self.digest, i, Duration::from_secs(5))
+                .await
+            {
+                if p.size == size {
+                    self.learn(&p);
+                }
+                if let Some(Some(h)) = self.hashes.get(i as usize) {
+                    return Some(h.clone());
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        tracing::warn!(digest = %self.digest, piece = i,
+            "no piece hash from the owners; the piece is checked with the whole blob only");
+        None
+    }
+
+    /// Tell the owners (in the background).
+    pub fn announce(&self, event: Event, pieces: Option<Pieces>) {
+        if let Some(p) = &self.peers {
+            self.metrics.peer_announcements.inc();
+            p.announce(&self.digest, event, pieces);
+        }
+    }
+
+    pub fn note(&self, reading: &Reading, have: u64, size: u64) {
+        if let Some(p) = &self.peers {
+            p.note_fetching(&self.digest, reading.describe(), have, size);
+        }
+    }
+
+    pub fn done(&self) {
+        if let Some(p) = &self.peers {
+            p.done_fetching(&self.digest);
+        }
+    }
+}
