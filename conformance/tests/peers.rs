@@ -94,7 +94,10 @@ impl Cluster {
 
     async fn status(&self, i: usize) -> Value {
         client()
-            .get(format!("{}/manta/v1/peer/status", self.node(i).cluster_url().unwrap()))
+            .get(format!(
+                "{}/manta/v1/peer/status",
+                self.node(i).cluster_url().unwrap()
+            ))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -111,21 +114,27 @@ impl Cluster {
                 .filter(|j| self.nodes[*j].is_some())
                 .map(|j| self.addrs[j].clone())
                 .collect();
-            poll("the peers to find each other", Duration::from_secs(30), || {
-                let running = running.clone();
-                async move {
-                    let s = self.status(i).await;
-                    let healthy: Vec<String> = s["members"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|m| m["healthy"] == true)
-                        .map(|m| m["addr"].as_str().unwrap().to_string())
-                        .collect();
-                    Ok((s["addr"].is_string() && running.iter().all(|a| healthy.contains(a)))
-                        .then_some(()))
-                }
-            })
+            poll(
+                "the peers to find each other",
+                Duration::from_secs(30),
+                || {
+                    let running = running.clone();
+                    async move {
+                        let s = self.status(i).await;
+                        let healthy: Vec<String> = s["members"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|m| m["healthy"] == true)
+                            .map(|m| m["addr"].as_str().unwrap().to_string())
+                            .collect();
+                        Ok(
+                            (s["addr"].is_string() && running.iter().all(|a| healthy.contains(a)))
+                                .then_some(()),
+                        )
+                    }
+                },
+            )
             .await;
         }
     }
@@ -159,7 +168,9 @@ fn weights_hub(dir: &std::path::Path, size: u64, rate: u64) -> (HubFixture, Stri
             REPO,
             vec![
                 FixtureFile::bytes("config.json", br#"{"model_type": "peers"}"#.to_vec()),
-                FixtureFile::disk("model.safetensors", path).lfs().with_sha256(&sha),
+                FixtureFile::disk("model.safetensors", path)
+                    .lfs()
+                    .with_sha256(&sha),
             ],
         )],
         FixtureOptions {
@@ -189,10 +200,17 @@ async fn agents_pulling_together_cost_the_hub_one_download_and_a_late_one_costs_
     }
     let before = hub.bytes_served();
     let pulls = (0..4).map(|i| {
-        let (c, url) = (c.clone(), format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i)));
+        let (c, url) = (
+            c.clone(),
+            format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i)),
+        );
         tokio::spawn(async move { stream_get(&c, &url, &[], None).await })
     });
-    for (i, p) in futures_util::future::join_all(pulls).await.into_iter().enumerate() {
+    for (i, p) in futures_util::future::join_all(pulls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let s = p.unwrap();
         assert!(s.complete(), "node {i}: {:?} {}", s.error, s.error_body);
         assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()), "node {i}");
@@ -230,4 +248,408 @@ async fn agents_pulling_together_cost_the_hub_one_download_and_a_late_one_costs_
         config,
         "the late agent took weights bytes from the hub"
     );
+}
+
+/// `name` summed over its label sets in node `i`'s /metrics (0 when absent).
+async fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", cluster.url(i)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    common::metric_sum(&text, name, &[]).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_origin_fetcher_dies_the_others_finish_and_the_hub_sends_little_again() {
+    let files = tempfile::tempdir().unwrap();
+    let (hub, sha, size) = weights_hub(files.path(), 200 * MIB, 50 * MIB);
+    let mut cluster = Cluster::new(&hub.url(), 13, 3, &[]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_formed().await;
+    let c = client();
+    let digest = format!("sha256:{sha}");
+    for i in 0..3 {
+        manifest_ok(&c, &cluster.url(i), &format!("hf-raw/{REPO}"), "main").await;
+    }
+    let before = hub.bytes_served();
+    let pulls: Vec<_> = (0..3)
+        .map(|i| {
+            let (c, url) = (
+                c.clone(),
+                format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i)),
+            );
+            tokio::spawn(async move { stream_get(&c, &url, &[], None).await })
+        })
+        .collect();
+    // The node reading from the origin, once it is a third of the way.
+    let fetcher = poll(
+        "a node to be a third through the origin fetch",
+        Duration::from_secs(60),
+        || {
+            let cluster = &cluster;
+            async move {
+                for i in 0..3 {
+                    let s = cluster.status(i).await;
+                    let third =
+                        s["fetching"].as_array().unwrap().iter().any(|f| {
+                            f["from"] == "origin" && f["have"].as_u64().unwrap() > size / 3
+                        });
+                    if third {
+                        return Ok(Some(i));
+                    }
+                }
+                Ok(None)
+            }
+        },
+    )
+    .await;
+    cluster.nodes[fetcher].as_mut().unwrap().kill9().unwrap();
+    for (i, p) in pulls.into_iter().enumerate() {
+        let s = p.await.unwrap();
+        if i == fetcher {
+            continue;
+        }
+        assert!(s.complete(), "node {i}: {:?} {}", s.error, s.error_body);
+        assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()), "node {i}");
+    }
+    let origin = hub.bytes_served() - before;
+    eprintln!("origin fetcher killed: {origin} bytes from the hub for a {size}-byte file");
+    // The survivor furthest along resumes the origin fetch from where it stood: only what the
+    // dead node had and nobody else (its last piece, what was in flight) is sent twice.
+    assert!(
+        origin <= size + 24 * MIB,
+        "{origin} bytes from the hub for a {size}-byte file"
+    );
+    let mut switches = 0.0;
+    for i in (0..3).filter(|i| *i != fetcher) {
+        switches += metric(&cluster, i, "manta_peer_source_switches_total").await;
+    }
+    assert!(switches >= 1.0, "no survivor moved to another source");
+}
+
+/// A node on the peer list that serves a blob with one piece's bytes flipped, and says it
+/// holds the whole blob.
+struct Liar {
+    addr: String,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Liar {
+    async fn start(ip: &str, file: PathBuf, bad_piece: (u64, u64)) -> Self {
+        use axum::extract::{Path as P, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        type St = (PathBuf, (u64, u64), std::sync::Arc<AtomicU64>);
+        async fn blob(
+            State((file, bad, served)): State<St>,
+            P(_d): P<String>,
+            headers: HeaderMap,
+        ) -> axum::response::Response {
+            let data = std::fs::read(&file).unwrap();
+            let size = data.len() as u64;
+            let start: u64 = headers
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+                .unwrap_or(0);
+            let mut body = data[start as usize..].to_vec();
+            for (i, b) in body.iter_mut().enumerate() {
+                let at = start + i as u64;
+                if at >= bad.0 && at < bad.1 {
+                    *b = !*b;
+                }
+            }
+            served.fetch_add(body.len() as u64, Ordering::Relaxed);
+            (
+                StatusCode::PARTIAL_CONTENT,
+                [(
+                    "content-range",
+                    format!("bytes {start}-{}/{size}", size - 1),
+                )],
+                body,
+            )
+                .into_response()
+        }
+        let served = std::sync::Arc::new(AtomicU64::new(0));
+        let app = axum::Router::new()
+            .route(
+                "/manta/v1/peer/hello",
+                axum::routing::get(|| async {
+                    axum::Json(serde_json::json!({"node": "liar", "instance": "liar"}))
+                }),
+            )
+            .route("/manta/v1/blobs/{digest}", axum::routing::get(blob))
+            .with_state((file, bad_piece, served.clone()));
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, served, task }
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lying_peer_is_caught_at_the_piece_and_banned_and_nothing_corrupt_is_stored() {
+    let files = tempfile::tempdir().unwrap();
+    let (hub, sha, size) = weights_hub(files.path(), 40 * MIB, 400 * MIB);
+    let weights = walk_one(files.path());
+    // The liar sorts first among equals (127.0.14.1 before the agents' .2, .3, .4): the owners
+    // send the next reader to it.
+    let liar = Liar::start("127.0.14.1", weights, (5 * MIB, 6 * MIB)).await;
+    let mut cluster = Cluster::new(&hub.url(), 14, 4, &[]);
+    cluster.addrs[0] = liar.addr.clone();
+    for i in 1..4 {
+        cluster.start(i);
+    }
+    let c = client();
+    let digest = format!("sha256:{sha}");
+    // Formed: the three agents see each other and the liar.
+    for i in 1..4 {
+        poll(
+            "the peers to find each other",
+            Duration::from_secs(30),
+            || {
+                let cluster = &cluster;
+                async move {
+                    let s = cluster.status(i).await;
+                    let ok = s["addr"].is_string()
+                        && s["members"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|m| m["healthy"] == true);
+                    Ok(ok.then_some(()))
+                }
+            },
+        )
+        .await;
+    }
+    // Node 1 pulls from the hub; it holds the blob and its pieces' hashes are published.
+    manifest_ok(&c, &cluster.url(1), &format!("hf-raw/{REPO}"), "main").await;
+    let url = |i: usize| format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i));
+    let s = stream_get(&c, &url(1), &[], None).await;
+    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+    // The liar claims the whole blob, to every agent.
+    for i in 1..4 {
+        let r = c
+            .post(format!(
+                "{}/manta/v1/peer/announce",
+                cluster.node(i).cluster_url().unwrap()
+            ))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({
+                "digest": digest, "node": liar.addr, "event": {"kind": "complete", "size": size}
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    manifest_ok(&c, &cluster.url(2), &format!("hf-raw/{REPO}"), "main").await;
+    let hub_before = hub.downloads(REPO, "model.safetensors");
+    let s = stream_get(&c, &url(2), &[], None).await;
+    assert!(
+        s.complete(),
+        "{:?} {}\n{}",
+        s.error,
+        s.error_body,
+        cluster.logs()
+    );
+    assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
+    assert!(
+        liar.served.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the liar was never read from: the test proves nothing"
+    );
+    assert_eq!(
+        metric(&cluster, 2, "manta_peer_pieces_rejected_total").await,
+        1.0
+    );
+    assert!(metric(&cluster, 2, "manta_peer_bans_total").await >= 1.0);
+    assert_eq!(
+        hub.downloads(REPO, "model.safetensors"),
+        hub_before,
+        "the rest came from node 1"
+    );
+    // What node 2 stored is the true blob.
+    let stored = common::hub_agent::blob_file(cluster.node(2).data_dir(), &digest);
+    assert_eq!(
+        common::hub_agent::sha256_hex(&std::fs::read(stored).unwrap()),
+        sha
+    );
+    // The owners forgot the liar: node 3 is not sent to it.
+    let served = liar.served.load(std::sync::atomic::Ordering::Relaxed);
+    manifest_ok(&c, &cluster.url(3), &format!("hf-raw/{REPO}"), "main").await;
+    let s = stream_get(&c, &url(3), &[], None).await;
+    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+    assert_eq!(
+        liar.served.load(std::sync::atomic::Ordering::Relaxed),
+        served
+    );
+    assert_eq!(
+        metric(&cluster, 3, "manta_peer_pieces_rejected_total").await,
+        0.0
+    );
+}
+
+/// The one file under `dir`.
+fn walk_one(dir: &std::path::Path) -> PathBuf {
+    let files = common::hub_agent::walk(dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_peer_protocol_needs_the_cluster_token() {
+    let hub = HubFixture::start(vec![], FixtureOptions::default()).unwrap();
+    let mut cluster = Cluster::new(&hub.url(), 15, 1, &[]);
+    cluster.start(0);
+    let base = cluster.node(0).cluster_url().unwrap();
+    let c = client();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let locate = serde_json::json!({"digest": digest, "node": "127.0.15.9:1"});
+    for token in [None, Some("wrong-token-0123456789"), Some(&TOKEN[1..])] {
+        let auth = |r: reqwest::RequestBuilder| match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        for r in [
+            auth(c.get(format!("{base}/manta/v1/peer/hello"))),
+            auth(c.get(format!("{base}/manta/v1/peer/status"))),
+            auth(c.post(format!("{base}/manta/v1/peer/locate")).json(&locate)),
+            auth(c.get(format!("{base}/manta/v1/peer/pieces/{digest}"))),
+            auth(c.get(format!("{base}/manta/v1/blobs/{digest}"))),
+        ] {
+            let resp = r.send().await.unwrap();
+            assert_eq!(resp.status(), 401, "{token:?}");
+        }
+        // Nothing was recorded: a locate with the token finds no holder.
+    }
+    let r: Value = c
+        .post(format!("{base}/manta/v1/peer/locate"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"digest": digest, "probe": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["action"], "fetch");
+    // Malformed asks are refused, and change nothing.
+    for bad in [
+        serde_json::json!({"digest": "sha256:short"}),
+        serde_json::json!({"digest": digest, "node": "no-port"}),
+        serde_json::json!({"digest": digest, "node": "a/b:1"}),
+    ] {
+        let r = c
+            .post(format!("{base}/manta/v1/peer/locate"))
+            .bearer_auth(TOKEN)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}
+
+/// Accepts connections and never answers (a peer that hangs), counting them.
+struct Silent {
+    addr: String,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    fn start(ip: &str) -> Self {
+        let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        Self { addr, count }
+    }
+
+    fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreachable_peers_are_backed_off_not_waited_for_on_every_pull() {
+    let n = 12;
+    let repo_files: Vec<FixtureFile> = (0..n)
+        .map(|i| FixtureFile::bytes(&format!("w{i}.bin"), common::random_bytes(256 << 10)).lfs())
+        .collect();
+    let hub = HubFixture::start(
+        vec![FixtureRepo::with_main(REPO, repo_files)],
+        FixtureOptions::default(),
+    )
+    .unwrap();
+    // Two hanging peers and one that refuses connections, beside the agent itself.
+    let (hang1, hang2) = (Silent::start("127.0.16.2"), Silent::start("127.0.16.3"));
+    let refused = format!("127.0.16.4:{}", free_port("127.0.16.4"));
+    let mut cluster = Cluster::new(&hub.url(), 16, 4, &[]);
+    cluster.addrs[1] = hang1.addr.clone();
+    cluster.addrs[2] = hang2.addr.clone();
+    cluster.addrs[3] = refused;
+    cluster.start(0);
+    poll(
+        "the dead peers to be backed off",
+        Duration::from_secs(30),
+        || {
+            let cluster = &cluster;
+            async move {
+                let s = cluster.status(0).await;
+                let down = s["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m["healthy"] == false && m["backoff_secs"].as_u64().is_some())
+                    .count();
+                Ok((s["addr"].is_string() && down == 3).then_some(()))
+            }
+        },
+    )
+    .await;
+    let c = client();
+    let (m, _, _) = manifest_ok(&c, &cluster.url(0), &format!("hf-raw/{REPO}"), "main").await;
+    let layers = layers_by_title(&m);
+    let before = hang1.connections() + hang2.connections();
+    for l in layers.values() {
+        let s = stream_get(
+            &c,
+            &format!("{}/v2/hf-raw/{REPO}/blobs/{}", cluster.url(0), l.digest),
+            &[],
+            None,
+        )
+        .await;
+        assert!(s.complete(), "{:?}", s.error);
+    }
+    let tried = hang1.connections() + hang2.connections() - before;
+    // A retry of each after its backoff at most, however many pulls: not one per pull.
+    assert!(
+        tried <= 4,
+        "{tried} connections to hanging peers for {n} pulls"
+    );
+    assert!(metric(&cluster, 0, "manta_peer_locates_total").await >= n as f64);
 }

@@ -72,8 +72,16 @@ pub struct Announce {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    /// Fetching: `have` bytes of `size` held (from the first byte on).
-    Progress { have: u64, size: u64, origin: bool },
+    /// Fetching: `have` bytes of `size` held (from the first byte on), read from the origin
+    /// or from the peer `from` (so every owner knows who reads from whom, and never sends a
+    /// node to one that reads from it).
+    Progress {
+        have: u64,
+        size: u64,
+        origin: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+    },
     /// Holds the whole blob, verified.
     Complete { size: u64 },
     /// No longer has it (evicted, or the fetch failed).

@@ -228,7 +228,12 @@ impl Tracker {
                 e.remove(&a.node);
                 false
             }
-            Event::Progress { have, size, origin } => {
+            Event::Progress {
+                have,
+                size,
+                origin,
+                ref from,
+            } => {
                 e.size = Some(size);
                 let h = e.holders.entry(a.node.clone()).or_insert(Holder {
                     complete: false,
@@ -239,9 +244,11 @@ impl Tracker {
                 });
                 h.have = have;
                 h.seen = now;
+                h.origin = origin;
                 if origin {
-                    h.origin = true;
                     h.source = None;
+                } else if from.is_some() && from.as_deref() != Some(a.node.as_str()) {
+                    h.source.clone_from(from);
                 }
                 origin
             }
@@ -264,8 +271,8 @@ impl Tracker {
             // Announcements travel in parallel and may arrive out of order, but never far
             // ahead of what is known, and never past the blob's last piece.
             let end = p.first.saturating_add(p.hashes.len() as u64);
-            let sane = end <= piece_count(p.size)
-                && p.first <= e.pieces.len() as u64 + MAX_PIECE_GAP;
+            let sane =
+                end <= piece_count(p.size) && p.first <= e.pieces.len() as u64 + MAX_PIECE_GAP;
             if e.size == Some(p.size) && sane {
                 let end = p.first as usize + p.hashes.len();
                 if e.pieces.len() < end {
@@ -346,6 +353,7 @@ mod tests {
                     have,
                     size: 100,
                     origin,
+                    from: None,
                 },
                 pieces: None,
             },
@@ -445,6 +453,31 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_that_only_heard_announcements_still_never_makes_a_cycle() {
+        // This owner answered no locate: it knows who reads from whom only from progress.
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        for (node, from) in [("b", "a"), ("c", "b")] {
+            t.announce(
+                &Announce {
+                    digest: "sha256:x".into(),
+                    node: node.into(),
+                    event: Event::Progress {
+                        have: 10,
+                        size: 100,
+                        origin: false,
+                        from: Some(from.into()),
+                    },
+                    pieces: None,
+                },
+                now,
+            );
+        }
+        // a is gone; b asks: c reads from b, so b must go to the origin, not to c.
+        assert_eq!(from(&ask(&mut t, "b", 10, &["a"], now)), "origin");
+    }
+
+    #[test]
     fn silent_fetchers_are_forgotten_and_complete_holders_are_not() {
         let mut t = Tracker::new(TrackerOptions {
             stale_after: Duration::from_secs(10),
@@ -485,6 +518,7 @@ mod tests {
                     have: 50,
                     size: 12 << 20,
                     origin: false,
+                    from: None,
                 },
                 pieces: Some(pieces(&["bad"])),
             },
@@ -499,6 +533,7 @@ mod tests {
                     have: 50,
                     size: 12 << 20,
                     origin: true,
+                    from: None,
                 },
                 pieces: Some(pieces(&["p0", "p1"])),
             },

@@ -85,9 +85,8 @@ impl BlobSource for RegistryBlob {
                         UpstreamError::Malformed("a 206 blob answer without a total size".into())
                     })?
             } else {
-                resp.content_length().ok_or_else(|| {
-                    UpstreamError::Malformed("blob without Content-Length".into())
-                })?
+                resp.content_length()
+                    .ok_or_else(|| UpstreamError::Malformed("blob without Content-Length".into()))?
             };
             let body = resp
                 .bytes_stream()

@@ -7,13 +7,13 @@
 mod admin;
 mod blobs;
 pub mod cluster;
-mod peer;
 mod discovery;
 mod drain;
 mod facade;
 mod hub;
 mod lifecycle;
 mod manifests;
+mod peer;
 mod proxy;
 pub mod range;
 mod uploads;

@@ -47,8 +47,7 @@ fn check_digest(d: &str) -> ApiResult<()> {
 
 fn check_addr(a: &str) -> ApiResult<()> {
     let ok = a.len() <= MAX_ADDR
-        && a
-            .rsplit_once(':')
+        && a.rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
         && a.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
     if ok {
@@ -96,7 +95,10 @@ async fn announce(
     check_digest(&a.digest)?;
     check_addr(&a.node)?;
     if let Some(p) = &a.pieces {
-        if p.hashes.iter().any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if p.hashes
+            .iter()
+            .any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             return Err(ApiError::Unsupported("piece hashes are hex sha256".into()));
         }
     }

@@ -39,17 +39,19 @@ use tokio::sync::watch;
 
 use crate::digest;
 use crate::metrics::Metrics;
-use crate::store::{Origin, RecipeRecord, Store};
 use crate::source::{BlobSource, Download, SourceError};
+use crate::store::{Origin, RecipeRecord, Store};
 use crate::upstream::UpstreamError;
 pub use follow::{follow, IfPassedThrough};
-use route::{Reading, Routing};
 pub use pass::PassSource;
+use route::{Reading, Routing};
 
 /// The leader makes written bytes visible to followers at least this often...
 const PUBLISH_BYTES: u64 = 256 << 10;
 /// ...or after this long, whichever comes first.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+/// A peer that sends nothing for this long is left for another source.
+const PEER_STALL: Duration = Duration::from_secs(10);
 /// A fetch tells the digest's owners how far it is at least this often (and at every piece).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 
@@ -58,6 +60,10 @@ fn progress(have: u64, size: u64, reading: &Reading) -> Event {
         have,
         size,
         origin: *reading == Reading::Origin,
+        from: match reading {
+            Reading::Origin => None,
+            Reading::Peer(a) => Some(a.clone()),
+        },
     }
 }
 
@@ -225,7 +231,9 @@ impl Fetcher {
             fetch.digest.to_string(),
             self.metrics.clone(),
         );
-        let outcome = self.lead_from(fetch, repo, idle, tar, &origin, &mut route).await;
+        let outcome = self
+            .lead_from(fetch, repo, idle, tar, &origin, &mut route)
+            .await;
         match &outcome {
             Ok(Outcome::Stored(_)) => {}
             // Not held here (failed, or streamed through): the owners must not send anyone.
@@ -290,7 +298,13 @@ impl Fetcher {
         let (mut published, mut last, mut announced) = (0u64, Instant::now(), Instant::now());
         loop {
             // What went wrong with the current source, if anything.
-            let broken: SourceError = match tokio::time::timeout(idle, body.next()).await {
+            // A peer that sends nothing for a while is left for another source well before a
+            // client following this fetch would give up on it.
+            let stall = match reading {
+                Reading::Origin => idle,
+                Reading::Peer(_) => idle.min(PEER_STALL),
+            };
+            let broken: SourceError = match tokio::time::timeout(stall, body.next()).await {
                 Err(_) => UpstreamError::Timeout("blob body").into(),
                 Ok(None) if w.len() == size => break,
                 Ok(None) => UpstreamError::Malformed(format!(
@@ -300,10 +314,8 @@ impl Fetcher {
                 .into(),
                 Ok(Some(Err(e))) => e,
                 Ok(Some(Ok(chunk))) if w.len() + chunk.len() as u64 > size => {
-                    UpstreamError::Malformed(format!(
-                        "blob longer than the announced {size} bytes"
-                    ))
-                    .into()
+                    UpstreamError::Malformed(format!("blob longer than the announced {size} bytes"))
+                        .into()
                 }
                 Ok(Some(Ok(mut chunk))) => {
                     let mut bad_piece = None;
@@ -367,11 +379,8 @@ impl Fetcher {
                         None => continue,
                         Some(i) => {
                             self.metrics.peer_pieces_rejected.inc();
-                            manta_peer::PeerError::BadPiece(
-                                reading.describe().to_string(),
-                                i,
-                            )
-                            .into()
+                            manta_peer::PeerError::BadPiece(reading.describe().to_string(), i)
+                                .into()
                         }
                     }
                 }

@@ -166,10 +166,7 @@ impl Routing {
         let peers = self.peers.clone()?;
         let deadline = tokio::time::Instant::now() + PIECE_HASH_WAIT;
         while tokio::time::Instant::now() < deadline && i < piece_count(size) {
-            if let Some(p) = peers
-                .pieces(&self.digest, i, Duration::from_secs(5))
-                .await
-            {
+            if let Some(p) = peers.pieces(&self.digest, i, Duration::from_secs(5)).await {
                 if p.size == size {
                     self.learn(&p);
                 }

@@ -151,12 +151,7 @@ impl Server {
             None => None,
         };
         let peers = match (&cfg.cluster, &cluster) {
-            (
-                Some(ClusterListen {
-                    peers: Some(p), ..
-                }),
-                Some((_, token)),
-            ) => {
+            (Some(ClusterListen { peers: Some(p), .. }), Some((_, token))) => {
                 let token = token.clone();
                 let router = manta_peer::PeerRouter::start(manta_peer::PeerConfig {
                     seeds: p.seeds.clone(),
