@@ -653,3 +653,126 @@ async fn unreachable_peers_are_backed_off_not_waited_for_on_every_pull() {
     );
     assert!(metric(&cluster, 0, "manta_peer_locates_total").await >= n as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pull_through_image_is_shared_the_same_way() {
+    use common::lifecycle::{alias_config, pull, push_image};
+    let up = manta_conformance::upstream_fixtures::DockerRegistry::start(None).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layers = [
+        common::random_bytes(12 << 20),
+        common::random_bytes(9 << 20),
+    ];
+    let img = push_image(
+        &up,
+        &work.path().join("layout"),
+        "shared/app",
+        "v1",
+        &[&layers[0], &layers[1]],
+    );
+    let cfg = alias_config(&up, work.path());
+    let hub = HubFixture::start(vec![], FixtureOptions::default()).unwrap();
+    let mut cluster = Cluster::new(&hub.url(), 17, 3, &["--config", &cfg]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_formed().await;
+    let c = client();
+    // Two nodes pull it at once, through plain GETs.
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let (d0, d1) = (
+        cluster.node(0).data_dir().to_path_buf(),
+        cluster.node(1).data_dir().to_path_buf(),
+    );
+    tokio::join!(
+        pull(&c, &a, &d0, &img.name, &img.tag),
+        pull(&c, &b, &d1, &img.name, &img.tag)
+    );
+    // The third, through skopeo (which checks every digest).
+    let host = cluster.url(2).trim_start_matches("http://").to_string();
+    let out = work.path().join("out");
+    tokio::task::spawn_blocking(move || {
+        common::upstream::skopeo_pull(&format!("{host}/{}:v1", img.name), &out, "v1", false)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for (l, layer) in layers.iter().enumerate() {
+        let digest = common::sha256_digest(layer);
+        assert_eq!(
+            up.blob_gets_settled("shared/app", &digest, 1),
+            1,
+            "layer {l} was fetched from the registry more than once\n{}",
+            cluster.logs()
+        );
+    }
+    assert!(metric(&cluster, 2, "manta_source_fetched_bytes_total").await >= 21.0 * MIB as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_peer_says_so_and_readers_move_on_and_the_rate_limit_holds() {
+    let files = tempfile::tempdir().unwrap();
+    let (hub, sha, size) = weights_hub(files.path(), 16 * MIB, 1 << 30);
+    let rate = 8 * MIB;
+    let rate_s = rate.to_string();
+    let mut cluster = Cluster::new(
+        &hub.url(),
+        18,
+        3,
+        &["--peer-max-uploads", "1", "--peer-rate-limit", &rate_s],
+    );
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_formed().await;
+    let c = client();
+    let digest = format!("sha256:{sha}");
+    let url = |i: usize| format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i));
+    manifest_ok(&c, &cluster.url(0), &format!("hf-raw/{REPO}"), "main").await;
+    let s = stream_get(&c, &url(0), &[], None).await;
+    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+
+    // Node 1 reads it from node 0, held to the rate (a lower bound: a slow machine only adds).
+    manifest_ok(&c, &cluster.url(1), &format!("hf-raw/{REPO}"), "main").await;
+    let t = std::time::Instant::now();
+    let s = stream_get(&c, &url(1), &[], None).await;
+    let took = t.elapsed();
+    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+    assert_eq!(hub.downloads(REPO, "model.safetensors"), 1);
+    let floor = Duration::from_secs_f64(0.8 * (size - rate / 10) as f64 / rate as f64);
+    assert!(took >= floor, "{size} bytes at {rate} B/s in {took:?}");
+
+    // Both holders busy: a reader that holds their one upload slot each, reading nothing.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let r = c
+            .get(format!(
+                "{}/manta/v1/blobs/{digest}",
+                cluster.node(i).cluster_url().unwrap()
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        held.push(r);
+        let again = c
+            .get(format!(
+                "{}/manta/v1/blobs/{digest}",
+                cluster.node(i).cluster_url().unwrap()
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 429);
+        assert_eq!(again.headers()["retry-after"], "1");
+    }
+    // Node 2 is told 429 by both and moves on to the origin rather than wait.
+    manifest_ok(&c, &cluster.url(2), &format!("hf-raw/{REPO}"), "main").await;
+    let s = stream_get(&c, &url(2), &[], None).await;
+    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+    assert_eq!(hub.downloads(REPO, "model.safetensors"), 2);
+    assert!(metric(&cluster, 2, "manta_peer_bans_total").await >= 2.0);
+    drop(held);
+}

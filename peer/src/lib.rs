@@ -16,12 +16,14 @@ pub mod client;
 pub mod members;
 pub mod pieces;
 pub mod proto;
+pub mod rate;
 pub mod ring;
 mod router;
 pub mod tracker;
 
 pub use client::{PeerBlob, PeerClient, Timeouts, TokenSource};
 pub use members::{Membership, Seeds};
+pub use rate::RateLimit;
 pub use router::{PeerConfig, PeerRouter, Route};
 
 /// What can go wrong talking to peers.

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::client::{PeerClient, Timeouts, TokenSource};
 use crate::members::{Membership, Seeds};
 use crate::proto::{Announce, Event, Fetching, Hello, LocateReply, LocateRequest, Pieces, Status};
+use crate::rate::RateLimit;
 use crate::tracker::{Tracker, TrackerOptions};
 use crate::{ring, PeerError};
 
@@ -23,6 +24,10 @@ pub struct PeerConfig {
     pub refresh: Duration,
     pub token: TokenSource,
     pub timeouts: Timeouts,
+    /// Bytes per second this node sends to peers, and (separately) takes from them.
+    pub rate_limit: Option<u64>,
+    /// Blob reads this node serves to peers at once; more are told it is busy (429).
+    pub max_uploads: usize,
 }
 
 /// Where to read a blob from, as the owners decided.
@@ -49,6 +54,9 @@ pub struct PeerRouter {
     /// Woken when piece hashes arrive.
     pieces_changed: Notify,
     fetching: Mutex<HashMap<String, Fetching>>,
+    uploads: Arc<Semaphore>,
+    up: Option<RateLimit>,
+    down: Option<RateLimit>,
 }
 
 impl PeerRouter {
@@ -68,6 +76,9 @@ impl PeerRouter {
             tracker: Mutex::new(Tracker::new(TrackerOptions::default())),
             pieces_changed: Notify::new(),
             fetching: Mutex::new(HashMap::new()),
+            uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
+            up: cfg.rate_limit.map(RateLimit::new),
+            down: cfg.rate_limit.map(RateLimit::new),
         });
         let weak = Arc::downgrade(&router);
         let every = cfg.refresh;
@@ -90,6 +101,22 @@ impl PeerRouter {
 
     pub fn hello(&self) -> Hello {
         self.me.clone()
+    }
+
+    /// A slot to serve a peer a blob in, held until the response ends; `None`: this node
+    /// serves as many as it may already (answer 429, the peer moves on).
+    pub fn upload_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.uploads.clone().try_acquire_owned().ok()
+    }
+
+    /// The limit on what this node sends to peers.
+    pub fn upload_limit(&self) -> Option<&RateLimit> {
+        self.up.as_ref()
+    }
+
+    /// The limit on what this node takes from peers.
+    pub fn download_limit(&self) -> Option<&RateLimit> {
+        self.down.as_ref()
     }
 
     pub fn client(&self) -> &PeerClient {

@@ -34,7 +34,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent: an OCI distribution endpoint over the local content store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Point containerd or CRI-O at Manta as a registry mirror (hosts.toml files or a
     /// registries.conf drop-in; --restore undoes it).
     MirrorConfig(manta_registry::mirror_config::Args),
@@ -88,6 +88,13 @@ struct ServeArgs {
     /// more announcements.
     #[arg(long, env = "MANTA_PEER_OWNERS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     peer_owners: u16,
+    /// Most bytes per second this node sends to its peers, and most it takes from them (each
+    /// way, over all transfers: `100MiB`, `1GB`) [default: unlimited].
+    #[arg(long, env = "MANTA_PEER_RATE_LIMIT", value_parser = manta_registry::store::space::parse_size)]
+    peer_rate_limit: Option<u64>,
+    /// Blob reads served to peers at once; more are answered 429 and the peer reads elsewhere.
+    #[arg(long, env = "MANTA_PEER_MAX_UPLOADS", default_value_t = 16)]
+    peer_max_uploads: usize,
     /// Seconds a client may take to send a request's head (from connecting, or from the first
     /// byte of a later request).
     #[arg(long, env = "MANTA_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
@@ -327,6 +334,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     seeds: manta_peer::Seeds::parse(p)?,
                     node_name: args.node_name.clone().unwrap_or_else(host_name),
                     owners: usize::from(args.peer_owners),
+                    rate_limit: args.peer_rate_limit.filter(|r| *r > 0),
+                    max_uploads: args.peer_max_uploads.max(1),
                 }),
             };
             Some(manta_registry::server::ClusterListen {
@@ -408,7 +417,7 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::MirrorConfig(args) => {
             manta_registry::mirror_config::run(args, &mut std::io::stdout()).map_err(Into::into)
         }

@@ -222,11 +222,67 @@ async fn blob(
         headers: parts.headers,
         query: super::Query::parse(None),
     };
-    if let Some((file, size)) = st.store.open_verified(&digest).await? {
-        return blobs::serve_file(&st, &digest, file, size, &head).await;
-    }
-    // Being written to this node's disk: the bytes so far, then the rest. A fetch that streams
-    // through uncached has nothing to offer a peer (following it would fetch for the caller).
+    // A busy node says so at once; the peer reads elsewhere.
+    let slot = match &st.peers {
+        Some(p) if head.method == axum::http::Method::GET => match p.upload_slot() {
+            Some(s) => Some((p.clone(), s)),
+            None => {
+                let mut resp = ApiError::TooMany(
+                    "this node serves as many peers as it may; read elsewhere".into(),
+                )
+                .into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(resp);
+            }
+        },
+        _ => None,
+    };
+    let resp = if let Some((file, size)) = st.store.open_verified(&digest).await? {
+        blobs::serve_file(&st, &digest, file, size, &head).await?
+    } else {
+        serve_held(&st, &digest, &head).await?
+    };
+    Ok(match slot {
+        Some((peers, slot)) => resp.map(|body| upload_body(body, peers, slot)),
+        None => resp,
+    })
+}
+
+/// A peer's read: held until the body ends, and held to `--peer-rate-limit`.
+fn upload_body(
+    body: axum::body::Body,
+    peers: Arc<manta_peer::PeerRouter>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let stream = body
+        .into_data_stream()
+        .then(move |chunk| {
+            let peers = peers.clone();
+            async move {
+                if let (Ok(c), Some(limit)) = (&chunk, peers.upload_limit()) {
+                    limit.take(c.len()).await;
+                }
+                chunk
+            }
+        })
+        // The slot is given back when the body is dropped: sent, or cut.
+        .map(move |chunk| {
+            let _held = &slot;
+            chunk
+        });
+    axum::body::Body::from_stream(stream)
+}
+
+/// A blob this node is writing to its disk now: the bytes so far, then the rest.
+async fn serve_held(
+    st: &Shared,
+    digest: &oci_spec::image::Digest,
+    head: &super::Head,
+) -> ApiResult<Response> {
+    // A fetch that streams through uncached has nothing to offer a peer (following it would
+    // fetch for the caller).
     let Some(f) = st.fetcher.get(digest.as_ref()) else {
         return Err(ApiError::BlobUnknown);
     };
@@ -243,7 +299,7 @@ async fn blob(
     if !kept {
         return Err(ApiError::BlobUnknown);
     }
-    blobs::serve_fetch(&st, &f, &digest, &head, idle, IfPassedThrough::Fail).await
+    blobs::serve_fetch(st, &f, digest, head, idle, IfPassedThrough::Fail).await
 }
 
 async fn not_found() -> Response {

@@ -318,6 +318,9 @@ impl Fetcher {
                         .into()
                 }
                 Ok(Some(Ok(mut chunk))) => {
+                    if let Reading::Peer(_) = reading {
+                        route.throttle(chunk.len()).await;
+                    }
                     let mut bad_piece = None;
                     // Written a piece at a time, so each piece boundary is a checkpoint.
                     while !chunk.is_empty() {

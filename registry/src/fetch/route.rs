@@ -182,6 +182,13 @@ impl Routing {
         None
     }
 
+    /// Wait until `n` more bytes may be taken from peers (`--peer-rate-limit`).
+    pub async fn throttle(&self, n: usize) {
+        if let Some(limit) = self.peers.as_ref().and_then(|p| p.download_limit()) {
+            limit.take(n).await;
+        }
+    }
+
     /// Tell the owners (in the background).
     pub fn announce(&self, event: Event, pieces: Option<Pieces>) {
         if let Some(p) = &self.peers {

@@ -42,6 +42,10 @@ pub struct PeersConfig {
     pub node_name: String,
     /// Owners per digest.
     pub owners: usize,
+    /// Bytes per second sent to peers, and taken from them.
+    pub rate_limit: Option<u64>,
+    /// Blob reads served to peers at once.
+    pub max_uploads: usize,
 }
 
 /// Everything `manta serve` needs, already validated.
@@ -160,6 +164,8 @@ impl Server {
                     refresh: Duration::from_secs(2),
                     token: Arc::new(move || Some(token.current())),
                     timeouts: manta_peer::Timeouts::default(),
+                    rate_limit: p.rate_limit,
+                    max_uploads: p.max_uploads,
                 })
                 .map_err(|e| ServeError::Peers(e.to_string()))?;
                 Some(router)
@@ -233,6 +239,10 @@ impl Server {
         };
         let purger = tokio::spawn(purge_uploads(state.clone()));
         let upkeep = tokio::spawn(state.store.clone().upkeep());
+        let gone = state
+            .peers
+            .clone()
+            .map(|p| tokio::spawn(announce_removals(p, state.store.files().removals())));
         let disk = tokio::spawn(state.store.clone().watch_disk());
         let scrub = self
             .scrub_rate
@@ -255,6 +265,9 @@ impl Server {
         }
         purger.abort();
         upkeep.abort();
+        if let Some(g) = gone {
+            g.abort();
+        }
         disk.abort();
         state.store.close();
         if let Some(s) = scrub {
@@ -284,6 +297,25 @@ async fn purge_uploads(state: Arc<AppState>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "purged idle upload sessions"),
             Err(e) => tracing::warn!(error = %e, "purging idle upload sessions failed"),
+        }
+    }
+}
+
+/// Tell the owners of each blob this node removes (evicted, deleted, found corrupt) that it no
+/// longer has it, so nobody is sent here for it.
+async fn announce_removals(
+    peers: Arc<manta_peer::PeerRouter>,
+    mut removed: tokio::sync::broadcast::Receiver<String>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match removed.recv().await {
+            Ok(d) => peers.announce(&d, manta_peer::proto::Event::Gone, None),
+            // Missed some: a reader sent here for one of them gets 404 and tells the owner.
+            Err(RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "removals not announced to the peers")
+            }
+            Err(RecvError::Closed) => break,
         }
     }
 }

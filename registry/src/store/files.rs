@@ -17,6 +17,8 @@ pub struct BlobFiles {
     blobs: PathBuf,
     tmp: PathBuf,
     uploads: PathBuf,
+    /// Told the digest of every blob file removed (evicted, deleted, found corrupt).
+    removed: tokio::sync::broadcast::Sender<String>,
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -31,6 +33,7 @@ impl BlobFiles {
             blobs: data_dir.join("blobs"),
             tmp: data_dir.join("tmp"),
             uploads: data_dir.join("tmp/uploads"),
+            removed: tokio::sync::broadcast::channel(1024).0,
         };
         for d in [&s.blobs, &s.tmp, &s.uploads] {
             std::fs::create_dir_all(d).map_err(StoreError::io("create dir", d))?;
@@ -108,12 +111,20 @@ impl BlobFiles {
 
     pub fn remove_blob(&self, d: &Digest) -> Result<()> {
         let p = self.blob_path(d);
-        match std::fs::remove_file(&p) {
+        let r = match std::fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(StoreError::io("remove", &p)(e))
             }
             _ => Ok(()),
-        }
+        };
+        // Nobody listening (no peers) is fine.
+        let _ = self.removed.send(d.to_string());
+        r
+    }
+
+    /// The digests of blob files removed from now on (a receiver that lags misses some).
+    pub fn removals(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.removed.subscribe()
     }
 
     pub(super) fn remove_blob_named(&self, d: &str) -> Result<()> {
