@@ -248,6 +248,94 @@ async fn agents_pulling_together_cost_the_hub_one_download_and_a_late_one_costs_
         config,
         "the late agent took weights bytes from the hub"
     );
+
+    // From the late agent, with the clients a user runs: containerd pulls the image form (its
+    // layers hashed from bytes the peers send) and oras pulls the raw form. Same files, and
+    // still no weights byte from the hub.
+    let addr = cluster.node(4).addr().to_string();
+    let (m, _, _) = manifest_ok(&c, &cluster.url(4), &format!("hf/{REPO}"), "main").await;
+    let config: Value = c
+        .get(format!(
+            "{}/v2/hf/{REPO}/blobs/{}",
+            cluster.url(4),
+            m["config"]["digest"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let diff_ids: Vec<String> =
+        serde_json::from_value(config["rootfs"]["diff_ids"].clone()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (ctr_files, oras_files) = {
+        let (addr, work) = (addr.clone(), work.path().to_path_buf());
+        tokio::task::spawn_blocking(move || image_and_raw_files(&addr, &diff_ids, &work))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        ctr_files, oras_files,
+        "containerd's files and oras's differ"
+    );
+    assert_eq!(
+        ctr_files.get("model.safetensors"),
+        Some(&format!("sha256:{sha}"))
+    );
+    assert_eq!(hub.downloads(REPO, "model.safetensors"), 1);
+}
+
+/// Pull `hf/<REPO>:main` with containerd and `hf-raw/<REPO>:main` with oras from the agent at
+/// `addr`: each one's files, path → sha256.
+fn image_and_raw_files(
+    addr: &str,
+    diff_ids: &[String],
+    work: &std::path::Path,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    use common::containerd::Containerd;
+    let files = |tree: std::collections::BTreeMap<String, common::Entry>| {
+        tree.into_iter()
+            .filter_map(|(p, e)| match e {
+                common::Entry::File { sha256, .. } => Some((p, sha256)),
+                _ => None,
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let mut ctrd = Containerd::start().unwrap();
+    let reference = format!("{addr}/hf/{REPO}:main");
+    ctrd.run_ctr(
+        "peers",
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "native",
+            &reference,
+        ],
+    )
+    .unwrap();
+    // The unpacked root filesystem: the top snapshot is the chain ID of the config's diff IDs.
+    let mnt = work.join("mnt");
+    ctrd.mount_view("peers", "peers-view", &common::chain_id(diff_ids), &mnt)
+        .unwrap();
+    let image = files(common::read_tree(&mnt).unwrap());
+    ctrd.unmount_all();
+    drop(ctrd);
+    let out = work.join("oras");
+    common::hub::oras_pull(
+        &common::Registry::at(addr),
+        &format!("{addr}/hf-raw/{REPO}:main"),
+        &out,
+        work,
+    )
+    .unwrap();
+    let raw = files(common::read_tree(&out).unwrap());
+    (image, raw)
 }
 
 /// `name` summed over its label sets in node `i`'s /metrics (0 when absent).

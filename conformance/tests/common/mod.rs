@@ -63,6 +63,15 @@ impl Registry {
         })
     }
 
+    /// A registry someone else runs (one of several agents a test started), at `addr`.
+    #[allow(dead_code)] // not every test binary that includes `common` uses it
+    pub fn at(addr: &str) -> Self {
+        Self {
+            manta: None,
+            addr: addr.to_string(),
+        }
+    }
+
     /// `127.0.0.1:<port>`
     pub fn addr(&self) -> &str {
         &self.addr
