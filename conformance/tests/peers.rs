@@ -191,6 +191,22 @@ async fn agents_pulling_together_cost_the_hub_one_download_and_a_late_one_costs_
         cluster.start(i);
     }
     cluster.wait_formed().await;
+    // `manta peers`, as a user reads it: itself, three healthy peers, the fifth backed off.
+    let out = common::hub_agent::manta_cli(&["peers", "--server", &cluster.url(0)]).unwrap();
+    let text = out.stdout_str();
+    for (i, addr) in cluster.addrs.iter().enumerate() {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(addr.as_str()))
+            .unwrap_or_else(|| panic!("{addr} not listed:\n{text}"));
+        let want = match i {
+            0 => "self",
+            4 => "backing off",
+            _ => "healthy",
+        };
+        assert!(line.contains(want), "{addr}: {line}");
+        assert!(i == 4 || line.contains(&format!("node-{i}")), "{line}");
+    }
     let c = client();
     let digest = format!("sha256:{sha}");
     // Each resolves the revision itself (metadata only); no file byte moves yet.

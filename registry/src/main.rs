@@ -47,6 +47,8 @@ enum Command {
     /// Remove a repo revision, tag, manifest or blob from the agent's cache now (pinned ones are
     /// refused); prints what was freed.
     Rm(manta_registry::cli::RmArgs),
+    /// Show the agent's peers (health, backoff) and the blobs it is fetching, and from where.
+    Peers(manta_registry::cli::PeersArgs),
     /// Evict the least recently used cache content now (down to the low watermark, or --free);
     /// prints each evicted entry and the total freed.
     Gc(manta_registry::cli::GcArgs),
@@ -430,6 +432,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .map_err(Into::into),
         Command::Rm(args) => manta_registry::cli::rm(args, &mut std::io::stdout())
+            .await
+            .map_err(Into::into),
+        Command::Peers(args) => manta_registry::cli::peers(args, &mut std::io::stdout())
             .await
             .map_err(Into::into),
         Command::Gc(args) => manta_registry::cli::gc(args, &mut std::io::stdout())

@@ -89,6 +89,7 @@ pub fn router(state: Shared) -> Router {
         .route("/manta/v1/prefetch", axum::routing::post(admin::start))
         .route("/manta/v1/prefetch/{id}", get(admin::status))
         .route("/manta/v1/cache", get(admin::cache))
+        .route("/manta/v1/peer/status", get(peer::status))
         .route(
             "/manta/v1/cache/{*reference}",
             axum::routing::delete(lifecycle::remove),

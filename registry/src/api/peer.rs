@@ -61,7 +61,7 @@ async fn hello(State(st): State<Shared>) -> ApiResult<Json<Hello>> {
     Ok(Json(router(&st)?.hello()))
 }
 
-async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
+pub(super) async fn status(State(st): State<Shared>) -> ApiResult<Json<Status>> {
     Ok(Json(router(&st)?.status()))
 }
 

@@ -75,6 +75,16 @@ pub struct LsArgs {
     pub json: bool,
 }
 
+/// `manta peers`
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeersArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print the agent's answer as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `hf://Qwen/Qwen2.5-0.5B-Instruct@main`: a hub, a repo id and an optional revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelUri {
@@ -223,6 +233,56 @@ pub async fn ls(args: LsArgs, out: &mut dyn Write) -> Result<(), ClientError> {
     emit(out, args.json, &answer, |cache| {
         format_cache(cache, unix_now())
     })
+}
+
+/// `manta peers`: the agent's peers (address, node, health, backoff) and the blobs it is
+/// fetching now, with where from.
+pub async fn peers(args: PeersArgs, out: &mut dyn Write) -> Result<(), ClientError> {
+    let agent = Agent::new(&args.server)?;
+    let answer: Answer<manta_peer::proto::Status> =
+        agent.call(agent.http.get(agent.endpoint("peer/status"))).await?;
+    emit(out, args.json, &answer, format_peers)
+}
+
+fn format_peers(s: &manta_peer::proto::Status) -> String {
+    let rows: Vec<[String; 4]> = s
+        .members
+        .iter()
+        .map(|m| {
+            let state = if m.is_self {
+                "self".to_owned()
+            } else if m.healthy {
+                "healthy".to_owned()
+            } else {
+                format!("backing off {}s", m.backoff_secs)
+            };
+            [
+                m.addr.clone(),
+                m.node.clone().unwrap_or_else(|| "-".into()),
+                state,
+                m.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let at = s.addr.as_deref().map_or_else(
+        || "not found among its peers yet".to_owned(),
+        |a| format!("at {a}"),
+    );
+    let mut text = format!(
+        "node {}, {at}; owner of {} tracked digests\n",
+        s.node, s.tracked
+    );
+    text.push_str(&format_table(["PEER", "NODE", "STATE", "LAST ERROR"], &rows));
+    if !s.fetching.is_empty() {
+        let rows: Vec<[String; 3]> = s
+            .fetching
+            .iter()
+            .map(|f| [f.digest.clone(), f.from.clone(), percent(f.have, f.size)])
+            .collect();
+        text.push('\n');
+        text.push_str(&format_table(["FETCHING", "FROM", "DONE"], &rows));
+    }
+    text
 }
 
 /// The agent's JSON with `--json`, else `text` of its answer.
