@@ -2,6 +2,7 @@
 //! `manta-bench pull-through`: both as pull-through caches of a rate-limited upstream.
 //! `manta-bench hub`: Manta in front of a rate-limited local Hugging Face Hub.
 //! `manta-bench cache`: eviction of 10,000 cache blobs under readers, start-up with 100,000.
+//! `manta-bench peers`: N agents in network namespaces pulling one model cold at once.
 //!
 //! See bench/README.md for what is measured and how to read it.
 
@@ -9,6 +10,7 @@ mod cache;
 mod client;
 mod content;
 mod hub;
+mod peers;
 mod pull;
 mod pullthrough;
 mod ratelimit;
@@ -66,6 +68,9 @@ enum Command {
     /// Cache lifecycle: eviction of 10,000 cache blobs under a reading load, and start-up time
     /// with 100,000 indexed blobs (after SIGTERM and after kill -9) next to docker-registry's.
     Cache(cache::Args),
+    /// Peers: N agents, each in a network namespace behind a rate-limited link, pull one model
+    /// cold at once from a slower origin; with peers on, off, and one node alone.
+    Peers(peers::Args),
 }
 
 /// Flags of the `registry` benchmark.
@@ -123,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
             Some(Command::PullThrough(a)) => (a.timeout_secs, Box::pin(pullthrough::run(a))),
             Some(Command::Hub(a)) => (a.timeout_secs, Box::pin(hub::run(a))),
             Some(Command::Cache(a)) => (a.timeout_secs, Box::pin(cache::run(a))),
+            Some(Command::Peers(a)) => (a.timeout_secs, Box::pin(peers::run(a))),
         };
     let limit = Duration::from_secs(limit);
     // Dropping the benchmark (on Ctrl-C or time-out) kills the servers and removes the temp dirs.

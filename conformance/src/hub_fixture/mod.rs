@@ -132,6 +132,8 @@ pub struct FixtureOptions {
     /// ModelScope downloads of LFS files redirect to the CDN host (as ModelScope redirects to
     /// its object storage) rather than being served directly.
     pub modelscope_lfs_redirect: bool,
+    /// The address both hosts listen on (a bridge's address, for agents in network namespaces).
+    pub bind: std::net::IpAddr,
 }
 
 impl Default for FixtureOptions {
@@ -142,6 +144,7 @@ impl Default for FixtureOptions {
             rate_limit: None,
             anonymous_missing_repo_401: false,
             modelscope_lfs_redirect: true,
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -196,8 +199,8 @@ impl HubFixture {
     /// tokio runtime alike (the fixture runs its own).
     pub fn start(repos: Vec<FixtureRepo>, opts: FixtureOptions) -> Result<Self> {
         let repos = model::prepare(repos)?;
-        let main = std::net::TcpListener::bind("127.0.0.1:0").context("bind the main host")?;
-        let cdn = std::net::TcpListener::bind("127.0.0.1:0").context("bind the CDN host")?;
+        let main = std::net::TcpListener::bind((opts.bind, 0)).context("bind the main host")?;
+        let cdn = std::net::TcpListener::bind((opts.bind, 0)).context("bind the CDN host")?;
         main.set_nonblocking(true)?;
         cdn.set_nonblocking(true)?;
         let (main_addr, cdn_addr) = (main.local_addr()?, cdn.local_addr()?);
