@@ -880,3 +880,81 @@ async fn a_busy_peer_says_so_and_readers_move_on_and_the_rate_limit_holds() {
     assert!(metric(&cluster, 2, "manta_peer_bans_total").await >= 2.0);
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forms_travel_between_peers_and_a_model_a_peer_holds_is_served_while_the_hub_is_down() {
+    let files = tempfile::tempdir().unwrap();
+    let (hub, sha, size) = weights_hub(files.path(), 40 * MIB, 1 << 30);
+    let mut cluster = Cluster::new(&hub.url(), 19, 3, &[]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_formed().await;
+    let c = client();
+    let digest = format!("sha256:{sha}");
+    // Node 0 builds the image form: every file hashed as a tar layer.
+    let (m0, image0, _) = manifest_ok(&c, &cluster.url(0), &format!("hf/{REPO}"), "main").await;
+    assert_eq!(hub.downloads(REPO, "model.safetensors"), 1);
+
+    // Node 1 has it ready from node 0's recipes, without the weights: the same image form.
+    let (m1, image1, _) = manifest_ok(&c, &cluster.url(1), &format!("hf/{REPO}"), "main").await;
+    assert_eq!(image1, image0, "the image forms differ");
+    assert_eq!(m1, m0);
+    let weights_on_1 = common::hub_agent::blob_file(cluster.node(1).data_dir(), &digest);
+    assert!(
+        !weights_on_1.exists(),
+        "node 1 downloaded the weights to build the image form"
+    );
+    assert_eq!(metric(&cluster, 1, "manta_peer_bans_total").await, 0.0);
+    // Node 1 does not pass on a recipe it took on a peer's word...
+    let recipe_on_1 = format!(
+        "{}/manta/v1/peer/recipe/{digest}?path=model.safetensors",
+        cluster.node(1).cluster_url().unwrap()
+    );
+    let status = |url: String| {
+        let c = c.clone();
+        async move { c.get(url).bearer_auth(TOKEN).send().await.unwrap().status() }
+    };
+    assert_eq!(status(recipe_on_1.clone()).await, 404);
+    // containerd pulls it from node 1 (the layers stream from node 0, each checked whole).
+    let addr = cluster.node(1).addr().to_string();
+    let ctr = tokio::task::spawn_blocking(move || {
+        let ctrd = common::containerd::Containerd::start().unwrap();
+        ctrd.run_ctr(
+            "forms",
+            &[
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "native",
+                &format!("{addr}/hf/{REPO}:main"),
+            ],
+        )
+        .map(drop)
+    })
+    .await
+    .unwrap();
+    ctr.unwrap();
+    assert_eq!(hub.downloads(REPO, "model.safetensors"), 1);
+    // ...until a whole read of the layer hashed to its digest.
+    assert_eq!(status(recipe_on_1).await, 200);
+
+    // The hub goes away. Node 2 never resolved the model: a peer's record of it, and the
+    // peers' bytes, serve it.
+    let raw0 = manifest_ok(&c, &cluster.url(0), &format!("hf-raw/{REPO}"), "main")
+        .await
+        .1;
+    hub.stop();
+    let (_, raw2, _) = manifest_ok(&c, &cluster.url(2), &format!("hf-raw/{REPO}"), "main").await;
+    assert_eq!(raw2, raw0);
+    let s = stream_get(
+        &c,
+        &format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(2)),
+        &[],
+        None,
+    )
+    .await;
+    assert!(s.complete(), "{:?} {}", s.error, s.error_body);
+    assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
+}

@@ -109,6 +109,31 @@ impl PeerClient {
         self.json(addr, req).await
     }
 
+    /// `GET <PREFIX><path>` (path and query) decoded as `T`; `None` when the peer has none.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+    ) -> Result<Option<T>, PeerError> {
+        let req = self
+            .http
+            .get(Self::url(addr, path))
+            .timeout(self.timeouts.control);
+        let resp = self
+            .auth(req)
+            .send()
+            .await
+            .map_err(|e| PeerError::request(addr, e))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = check(addr, resp)?;
+        resp.json()
+            .await
+            .map(Some)
+            .map_err(|e| PeerError::Malformed(addr.to_string(), e.to_string()))
+    }
+
     pub async fn status(&self, addr: &str) -> Result<Status, PeerError> {
         let req = self.http.get(Self::url(addr, "/status"));
         self.json(addr, req).await

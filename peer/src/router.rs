@@ -196,6 +196,38 @@ impl PeerRouter {
         }
     }
 
+    /// A peer that holds or fetches `digest`, as its owners know, without asking for it
+    /// (nothing is recorded).
+    pub async fn holder(&self, digest: &str) -> Option<String> {
+        let me = self.self_addr();
+        let req = LocateRequest {
+            digest: digest.to_string(),
+            node: me.clone(),
+            have: 0,
+            exclude: Vec::new(),
+            probe: true,
+        };
+        for owner in self.owners(digest) {
+            let reply = if Some(&owner) == me.as_ref() {
+                self.handle_locate(&req)
+            } else {
+                match self.client.locate(&owner, &req).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if e.is_unreachable() {
+                            self.members.failed(&owner, &e);
+                        }
+                        continue;
+                    }
+                }
+            };
+            if let LocateReply::Follow { from, .. } = reply {
+                return Some(from);
+            }
+        }
+        None
+    }
+
     /// Tell `digest`'s owners what this node has of it (in the background; an owner that does
     /// not answer is backed off).
     pub fn announce(self: &Arc<Self>, digest: &str, event: Event, pieces: Option<Pieces>) {

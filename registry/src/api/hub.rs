@@ -170,8 +170,93 @@ async fn serve_recipe(
         parts.push(hub::zeros(end - start.max(content_end)).boxed());
     }
     st.metrics.blob_bytes_served.inc_by(len);
-    let body = Body::from_stream(futures_util::stream::iter(parts).flatten());
-    blob_response(body, digest, status, start, len, total)
+    let stream = futures_util::stream::iter(parts).flatten().boxed();
+    // A recipe a peer gave: a whole read is hashed on its way, and its last bytes go out only
+    // if the layer is what the recipe says (then the recipe counts as verified).
+    let stream = if !recipe.verified && start == 0 && len == total {
+        check_layer(st.clone(), digest.clone(), stream)
+    } else {
+        stream
+    };
+    blob_response(Body::from_stream(stream), digest, status, start, len, total)
+}
+
+/// Pass `stream` (a whole tar layer) on, one chunk behind, hashing it; the last chunk goes out
+/// only if the layer hashes to `digest`. A match marks the recipe verified; a mismatch drops
+/// it (a peer's wrong word is not served again).
+fn check_layer(
+    st: Shared,
+    digest: Digest,
+    stream: BoxStream<'static, std::io::Result<Bytes>>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    struct Check {
+        inner: BoxStream<'static, std::io::Result<Bytes>>,
+        held: Option<Bytes>,
+        hasher: Option<crate::digest::Hasher>,
+    }
+    let start = Check {
+        inner: stream,
+        held: None,
+        hasher: Some(crate::digest::Hasher::new(crate::digest::algorithm_of(
+            &digest,
+        ))),
+    };
+    futures_util::stream::unfold(start, move |mut c| {
+        let (st, digest) = (st.clone(), digest.clone());
+        async move {
+            loop {
+                match c.inner.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Some(h) = c.hasher.as_mut() {
+                            h.update(&chunk);
+                        }
+                        if let Some(prev) = c.held.replace(chunk) {
+                            return Some((Ok(prev), c));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        c.hasher = None;
+                        return Some((Err(e), c));
+                    }
+                    None => {
+                        let last = c.held.take()?;
+                        let actual = c.hasher.take()?.finish();
+                        let ok = actual == digest;
+                        let key = digest.to_string();
+                        let _ = st
+                            .store
+                            .blocking(move |idx| {
+                                let Some(cur) = idx.recipe(&key)? else {
+                                    return Ok(());
+                                };
+                                if ok {
+                                    let done = RecipeRecord {
+                                        verified: true,
+                                        ..cur
+                                    };
+                                    idx.set_recipe(&key, Some(&done))
+                                } else {
+                                    idx.set_recipe(&key, None)
+                                }
+                            })
+                            .await;
+                        if ok {
+                            return Some((Ok(last), c));
+                        }
+                        tracing::error!(%digest, %actual,
+                            "an image-form layer built from a peer's recipe does not match its digest; recipe dropped");
+                        return Some((
+                            Err(std::io::Error::other(format!(
+                                "the layer does not match {digest}"
+                            ))),
+                            c,
+                        ));
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Bytes `start..end` of a raw blob: from disk when held, else following its fetch.

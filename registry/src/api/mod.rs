@@ -13,7 +13,7 @@ mod facade;
 mod hub;
 mod lifecycle;
 mod manifests;
-mod peer;
+pub mod peer;
 mod proxy;
 pub mod range;
 mod uploads;

@@ -28,6 +28,65 @@ pub fn routes() -> Router<Shared> {
         .route("/manta/v1/peer/locate", post(locate))
         .route("/manta/v1/peer/announce", post(announce))
         .route("/manta/v1/peer/pieces/{digest}", get(pieces))
+        .route("/manta/v1/peer/recipe/{digest}", get(recipe))
+        .route("/manta/v1/peer/revision", get(revision))
+}
+
+#[derive(serde::Deserialize)]
+struct RevisionQuery {
+    hub: String,
+    repo: String,
+    tag: String,
+}
+
+/// `GET /manta/v1/peer/revision?hub=hf&repo=<repo>&tag=<tag>`: this node's record of a hub
+/// tag (the commit and its files with their sha256), for a peer that cannot reach the hub.
+async fn revision(
+    State(st): State<Shared>,
+    Query(q): Query<RevisionQuery>,
+) -> ApiResult<Json<crate::store::HubRevisionRecord>> {
+    router(&st)?;
+    let hub = manta_hub::HubKind::parse(&q.hub).ok_or(ApiError::NotFound)?;
+    if !crate::names::valid_tag(&q.tag) || q.repo.len() > 256 {
+        return Err(ApiError::NotFound);
+    }
+    st.store
+        .index()
+        .hub_revision(&crate::store::hub_key(hub, &q.repo, &q.tag))?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+#[derive(serde::Deserialize)]
+struct RecipeQuery {
+    path: String,
+}
+
+/// What a peer answers for `GET /manta/v1/peer/recipe/<raw digest>?path=<path in the repo>`:
+/// the image-form tar layer of that file, so the asker builds the image form without hashing
+/// the file.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PeerRecipe {
+    pub tar: String,
+    pub recipe: crate::store::RecipeRecord,
+}
+
+async fn recipe(
+    State(st): State<Shared>,
+    Path(digest_s): Path<String>,
+    Query(q): Query<RecipeQuery>,
+) -> ApiResult<Json<PeerRecipe>> {
+    router(&st)?;
+    check_digest(&digest_s)?;
+    let idx = st.store.index();
+    let Some(tar) = idx.recipe_for(&digest_s, &q.path)? else {
+        return Err(ApiError::NotFound);
+    };
+    match idx.recipe(&tar)? {
+        // Only what this node hashed (or checked) itself is passed on.
+        Some(recipe) if recipe.verified => Ok(Json(PeerRecipe { tar, recipe })),
+        _ => Err(ApiError::NotFound),
+    }
 }
 
 fn router(st: &Shared) -> ApiResult<&Arc<PeerRouter>> {

@@ -239,8 +239,9 @@ pub async fn ls(args: LsArgs, out: &mut dyn Write) -> Result<(), ClientError> {
 /// fetching now, with where from.
 pub async fn peers(args: PeersArgs, out: &mut dyn Write) -> Result<(), ClientError> {
     let agent = Agent::new(&args.server)?;
-    let answer: Answer<manta_peer::proto::Status> =
-        agent.call(agent.http.get(agent.endpoint("peer/status"))).await?;
+    let answer: Answer<manta_peer::proto::Status> = agent
+        .call(agent.http.get(agent.endpoint("peer/status")))
+        .await?;
     emit(out, args.json, &answer, format_peers)
 }
 
@@ -272,7 +273,10 @@ fn format_peers(s: &manta_peer::proto::Status) -> String {
         "node {}, {at}; owner of {} tracked digests\n",
         s.node, s.tracked
     );
-    text.push_str(&format_table(["PEER", "NODE", "STATE", "LAST ERROR"], &rows));
+    text.push_str(&format_table(
+        ["PEER", "NODE", "STATE", "LAST ERROR"],
+        &rows,
+    ));
     if !s.fetching.is_empty() {
         let rows: Vec<[String; 3]> = s
             .fetching

@@ -209,6 +209,11 @@ impl Fetcher {
         (fetch, true)
     }
 
+    /// This node's peers, when it has any.
+    pub fn peers(&self) -> Option<&Arc<PeerRouter>> {
+        self.peers.as_ref()
+    }
+
     /// The fetch of `digest` in flight, if any.
     pub fn get(&self, digest: &str) -> Option<Arc<Fetch>> {
         self.inflight
@@ -525,6 +530,7 @@ impl Fetcher {
             raw: fetch.digest.to_string(),
             size,
             prefix: t.prefix,
+            verified: true,
         };
         self.store
             .blocking(move |idx| idx.put_recipe(&tar_digest, &t.path, &recipe))

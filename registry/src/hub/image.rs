@@ -89,6 +89,9 @@ impl Hubs {
         }
         let prefix = forms::tar_prefix(&f.path, f.size)
             .map_err(|e| Arc::new(UpstreamError::Unrepresentable(e.to_string())))?;
+        if let Some(layer) = self.peer_layer(&raw, &f, &prefix).await? {
+            return Ok(layer);
+        }
         let raw_d = parse_digest(&raw)?;
         let mut held = self.store.open_verified(&raw_d).await.map_err(store_err)?;
         // Not held: fetch it, hashing the tar on the way (kept, or with no room, only hashed).
@@ -125,6 +128,7 @@ impl Hubs {
             raw: raw.clone(),
             size,
             prefix,
+            verified: true,
         };
         let layer = ImageLayer {
             digest: tar_digest.clone(),
@@ -136,6 +140,66 @@ impl Hubs {
             .await
             .map_err(store_err)?;
         Ok(layer)
+    }
+
+    /// The tar layer of a file as a peer that holds it recorded it, so the image form is built
+    /// without the file's bytes. The recipe must be the one this node would write (same raw
+    /// blob, size and tar headers); its tar digest is the peer's word until a whole read of
+    /// the layer has hashed to it (`verified: false`: such reads withhold their last bytes).
+    async fn peer_layer(
+        &self,
+        raw: &str,
+        f: &HubFileRecord,
+        prefix: &[u8],
+    ) -> Result<Option<ImageLayer>, FetchError> {
+        let Some(peers) = self.fetcher.peers() else {
+            return Ok(None);
+        };
+        let Some(holder) = peers.holder(raw).await else {
+            return Ok(None);
+        };
+        let path = format!(
+            "/recipe/{raw}?{}",
+            serde_urlencoded::to_string([("path", &f.path)]).unwrap_or_default()
+        );
+        let got: Option<crate::api::peer::PeerRecipe> =
+            match peers.client().get_json(&holder, &path).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(peer = holder, error = %e, "no recipe from the peer");
+                    return Ok(None);
+                }
+            };
+        let Some(mut got) = got else {
+            return Ok(None);
+        };
+        let valid_tar = crate::digest::parse(&got.tar).is_ok();
+        if !valid_tar
+            || got.recipe.raw != raw
+            || got.recipe.size != f.size
+            || got.recipe.prefix != prefix
+        {
+            tracing::warn!(peer = holder, %raw, path = %f.path,
+                "a peer's recipe does not fit the file; hashing it here");
+            return Ok(None);
+        }
+        got.recipe.verified = false;
+        let layer = ImageLayer {
+            digest: got.tar.clone(),
+            size: got.recipe.tar_len(),
+        };
+        let (tar, path, recipe) = (got.tar, f.path.clone(), got.recipe);
+        self.store
+            .blocking(move |idx| {
+                // A recipe of our own (verified) is never replaced by a peer's.
+                if idx.recipe(&tar)?.is_none() {
+                    idx.put_recipe(&tar, &path, &recipe)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(store_err)?;
+        Ok(Some(layer))
     }
 
     fn known_layer(&self, raw: &str, path: &str) -> Result<Option<ImageLayer>, FetchError> {

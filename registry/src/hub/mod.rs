@@ -310,6 +310,17 @@ impl Hubs {
                             .map_err(store_err)?;
                         Ok(r)
                     }
+                    None if e.is_unavailable() => match self.peer_record(hub, repo, tag).await {
+                        Some(mut r) => {
+                            // Asked of the hub again soon, as a stale record would be.
+                            let ttl = self.settings.revision_ttl.as_secs();
+                            r.resolved_at = crate::store::unix_now().saturating_sub(ttl)
+                                + ttl.min(STALE_RETRY_SECS);
+                            r.image = None;
+                            self.store_resolution(hub, repo, tag, r).await
+                        }
+                        None => Err(hub_err(e)),
+                    },
                     _ => Err(hub_err(e)),
                 };
             }
@@ -323,6 +334,7 @@ impl Hubs {
                     .blocking(move |idx| idx.put_hub_revision(&key, &rec, &[]))
                     .await
                     .map_err(store_err)?;
+                self.announce_record(hub, repo, tag);
                 return Ok(r);
             }
             tracing::info!(hub = hub.as_str(), repo = %r.repo, %revision, from = %r.commit, to = %resolved.commit,
@@ -405,11 +417,37 @@ impl Hubs {
             .buffered(PARALLEL_FILES)
             .try_collect()
             .await?;
-        let meta = ModelMeta {
-            repo: resolved.repo.clone(),
-            commit: resolved.commit.clone(),
+        let rec = HubRevisionRecord {
+            version: 1,
+            repo: resolved.repo,
+            revision,
+            filter,
+            commit: resolved.commit,
+            files,
+            resolved_at: now,
+            raw: String::new(),
+            image: None,
         };
-        let raw_files: Vec<RawFile> = files
+        self.store_resolution(hub, repo, tag, rec).await
+    }
+
+    /// Store a resolved revision: its raw form (config, manifest, tag), where each file comes
+    /// from, and the record (also under the commit's own tag, for the whole commit).
+    async fn store_resolution(
+        &self,
+        hub: HubKind,
+        repo: &str,
+        tag: &str,
+        mut rec: HubRevisionRecord,
+    ) -> Result<HubRevisionRecord, FetchError> {
+        let key = hub_key(hub, repo, tag);
+        let raw_repo = oci_repo(hub, Form::Raw, repo);
+        let meta = ModelMeta {
+            repo: rec.repo.clone(),
+            commit: rec.commit.clone(),
+        };
+        let raw_files: Vec<RawFile> = rec
+            .files
             .iter()
             .map(|f| RawFile {
                 path: f.path.clone(),
@@ -425,37 +463,29 @@ impl Hubs {
         self.put_manifest(&raw_repo, &raw.manifest, Some(tag))
             .await
             .map_err(store_err)?;
-        let sources: Vec<(String, HubSource)> = files
+        let sources: Vec<(String, HubSource)> = rec
+            .files
             .iter()
             .map(|f| {
                 (
                     format!("sha256:{}", f.sha256),
                     HubSource {
                         hub,
-                        repo: resolved.repo.clone(),
-                        commit: resolved.commit.clone(),
+                        repo: rec.repo.clone(),
+                        commit: rec.commit.clone(),
                         path: f.path.clone(),
                         size: f.size,
                     },
                 )
             })
             .collect();
-        let rec = HubRevisionRecord {
-            version: 1,
-            repo: resolved.repo,
-            revision,
-            filter,
-            commit: resolved.commit,
-            files,
-            resolved_at: now,
-            raw: raw.manifest.digest,
-            image: None,
-        };
+        rec.raw = raw.manifest.digest;
         let stored = rec.clone();
         self.store
             .blocking(move |idx| idx.put_hub_revision(&key, &stored, &sources))
             .await
             .map_err(store_err)?;
+        self.announce_record(hub, repo, tag);
         // The whole commit is also known by its own tag, which never expires.
         if rec.filter.is_all() && tag != rec.commit && names::valid_tag(&rec.commit) {
             let by_commit = HubRevisionRecord {
@@ -470,6 +500,58 @@ impl Hubs {
                 .map_err(store_err)?;
         }
         Ok(rec)
+    }
+
+    /// Tell the peers this node holds the record of `tag` (they may take it from here when the
+    /// hub cannot be reached).
+    fn announce_record(&self, hub: HubKind, repo: &str, tag: &str) {
+        if let Some(p) = self.fetcher.peers() {
+            p.announce(
+                &record_key(hub, repo, tag),
+                manta_peer::proto::Event::Complete { size: 0 },
+                None,
+            );
+        }
+    }
+
+    /// The record of `tag` from a peer that holds it, for when the hub cannot be reached. Its
+    /// files' bytes are still checked against their digests wherever they come from; the record
+    /// is asked of the hub again as soon as the hub answers.
+    async fn peer_record(&self, hub: HubKind, repo: &str, tag: &str) -> Option<HubRevisionRecord> {
+        let peers = self.fetcher.peers()?;
+        let holder = peers.holder(&record_key(hub, repo, tag)).await?;
+        let path = format!(
+            "/revision?{}",
+            serde_urlencoded::to_string([
+                ("hub", hub.as_str()),
+                ("repo", &repo.to_ascii_lowercase()),
+                ("tag", tag)
+            ])
+            .ok()?
+        );
+        let rec: HubRevisionRecord = match peers.client().get_json(&holder, &path).await {
+            Ok(r) => r?,
+            Err(e) => {
+                tracing::debug!(peer = holder, error = %e, "no revision record from the peer");
+                return None;
+            }
+        };
+        let sane = !rec.files.is_empty()
+            && rec
+                .files
+                .iter()
+                .all(|f| f.sha256.len() == 64 && f.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+            && rec.repo.eq_ignore_ascii_case(repo);
+        if !sane {
+            tracing::warn!(
+                peer = holder,
+                "a peer's revision record does not fit the repo; ignored"
+            );
+            return None;
+        }
+        tracing::warn!(hub = hub.as_str(), repo = %rec.repo, %tag, commit = %rec.commit, peer = holder,
+            "hub unreachable; serving the revision as a peer resolved it");
+        Some(rec)
     }
 
     /// Point `tag` of `repo` at a manifest the node holds.
@@ -676,6 +758,15 @@ impl Hubs {
         })?;
         Ok(out)
     }
+}
+
+/// The key peers track a hub tag's record under: a digest-shaped name (the owners' table knows
+/// only digests), sha256 of the hub, lowercase repo and tag.
+pub fn record_key(hub: HubKind, repo: &str, tag: &str) -> String {
+    use sha2::Digest as _;
+    let h =
+        sha2::Sha256::digest(format!("manta-hub-record\0{}", hub_key(hub, repo, tag)).as_bytes());
+    format!("sha256:{}", hex::encode(h))
 }
 
 fn parse_digest(s: &str) -> Result<Digest, FetchError> {

@@ -145,6 +145,19 @@ pub struct RecipeRecord {
     /// Tar headers before the content (hex in JSON).
     #[serde(with = "hex_bytes")]
     pub prefix: Vec<u8>,
+    /// The tar digest it is recorded under was computed from the bytes (here, or on a peer and
+    /// then checked here). A recipe taken from a peer is not, until a whole read of its layer
+    /// has hashed to that digest; until then such a read withholds its last bytes.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub verified: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 impl RecipeRecord {
@@ -257,6 +270,9 @@ pub trait Index: Send + Sync + 'static {
     /// The tar digest of `raw` laid out at `path`, once hashed.
     fn recipe_for(&self, raw: &str, path: &str) -> Result<Option<String>>;
     fn put_recipe(&self, tar_digest: &str, path: &str, recipe: &RecipeRecord) -> Result<()>;
+    /// Rewrite (`Some`) or drop (`None`) the recipe of a tar layer, keeping the paths that map
+    /// to it (a path whose recipe is gone is hashed again).
+    fn set_recipe(&self, tar_digest: &str, recipe: Option<&RecipeRecord>) -> Result<()>;
 
     /// Last-access times (Unix milliseconds) of blobs, manifests and hub records, by key. Not synced:
     /// a crash loses at most the last few seconds of recency.

@@ -608,6 +608,16 @@ impl Index for RocksIndex {
         self.write(b, true)
     }
 
+    fn set_recipe(&self, tar_digest: &str, recipe: Option<&RecipeRecord>) -> Result<()> {
+        let mut b = WriteBatch::default();
+        let cf = self.cf(CF_LAYER_RECIPES)?;
+        match recipe {
+            Some(r) => b.put_cf(cf, key2("t", tar_digest), json(r)?),
+            None => b.delete_cf(cf, key2("t", tar_digest)),
+        }
+        self.write(b, true)
+    }
+
     fn put_access(&self, entries: &[(String, u64)]) -> Result<()> {
         let mut b = WriteBatch::default();
         for (k, at) in entries {
