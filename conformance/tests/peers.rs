@@ -957,4 +957,30 @@ async fn forms_travel_between_peers_and_a_model_a_peer_holds_is_served_while_the
     .await;
     assert!(s.complete(), "{:?} {}", s.error, s.error_body);
     assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
+
+    // `manta ls` says where each node's copy came from.
+    let from = |i: usize| {
+        let out =
+            common::hub_agent::manta_cli(&["ls", "--json", "--server", &cluster.url(i)]).unwrap();
+        let v: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+        let r = v["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["tag"] == "main")
+            .unwrap()
+            .clone();
+        (
+            r["cachedBytes"].as_u64().unwrap(),
+            r["fromPeers"].as_u64().unwrap(),
+        )
+    };
+    let (cached0, peers0) = from(0);
+    assert_eq!(peers0, 0, "node 0 fetched from the hub");
+    assert!(cached0 >= size);
+    let (cached2, peers2) = from(2);
+    assert!(
+        cached2 >= size && peers2 >= size,
+        "node 2: {cached2} cached, {peers2} from peers"
+    );
 }

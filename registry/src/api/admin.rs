@@ -366,6 +366,8 @@ struct CachedRevision {
     files: usize,
     size: u64,
     cached_bytes: u64,
+    /// Of the cached bytes, those that came from peers (the rest from the hub).
+    from_peers: u64,
     forms: Vec<Form>,
     references: HashMap<Form, String>,
     resolved_at: u64,
@@ -386,12 +388,13 @@ pub(super) async fn cache(State(st): State<Shared>) -> Response {
     let revisions: Vec<CachedRevision> = records
         .into_iter()
         .map(|(hub_kind, name, tag, r)| {
-            let cached_bytes = r
+            let held: Vec<crate::store::BlobRecord> = r
                 .files
                 .iter()
-                .filter(|f| matches!(index.blob(&format!("sha256:{}", f.sha256)), Ok(Some(_))))
-                .map(|f| f.size)
-                .sum();
+                .filter_map(|f| index.blob(&format!("sha256:{}", f.sha256)).ok().flatten())
+                .collect();
+            let cached_bytes = held.iter().map(|b| b.size).sum();
+            let from_peers = held.iter().filter_map(|b| b.from_peers).sum();
             let mut forms = vec![Form::Raw];
             if r.image.is_some() {
                 forms.push(Form::Image);
@@ -414,6 +417,7 @@ pub(super) async fn cache(State(st): State<Shared>) -> Response {
                 files: r.files.len(),
                 size: r.files.iter().map(|f| f.size).sum(),
                 cached_bytes,
+                from_peers,
                 forms,
                 references,
                 resolved_at: r.resolved_at,

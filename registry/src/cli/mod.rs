@@ -336,7 +336,7 @@ fn format_space(s: &SpaceView) -> String {
 fn format_revisions(revisions: &[CachedRevision]) -> String {
     let mut revisions: Vec<&CachedRevision> = revisions.iter().collect();
     revisions.sort_by(|a, b| (&a.hub, &a.repo, &a.revision).cmp(&(&b.hub, &b.repo, &b.revision)));
-    let rows: Vec<[String; 8]> = revisions
+    let rows: Vec<[String; 9]> = revisions
         .into_iter()
         .map(|r| {
             [
@@ -349,14 +349,25 @@ fn format_revisions(revisions: &[CachedRevision]) -> String {
                 r.files.to_string(),
                 human_bytes(r.size),
                 percent(r.cached_bytes, r.size),
+                source_of(r.cached_bytes, r.from_peers),
                 r.forms.join(","),
             ]
         })
         .collect();
     let header = [
-        "HUB", "REPO", "REVISION", "COMMIT", "FILES", "SIZE", "CACHED", "FORMS",
+        "HUB", "REPO", "REVISION", "COMMIT", "FILES", "SIZE", "CACHED", "FROM", "FORMS",
     ];
     format_table(header, &rows)
+}
+
+/// Where the cached bytes came from: `hub`, `peers`, or the share of each.
+fn source_of(cached: u64, from_peers: u64) -> String {
+    match (cached, from_peers) {
+        (0, _) => "-".to_owned(),
+        (_, 0) => "hub".to_owned(),
+        (c, p) if p >= c => "peers".to_owned(),
+        (c, p) => format!("peers {}, hub {}", percent(p, c), percent(c - p, c)),
+    }
 }
 
 fn format_entries(entries: &[Entry], now: u64) -> String {
@@ -574,6 +585,8 @@ struct CachedRevision {
     files: u64,
     size: u64,
     cached_bytes: u64,
+    #[serde(default)]
+    from_peers: u64,
     #[serde(default)]
     forms: Vec<String>,
 }
@@ -800,7 +813,7 @@ mod tests {
         let c = cache(serde_json::json!({
             "revisions": [{"hub": "hf", "repo": "Org/M", "revision": "main", "tag": "main",
                 "commit": "0123456789abcdef", "files": 2, "size": 2048, "cachedBytes": 1024,
-                "forms": ["raw", "image"]}],
+                "fromPeers": 256, "forms": ["raw", "image"]}],
             "space": {"capacity": 10u64 << 30, "used": 1u64 << 30, "reserved": 0,
                 "pinned": 512u64 << 20, "highWatermark": 8_589_934_592u64,
                 "lowWatermark": 7u64 << 30},
@@ -816,8 +829,8 @@ mod tests {
             "capacity 10.0 GiB, used 1.0 GiB (10%), pinned 512.0 MiB, reserved 0 B; \
              eviction above 8.0 GiB down to 7.0 GiB\n\
              \n\
-             HUB  REPO   REVISION  COMMIT        FILES  SIZE     CACHED  FORMS\n\
-             hf   Org/M  main      0123456789ab  2      2.0 KiB  50%     raw,image\n\
+             HUB  REPO   REVISION  COMMIT        FILES  SIZE     CACHED  FROM                FORMS\n\
+             hf   Org/M  main      0123456789ab  2      2.0 KiB  50%     peers 25%, hub 75%  raw,image\n\
              \n\
              KIND  NAME                        SIZE     ACCESSED  PINNED  FORMS\n\
              tag   docker.io/library/alpine:3  3.3 MiB  2h ago    -       -\n\
@@ -833,7 +846,7 @@ mod tests {
         let c = cache(serde_json::json!({"revisions": []}));
         assert_eq!(
             format_cache(&c, NOW),
-            "HUB  REPO  REVISION  COMMIT  FILES  SIZE  CACHED  FORMS\n"
+            "HUB  REPO  REVISION  COMMIT  FILES  SIZE  CACHED  FROM  FORMS\n"
         );
     }
 }

@@ -298,6 +298,9 @@ impl Fetcher {
         let mut hashes: Vec<String> = Vec::new();
         let mut trusted = 0u64;
         let mut at_trusted = (w.checkpoint(), tar_hasher.clone(), pieces.clone());
+        // Bytes kept that came from peers (what a source sent after the last trusted piece is
+        // its own, and is what a rollback takes back).
+        let mut from_peers = 0u64;
         route.announce(progress(0, size, &reading), None);
         route.note(&reading, 0, size);
         let (mut published, mut last, mut announced) = (0u64, Instant::now(), Instant::now());
@@ -338,6 +341,9 @@ impl Fetcher {
                         }
                         self.metrics
                             .fetched(reading.kind(origin.as_ref()), part.len() as u64);
+                        if let Reading::Peer(_) = reading {
+                            from_peers += part.len() as u64;
+                        }
                         if reading == Reading::Origin {
                             trusted = w.len();
                         }
@@ -404,6 +410,7 @@ impl Fetcher {
             route.lost(&addr.clone(), &broken);
             self.metrics.peer_switches.inc();
             let (cp, tar_at, pieces_at) = at_trusted.clone();
+            from_peers -= w.len() - cp.len();
             w.rollback(&cp).await.map_err(store_err)?;
             room.shrink_written_to(cp.len());
             tar_hasher = tar_at;
@@ -436,7 +443,7 @@ impl Fetcher {
             .send_replace(FetchState::Verified { size, path });
         blob.sync().await.map_err(store_err)?;
         self.store
-            .commit_blob(repo, blob, &fetch.digest, Origin::Upstream)
+            .commit_blob_from(repo, blob, &fetch.digest, Origin::Upstream, Some(from_peers))
             .await
             .map_err(store_err)?;
         // Verified whole: every piece hash is now good for the others to check against.

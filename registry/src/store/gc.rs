@@ -732,6 +732,7 @@ mod tests {
             size: 10,
             created_at: 0,
             origin,
+            from_peers: None,
         };
         idx.put_blob("r", digest, &r).unwrap();
     }

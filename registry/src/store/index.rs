@@ -26,6 +26,9 @@ pub struct BlobRecord {
     /// Unix seconds.
     pub created_at: u64,
     pub origin: Origin,
+    /// Of a fetched blob: how many of its bytes came from peers (the rest from its origin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_peers: Option<u64>,
 }
 
 /// A manifest: its exact bytes, with what serving and referrers need.

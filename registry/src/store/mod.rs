@@ -572,6 +572,19 @@ impl Store {
         digest: &Digest,
         origin: Origin,
     ) -> Result<()> {
+        self.commit_blob_from(repo, blob, digest, origin, None)
+            .await
+    }
+
+    /// [`Self::commit_blob`] of a fetched blob, `from_peers` of whose bytes came from peers.
+    pub async fn commit_blob_from(
+        &self,
+        repo: &str,
+        blob: TempBlob,
+        digest: &Digest,
+        origin: Origin,
+        from_peers: Option<u64>,
+    ) -> Result<()> {
         let size = blob.len();
         let _g = self.locks.lock(digest).await;
         let files = self.files.clone();
@@ -596,6 +609,7 @@ impl Store {
             size,
             created_at: unix_now(),
             origin,
+            from_peers,
         };
         let (repo, key) = (repo.to_string(), digest.to_string());
         let new = self
