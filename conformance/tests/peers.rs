@@ -589,8 +589,17 @@ async fn a_lying_peer_is_caught_at_the_piece_and_banned_and_nothing_corrupt_is_s
         hub_before,
         "the rest came from node 1"
     );
-    // What node 2 stored is the true blob.
+    // What node 2 stored is the true blob (installed just after its last byte was released).
     let stored = common::hub_agent::blob_file(cluster.node(2).data_dir(), &digest);
+    poll(
+        "node 2 to install the blob",
+        Duration::from_secs(30),
+        || {
+            let stored = stored.clone();
+            async move { Ok(stored.exists().then_some(())) }
+        },
+    )
+    .await;
     assert_eq!(
         common::hub_agent::sha256_hex(&std::fs::read(stored).unwrap()),
         sha
@@ -978,7 +987,12 @@ async fn forms_travel_between_peers_and_a_model_a_peer_holds_is_served_while_the
     let (cached0, peers0) = from(0);
     assert_eq!(peers0, 0, "node 0 fetched from the hub");
     assert!(cached0 >= size);
-    let (cached2, peers2) = from(2);
+    // (Node 2 installs the blob just after its last byte went out.)
+    let (cached2, peers2) = poll("node 2 to list the model", Duration::from_secs(30), || {
+        let r = from(2);
+        async move { Ok((r.0 >= size).then_some(r)) }
+    })
+    .await;
     assert!(
         cached2 >= size && peers2 >= size,
         "node 2: {cached2} cached, {peers2} from peers"

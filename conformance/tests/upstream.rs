@@ -134,13 +134,17 @@ fn metrics(manta: &Manta) -> Result<String> {
 /// Pull-through metric names, as registry/src/metrics.rs registers them (prometheus-client adds
 /// `_total` to counters).
 const LOOKUPS: &str = "manta_cache_lookups_total";
-const FETCHED_BYTES: &str = "manta_upstream_fetched_bytes_total";
+const FETCHED_BYTES: &str = "manta_source_fetched_bytes_total";
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     metric_sum(text, name, labels).with_context(|| {
         let ours: Vec<&str> = text
             .lines()
-            .filter(|l| l.starts_with("manta_upstream") || l.starts_with("manta_cache"))
+            .filter(|l| {
+                l.starts_with("manta_upstream")
+                    || l.starts_with("manta_source")
+                    || l.starts_with("manta_cache")
+            })
             .collect();
         format!(
             "no {name} sample with labels {labels:?} in /metrics; pull-through samples:\n{}",
@@ -292,7 +296,7 @@ fn containerd_mirror_pulls_each_blob_from_upstream_once() {
             "{LOOKUPS}{{kind=blob,result=miss}} = {misses}, want >= {}",
             blobs.len()
         );
-        let fetched = metric(&m, FETCHED_BYTES, &[])?;
+        let fetched = metric(&m, FETCHED_BYTES, &[("source", "upstream")])?;
         ensure!(
             fetched >= blob_bytes as f64,
             "{FETCHED_BYTES} = {fetched}, want >= {blob_bytes}"

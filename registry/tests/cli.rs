@@ -293,10 +293,10 @@ async fn cli_ls_prints_a_sorted_table() {
         .unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "HUB  REPO                        REVISION  COMMIT        FILES  SIZE     CACHED  FORMS\n\
-         hf   Qwen/Qwen2.5-0.5B-Instruct  main      0123456789ab  3      1.5 MiB  100%    raw\n\
-         hf   Qwen/Qwen2.5-0.5B-Instruct  v2        0123456789ab  3      1.5 MiB  50%     raw,image\n\
-         ms   qwen/Qwen2.5-0.5B-Instruct  master    0123456789ab  3      1.5 MiB  100%    image\n"
+        "HUB  REPO                        REVISION  COMMIT        FILES  SIZE     CACHED  FROM  FORMS\n\
+         hf   Qwen/Qwen2.5-0.5B-Instruct  main      0123456789ab  3      1.5 MiB  100%    hub   raw\n\
+         hf   Qwen/Qwen2.5-0.5B-Instruct  v2        0123456789ab  3      1.5 MiB  50%     hub   raw,image\n\
+         ms   qwen/Qwen2.5-0.5B-Instruct  master    0123456789ab  3      1.5 MiB  100%    hub   image\n"
     );
 
     let mut out = Vec::new();
