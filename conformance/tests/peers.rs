@@ -998,3 +998,45 @@ async fn forms_travel_between_peers_and_a_model_a_peer_holds_is_served_while_the
         "node 2: {cached2} cached, {peers2} from peers"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_can_come_from_a_dns_name() {
+    // `localhost` stands for a headless Service: every address it resolves to, at the port.
+    let hub = HubFixture::start(vec![], FixtureOptions::default()).unwrap();
+    let port = free_port("127.0.0.1");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let cluster = format!("127.0.0.1:{port}");
+    let peers = format!("dns:localhost:{port}");
+    let token = tmp.path().join("token");
+    let agent = spawn_agent(
+        &hub.url(),
+        &tmp.path().join("data"),
+        &[
+            "--cluster-listen",
+            &cluster,
+            "--cluster-token-file",
+            token.to_str().unwrap(),
+            "--peers",
+            &peers,
+        ],
+    )
+    .unwrap();
+    let c = client();
+    let s: Value = poll("the agent to find itself", Duration::from_secs(30), || {
+        let (c, url) = (c.clone(), format!("{}/manta/v1/peer/status", agent.url()));
+        async move {
+            let s: Value = c.get(url).send().await?.json().await?;
+            Ok(s["addr"].is_string().then_some(s))
+        }
+    })
+    .await;
+    assert_eq!(s["addr"], cluster.as_str());
+    let members: Vec<&str> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["addr"].as_str().unwrap())
+        .collect();
+    assert!(members.contains(&cluster.as_str()), "{members:?}");
+}
