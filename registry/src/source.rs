@@ -45,6 +45,11 @@ pub struct Download {
 /// A blob at one source, readable from any offset (0: the whole blob).
 pub trait BlobSource: Send + Sync {
     fn kind(&self) -> SourceKind;
+    /// The blob's size, when the source knows it before opening it (a hub lists its files'
+    /// sizes): what any other source of the blob must agree with.
+    fn size(&self) -> Option<u64> {
+        None
+    }
     fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>>;
 }
 
@@ -112,6 +117,10 @@ pub struct HubFile {
 impl BlobSource for HubFile {
     fn kind(&self) -> SourceKind {
         SourceKind::hub
+    }
+
+    fn size(&self) -> Option<u64> {
+        Some(self.source.size)
     }
 
     fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {

@@ -443,7 +443,13 @@ impl Fetcher {
             .send_replace(FetchState::Verified { size, path });
         blob.sync().await.map_err(store_err)?;
         self.store
-            .commit_blob_from(repo, blob, &fetch.digest, Origin::Upstream, Some(from_peers))
+            .commit_blob_from(
+                repo,
+                blob,
+                &fetch.digest,
+                Origin::Upstream,
+                Some(from_peers),
+            )
             .await
             .map_err(store_err)?;
         // Verified whole: every piece hash is now good for the others to check against.

@@ -102,14 +102,20 @@ impl Routing {
         offset: u64,
         size: Option<u64>,
     ) -> Result<(Download, Reading), UpstreamError> {
+        // Whatever a peer says, the size is the origin's when it is known beforehand.
+        let size = size.or(origin.size());
         if let Some(peers) = self.peers.clone() {
             while self.banned.len() < MAX_PEER_TRIES {
                 match peers.locate(&self.digest, offset, &self.banned).await {
                     Route::Peer { addr, pieces, .. } => {
                         self.metrics.located(LocateResult::peer);
-                        if let Some(p) = &pieces {
+                        if let Some(p) =
+                            pieces.as_ref().filter(|p| size.is_none_or(|s| s == p.size))
+                        {
                             self.learn(p);
                         }
+                        // Or the size the origin fetcher published with its piece hashes.
+                        let size = size.or(pieces.as_ref().map(|p| p.size));
                         let src = PeerBlob {
                             client: peers.client().clone(),
                             addr: addr.clone(),
