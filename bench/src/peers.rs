@@ -92,7 +92,14 @@ impl Net {
         Self::remove(nodes + 8);
         let net = Self { nodes };
         sh(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
-        sh(&["ip", "addr", "add", &format!("{BRIDGE_IP}/24"), "dev", BRIDGE])?;
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{BRIDGE_IP}/24"),
+            "dev",
+            BRIDGE,
+        ])?;
         sh(&["ip", "link", "set", BRIDGE, "up"])?;
         let rate = format!("{link_mbit}mbit");
         // A burst of ~10 ms of traffic (at least 64 KiB), a queue of at most 50 ms.
@@ -109,7 +116,14 @@ impl Net {
                 v.extend(args);
                 sh(&v)
             };
-            inside(&["ip", "addr", "add", &format!("{}/24", Self::ip(i)), "dev", "eth0"])?;
+            inside(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", Self::ip(i)),
+                "dev",
+                "eth0",
+            ])?;
             inside(&["ip", "link", "set", "eth0", "up"])?;
             inside(&["ip", "link", "set", "lo", "up"])?;
             // Upload: the namespace's end; download: the bridge's end.
@@ -328,8 +342,7 @@ pub async fn run(args: Args) -> Result<()> {
     let (path, sha) = {
         let dir = file_dir.path().to_path_buf();
         let size = args.size_mib << 20;
-        tokio::task::spawn_blocking(move || synthetic_safetensors_with_sha256(&dir, size))
-            .await??
+        tokio::task::spawn_blocking(move || synthetic_safetensors_with_sha256(&dir, size)).await??
     };
     let size = std::fs::metadata(&path)?.len();
     let digest = format!("sha256:{sha}");
@@ -394,13 +407,7 @@ fn report(
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     let mut row = |name: &str, r: &Run| {
-        let cpu = r
-            .cpu
-            .iter()
-            .copied()
-            .fold(0.0, f64::max)
-            / r.last().max(1e-9)
-            * 100.0;
+        let cpu = r.cpu.iter().copied().fold(0.0, f64::max) / r.last().max(1e-9) * 100.0;
         let _ = writeln!(
             s,
             "| {name} | {:.1} | {:.2} | {:.3} | {:.1} | {:.0} |",

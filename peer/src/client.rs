@@ -25,6 +25,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// For a control call (hello, locate, announce) to answer.
     pub control: Duration,
+    /// For a blob read's response headers.
+    pub blob_open: Duration,
 }
 
 impl Default for Timeouts {
@@ -32,6 +34,7 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(2),
             control: Duration::from_secs(5),
+            blob_open: Duration::from_secs(40),
         }
     }
 }
@@ -190,9 +193,12 @@ impl PeerClient {
         if offset > 0 {
             req = req.header(RANGE, format!("bytes={offset}-"));
         }
-        let resp = tokio::time::timeout(self.timeouts.control, self.auth(req).send())
+        // A peer whose own fetch is starting answers once its source has (it waits for up to
+        // its upstream timeout): wait longer than that before giving up on it, and count a
+        // slow answer as busy, not as the peer being unreachable.
+        let resp = tokio::time::timeout(self.timeouts.blob_open, self.auth(req).send())
             .await
-            .map_err(|_| PeerError::Timeout(addr.to_string()))?
+            .map_err(|_| PeerError::Busy(addr.to_string()))?
             .map_err(|e| PeerError::request(addr, e))?;
         let resp = check(addr, resp)?;
         let size = match resp.status() {

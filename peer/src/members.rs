@@ -127,6 +127,11 @@ impl Membership {
             .collect()
     }
 
+    /// Whether `addr` is in the membership (only members are sent the token).
+    pub fn is_member(&self, addr: &str) -> bool {
+        self.state().members.contains_key(addr)
+    }
+
     /// Whether a request to `addr` may be tried now.
     pub fn usable(&self, addr: &str) -> bool {
         let now = Instant::now();

@@ -33,6 +33,9 @@ pub struct LocateRequest {
     /// Nodes the asker could not use for this digest (unreachable, broken, lying).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// Nodes not to name this time (busy), which the owner keeps naming to others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
     /// Only say who has it: record nothing, grant nothing (`Fetch` then means "nobody I know
     /// of"). Asked of the other owners after the first granted the fetch, in case it is new
     /// and knows less than they do.

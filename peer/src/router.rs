@@ -139,13 +139,22 @@ impl PeerRouter {
 
     /// Ask `digest`'s owners, first live one first, where to read it. `have` bytes are held
     /// already; `exclude` are peers that failed this node for it.
-    pub async fn locate(&self, digest: &str, have: u64, exclude: &[String]) -> Route {
+    /// `exclude`: peers that failed this node for the blob (the owners forget them); `avoid`:
+    /// peers not to name this time (busy).
+    pub async fn locate(
+        &self,
+        digest: &str,
+        have: u64,
+        exclude: &[String],
+        avoid: &[String],
+    ) -> Route {
         let me = self.self_addr();
         let mut req = LocateRequest {
             digest: digest.to_string(),
             node: me.clone(),
             have,
             exclude: exclude.to_vec(),
+            avoid: avoid.to_vec(),
             probe: false,
         };
         // The first owner that answers decides; if it grants this node the origin fetch, the
@@ -205,6 +214,7 @@ impl PeerRouter {
             node: me.clone(),
             have: 0,
             exclude: Vec::new(),
+            avoid: Vec::new(),
             probe: true,
         };
         for owner in self.owners(digest) {
@@ -222,7 +232,8 @@ impl PeerRouter {
                 }
             };
             if let LocateReply::Follow { from, .. } = reply {
-                return Some(from);
+                // The token goes only to members.
+                return self.members.is_member(&from).then_some(from);
             }
         }
         None

@@ -24,6 +24,10 @@ use crate::proto::{Announce, Event, LocateReply, LocateRequest, Pieces};
 
 /// How far past the known piece hashes an announcement may start.
 const MAX_PIECE_GAP: u64 = 4096;
+/// Most nodes tracked per digest (a cluster's worth).
+const MAX_HOLDERS: usize = 10_000;
+/// The largest blob size believed (16 TiB).
+const MAX_SIZE: u64 = 16 << 40;
 
 /// How an owner ages what it knows.
 #[derive(Clone, Debug)]
@@ -59,6 +63,10 @@ struct Entry {
     size: Option<u64>,
     holders: HashMap<String, Holder>,
     pieces: Vec<Option<String>>,
+    /// The origin fetcher whose hashes `pieces` holds, while no verified holder confirmed them.
+    pieces_by: Option<String>,
+    /// `pieces` came with a `Complete`: from a node that verified the whole blob.
+    pieces_confirmed: bool,
     touched: Instant,
 }
 
@@ -68,16 +76,27 @@ impl Entry {
             size: None,
             holders: HashMap::new(),
             pieces: Vec::new(),
+            pieces_by: None,
+            pieces_confirmed: false,
             touched: now,
         }
     }
 
+    /// Forget `node` as a holder. Who reads from it is left as it is: those nodes still do
+    /// until they ask again, and forgetting it would let a cycle through.
     fn remove(&mut self, node: &str) {
         self.holders.remove(node);
-        for h in self.holders.values_mut() {
-            if h.source.as_deref() == Some(node) {
-                h.source = None;
-            }
+    }
+
+    /// `node` says its fetch is over without the blob (it may have failed on the digest): the
+    /// hashes only it vouched for count for nothing now. (A node that merely died or was
+    /// excluded keeps them: they are of bytes it had from the origin, and its successor
+    /// resumes after them.)
+    fn gone(&mut self, node: &str) {
+        self.remove(node);
+        if self.pieces_by.as_deref() == Some(node) && !self.pieces_confirmed {
+            self.pieces.clear();
+            self.pieces_by = None;
         }
     }
 
@@ -175,7 +194,7 @@ impl Tracker {
         let best = e
             .holders
             .iter()
-            .filter(|(n, _)| Some(n.as_str()) != asker)
+            .filter(|(n, _)| Some(n.as_str()) != asker && !req.avoid.contains(n))
             .filter(|(n, _)| asker.is_none_or(|a| !e.downstream_of(n, a)))
             .min_by_key(|(n, h)| {
                 (
@@ -225,7 +244,7 @@ impl Tracker {
         e.touched = now;
         let trusted = match a.event {
             Event::Gone => {
-                e.remove(&a.node);
+                e.gone(&a.node);
                 false
             }
             Event::Progress {
@@ -234,6 +253,12 @@ impl Tracker {
                 origin,
                 ref from,
             } => {
+                if e.size.is_some_and(|s| s != size) || size > MAX_SIZE {
+                    return;
+                }
+                if !e.holders.contains_key(&a.node) && e.holders.len() >= MAX_HOLDERS {
+                    return;
+                }
                 e.size = Some(size);
                 let h = e.holders.entry(a.node.clone()).or_insert(Holder {
                     complete: false,
@@ -253,6 +278,18 @@ impl Tracker {
                 origin
             }
             Event::Complete { size } => {
+                if size > MAX_SIZE {
+                    return;
+                }
+                if e.size.is_some_and(|s| s != size) {
+                    // Whoever said otherwise before was wrong: a verified holder knows.
+                    e.pieces.clear();
+                    e.pieces_by = None;
+                    e.pieces_confirmed = false;
+                }
+                if !e.holders.contains_key(&a.node) && e.holders.len() >= MAX_HOLDERS {
+                    return;
+                }
                 e.size = Some(size);
                 e.holders.insert(
                     a.node.clone(),
@@ -271,16 +308,32 @@ impl Tracker {
             // Announcements travel in parallel and may arrive out of order, but never far
             // ahead of what is known, and never past the blob's last piece.
             let end = p.first.saturating_add(p.hashes.len() as u64);
-            let sane =
-                end <= piece_count(p.size) && p.first <= e.pieces.len() as u64 + MAX_PIECE_GAP;
-            if e.size == Some(p.size) && sane {
-                let end = p.first as usize + p.hashes.len();
-                if e.pieces.len() < end {
-                    e.pieces.resize(end, None);
-                }
-                for (i, h) in p.hashes.iter().enumerate() {
-                    // The first word on a piece stands: a later, different one is a liar's.
-                    e.pieces[p.first as usize + i].get_or_insert_with(|| h.clone());
+            let sane = end <= piece_count(p.size)
+                && p.first <= e.pieces.len() as u64 + MAX_PIECE_GAP
+                && e.size == Some(p.size);
+            let complete = matches!(a.event, Event::Complete { .. });
+            if sane && complete && !e.pieces_confirmed {
+                // A verified holder's list replaces what an origin fetcher said on the way
+                // (which a fetch that then failed on the digest may have got wrong).
+                e.pieces = p.hashes.iter().cloned().map(Some).collect();
+                e.pieces_by = None;
+                e.pieces_confirmed = p.first == 0 && end == piece_count(p.size);
+            } else if sane && !complete && !e.pieces_confirmed {
+                let other = e.pieces_by.as_deref().is_some_and(|b| b != a.node);
+                if other
+                    && e.holders
+                        .contains_key(e.pieces_by.as_deref().unwrap_or_default())
+                {
+                    // Another origin fetcher, still fetching, already spoke: the first word
+                    // stands.
+                } else {
+                    e.pieces_by = Some(a.node.clone());
+                    if e.pieces.len() < end as usize {
+                        e.pieces.resize(end as usize, None);
+                    }
+                    for (i, h) in p.hashes.iter().enumerate() {
+                        e.pieces[p.first as usize + i].get_or_insert_with(|| h.clone());
+                    }
                 }
             }
         }
@@ -313,7 +366,8 @@ impl Tracker {
             .map(|(d, e)| (e.touched, d.clone()))
             .collect();
         by_age.sort();
-        let excess = self.entries.len() - self.opts.max_entries;
+        // A hundredth at a time, so a full table is not sorted on every call.
+        let excess = self.entries.len() - self.opts.max_entries + self.opts.max_entries / 100;
         for (_, d) in by_age.into_iter().take(excess) {
             self.entries.remove(&d);
         }
@@ -331,6 +385,7 @@ mod tests {
                 node: Some(node.into()),
                 have,
                 exclude: exclude.iter().map(|s| s.to_string()).collect(),
+                avoid: vec![],
                 probe: false,
             },
             now,
@@ -383,6 +438,7 @@ mod tests {
                     node: Some(node.into()),
                     have: 0,
                     exclude: vec![],
+                    avoid: vec![],
                     probe: true,
                 },
                 now,
@@ -559,6 +615,63 @@ mod tests {
     }
 
     #[test]
+    fn hashes_of_an_origin_fetch_that_failed_are_forgotten_and_a_verified_list_wins() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let size = 12u64 << 20;
+        let say = |t: &mut Tracker, node: &str, event: Event, hashes: &[&str]| {
+            t.announce(
+                &Announce {
+                    digest: "sha256:x".into(),
+                    node: node.into(),
+                    event,
+                    pieces: Some(Pieces {
+                        size,
+                        first: 0,
+                        hashes: hashes.iter().map(|s| s.to_string()).collect(),
+                    }),
+                },
+                now,
+            )
+        };
+        let progress = Event::Progress {
+            have: 8 << 20,
+            size,
+            origin: true,
+            from: None,
+        };
+        // The origin sent a's fetch a corrupt piece 1: its digest failed, and it says so.
+        say(&mut t, "a", progress.clone(), &["p0", "bad"]);
+        assert_eq!(
+            t.pieces("sha256:x", 1).map(|p| p.hashes),
+            Some(vec!["bad".to_string()])
+        );
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: "a".into(),
+                event: Event::Gone,
+                pieces: None,
+            },
+            now,
+        );
+        assert_eq!(t.pieces("sha256:x", 0), None);
+        // Another origin fetcher says "bad" again, then a verified holder corrects it.
+        say(&mut t, "b", progress, &["p0", "bad"]);
+        say(&mut t, "c", Event::Complete { size }, &["p0", "p1", "p2"]);
+        assert_eq!(
+            t.pieces("sha256:x", 0).map(|p| p.hashes),
+            Some(vec!["p0".to_string(), "p1".into(), "p2".into()])
+        );
+        // Once confirmed, no later word changes it.
+        say(&mut t, "d", Event::Complete { size }, &["x0", "x1", "x2"]);
+        assert_eq!(
+            t.pieces("sha256:x", 1).map(|p| p.hashes[0].clone()),
+            Some("p1".into())
+        );
+    }
+
+    #[test]
     fn the_table_keeps_at_most_max_entries() {
         let mut t = Tracker::new(TrackerOptions {
             stale_after: Duration::from_secs(10),
@@ -572,6 +685,7 @@ mod tests {
                     node: Some("a".into()),
                     have: 0,
                     exclude: vec![],
+                    avoid: vec![],
                     probe: false,
                 },
                 now + Duration::from_millis(i),

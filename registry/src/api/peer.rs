@@ -139,7 +139,12 @@ async fn locate(
             "at most {MAX_EXCLUDE} excluded nodes"
         )));
     }
-    for x in &req.exclude {
+    if req.avoid.len() > MAX_EXCLUDE {
+        return Err(ApiError::Unsupported(format!(
+            "at most {MAX_EXCLUDE} avoided nodes"
+        )));
+    }
+    for x in req.exclude.iter().chain(&req.avoid) {
         check_addr(x)?;
     }
     Ok(Json(r.handle_locate(&req)))
@@ -153,6 +158,9 @@ async fn announce(
     let Json(a) = body.map_err(bad)?;
     check_digest(&a.digest)?;
     check_addr(&a.node)?;
+    if let manta_peer::proto::Event::Progress { from: Some(f), .. } = &a.event {
+        check_addr(f)?;
+    }
     if let Some(p) = &a.pieces {
         if p.hashes
             .iter()

@@ -111,6 +111,31 @@ impl FetchState {
     }
 }
 
+/// Takes a fetch whose leader never finished out of the map, failing its followers.
+struct Unfinished {
+    fetcher: Arc<Fetcher>,
+    fetch: Arc<Fetch>,
+    finished: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.fetcher
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.fetch.digest.as_ref());
+        self.fetch
+            .state
+            .send_replace(FetchState::Failed(Arc::new(UpstreamError::Internal(
+                "the fetch's leader stopped",
+            ))));
+    }
+}
+
 /// How a leader's fetch ended well.
 enum Outcome {
     /// Verified and in the store.
@@ -185,7 +210,14 @@ impl Fetcher {
         drop(map);
         let (me, f, repo) = (self.clone(), fetch.clone(), repo.to_string());
         tokio::spawn(async move {
+            // Should the leader panic, its fetch still leaves the map and fails its followers.
+            let mut guard = Unfinished {
+                fetcher: me.clone(),
+                fetch: f.clone(),
+                finished: false,
+            };
             let outcome = me.lead(&f, &repo, idle, tar, origin).await;
+            guard.finished = true;
             let state = match outcome {
                 Ok(Outcome::Stored(size)) => FetchState::Done { size },
                 Ok(Outcome::PassedThrough(size, source)) => FetchState::Passthrough {
@@ -267,9 +299,21 @@ impl Fetcher {
         let mut room = match self.store.reserve(size).await {
             Ok(r) => r,
             Err(e) if e.is_no_space() => {
+                // Passed-through bytes are read from the origin only (a peer's are checked a
+                // piece at a time, which only a kept blob can do).
+                let dl = match reading {
+                    Reading::Origin => dl,
+                    Reading::Peer(_) => {
+                        drop(dl);
+                        origin.open(0).await.map_err(|e| match e {
+                            SourceError::Origin(e) => e,
+                            SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
+                        })?
+                    }
+                };
                 return self
                     .pass_through(fetch, dl, idle, tar, origin.clone(), &e)
-                    .await
+                    .await;
             }
             Err(e) => return Err(store_err(e)),
         };
@@ -310,7 +354,8 @@ impl Fetcher {
             // client following this fetch would give up on it.
             let stall = match reading {
                 Reading::Origin => idle,
-                Reading::Peer(_) => idle.min(PEER_STALL),
+                // (A peer shows its readers checked pieces only: give it a piece's time.)
+                Reading::Peer(_) => (idle / 2).max(PEER_STALL),
             };
             let broken: SourceError = match tokio::time::timeout(stall, body.next()).await {
                 Err(_) => UpstreamError::Timeout("blob body").into(),
@@ -384,10 +429,12 @@ impl Fetcher {
                             path: path.clone(),
                         });
                         route.note(&reading, published, size);
-                        if announced.elapsed() >= ANNOUNCE_EVERY {
-                            route.announce(progress(trusted, size, &reading), None);
-                            announced = Instant::now();
-                        }
+                    }
+                    // Heard from between pieces too, or the owners would take a slow fetch
+                    // for a dead one.
+                    if announced.elapsed() >= ANNOUNCE_EVERY {
+                        route.announce(progress(trusted, size, &reading), None);
+                        announced = Instant::now();
                     }
                     match bad_piece {
                         None => continue,
@@ -407,6 +454,10 @@ impl Fetcher {
                     SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
                 });
             };
+            // Every byte is here and checked: whatever the peer did after does not matter.
+            if trusted == size && w.len() == size {
+                break;
+            }
             route.lost(&addr.clone(), &broken);
             self.metrics.peer_switches.inc();
             let (cp, tar_at, pieces_at) = at_trusted.clone();

@@ -46,8 +46,13 @@ pub struct Routing {
     peers: Option<Arc<PeerRouter>>,
     digest: String,
     metrics: Arc<Metrics>,
-    /// Peers this fetch does not use again.
+    /// Peers this fetch does not use again, reported to the owners (unreachable, broken,
+    /// lying)...
     banned: Vec<String>,
+    /// ...and not reported (busy).
+    busy: Vec<String>,
+    /// The owners had no hash for a piece: later pieces do not wait for theirs either.
+    hashless: bool,
     /// Expected piece hashes, as the owners published them.
     hashes: Vec<Option<String>>,
     /// This node fetches from the origin for the cluster: it announces its pieces' hashes.
@@ -61,22 +66,38 @@ impl Routing {
             digest,
             metrics,
             banned: Vec::new(),
+            busy: Vec::new(),
+            hashless: false,
             hashes: Vec::new(),
             claimed: false,
         }
     }
 
+    /// Take the owners' piece hashes of the blob (of `p.size` bytes): only within its pieces.
     fn learn(&mut self, p: &Pieces) {
-        let end = p.first as usize + p.hashes.len();
-        if self.hashes.len() < end {
-            self.hashes.resize(end, None);
+        let Some(end) = p.first.checked_add(p.hashes.len() as u64) else {
+            return;
+        };
+        if end > piece_count(p.size) {
+            return;
+        }
+        if self.hashes.len() < end as usize {
+            self.hashes.resize(end as usize, None);
         }
         for (i, h) in p.hashes.iter().enumerate() {
             self.hashes[p.first as usize + i] = Some(h.clone());
         }
     }
 
-    /// Stop using `addr` for this blob.
+    /// Stop using `addr` for this blob, without telling the owners.
+    fn ban_here(&mut self, addr: &str, why: &dyn std::fmt::Display) {
+        tracing::info!(digest = %self.digest, peer = addr, reason = %why,
+            "reading this blob elsewhere");
+        self.metrics.peer_bans.inc();
+        self.busy.push(addr.to_string());
+    }
+
+    /// Stop using `addr` for this blob, and tell the owners not to send anyone to it.
     pub fn ban(&mut self, addr: &str, why: &dyn std::fmt::Display) {
         tracing::warn!(digest = %self.digest, peer = addr, reason = %why,
             "not reading this blob from the peer again");
@@ -105,8 +126,15 @@ impl Routing {
         // Whatever a peer says, the size is the origin's when it is known beforehand.
         let size = size.or(origin.size());
         if let Some(peers) = self.peers.clone() {
-            while self.banned.len() < MAX_PEER_TRIES {
-                match peers.locate(&self.digest, offset, &self.banned).await {
+            while self.banned.len() + self.busy.len() < MAX_PEER_TRIES {
+                let route = peers
+                    .locate(&self.digest, offset, &self.banned, &self.busy)
+                    .await;
+                match route {
+                    // The token goes only to members: an owner's word is not enough.
+                    Route::Peer { addr, .. } if !peers.members().is_member(&addr) => {
+                        self.ban(&addr, &"not a member of the cluster");
+                    }
                     Route::Peer { addr, pieces, .. } => {
                         self.metrics.located(LocateResult::peer);
                         if let Some(p) =
@@ -129,6 +157,11 @@ impl Routing {
                             Ok(dl) => {
                                 let why = format!("says {} bytes, not {size:?}", dl.size);
                                 self.ban(&addr, &why);
+                            }
+                            // Busy: read elsewhere this time, without telling the owners (the
+                            // peer is fine, and others may read from it).
+                            Err(SourceError::Peer(e @ manta_peer::PeerError::Busy(_))) => {
+                                self.ban_here(&addr, &e);
                             }
                             Err(SourceError::Peer(e)) => {
                                 if e.is_unreachable() {
@@ -169,22 +202,27 @@ impl Routing {
         if let Some(Some(h)) = self.hashes.get(i as usize) {
             return Some(h.clone());
         }
+        if self.hashless {
+            return None;
+        }
         let peers = self.peers.clone()?;
         let deadline = tokio::time::Instant::now() + PIECE_HASH_WAIT;
         while tokio::time::Instant::now() < deadline && i < piece_count(size) {
-            if let Some(p) = peers.pieces(&self.digest, i, Duration::from_secs(5)).await {
-                if p.size == size {
-                    self.learn(&p);
-                }
+            let got = peers
+                .pieces(&self.digest, i, Duration::from_secs(5))
+                .await
+                .filter(|p| p.size == size);
+            if let Some(p) = got {
+                self.learn(&p);
                 if let Some(Some(h)) = self.hashes.get(i as usize) {
                     return Some(h.clone());
                 }
-            } else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        self.hashless = true;
         tracing::warn!(digest = %self.digest, piece = i,
-            "no piece hash from the owners; the piece is checked with the whole blob only");
+            "no piece hash from the owners; the rest of the blob is checked with its whole digest only");
         None
     }
 

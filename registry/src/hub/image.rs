@@ -189,16 +189,23 @@ impl Hubs {
             size: got.recipe.tar_len(),
         };
         let (tar, path, recipe) = (got.tar, f.path.clone(), got.recipe);
-        self.store
-            .blocking(move |idx| {
-                // A recipe of our own (verified) is never replaced by a peer's.
-                if idx.recipe(&tar)?.is_none() {
-                    idx.put_recipe(&tar, &path, &recipe)?;
-                }
-                Ok(())
+        let taken = self
+            .store
+            .blocking(move |idx| match idx.recipe(&tar)? {
+                None => idx.put_recipe(&tar, &path, &recipe).map(|()| true),
+                // A layer this node knows already must be this very file's: a peer must not
+                // make one file's layer stand for another's.
+                Some(known) => Ok(known.raw == recipe.raw
+                    && known.size == recipe.size
+                    && known.prefix == recipe.prefix),
             })
             .await
             .map_err(store_err)?;
+        if !taken {
+            tracing::warn!(peer = holder, %raw, path = %f.path,
+                "a peer's recipe names another file's layer; hashing it here");
+            return Ok(None);
+        }
         Ok(Some(layer))
     }
 

@@ -317,7 +317,7 @@ impl Hubs {
                             r.resolved_at = crate::store::unix_now().saturating_sub(ttl)
                                 + ttl.min(STALE_RETRY_SECS);
                             r.image = None;
-                            self.store_resolution(hub, repo, tag, r).await
+                            self.store_resolution(hub, repo, tag, r, false).await
                         }
                         None => Err(hub_err(e)),
                     },
@@ -428,17 +428,19 @@ impl Hubs {
             raw: String::new(),
             image: None,
         };
-        self.store_resolution(hub, repo, tag, rec).await
+        self.store_resolution(hub, repo, tag, rec, true).await
     }
 
     /// Store a resolved revision: its raw form (config, manifest, tag), where each file comes
-    /// from, and the record (also under the commit's own tag, for the whole commit).
+    /// from, and the record (also under the commit's own tag, for the whole commit, when the
+    /// hub itself `confirmed` it: a commit's tag never expires, a peer's word must).
     async fn store_resolution(
         &self,
         hub: HubKind,
         repo: &str,
         tag: &str,
         mut rec: HubRevisionRecord,
+        confirmed: bool,
     ) -> Result<HubRevisionRecord, FetchError> {
         let key = hub_key(hub, repo, tag);
         let raw_repo = oci_repo(hub, Form::Raw, repo);
@@ -487,7 +489,7 @@ impl Hubs {
             .map_err(store_err)?;
         self.announce_record(hub, repo, tag);
         // The whole commit is also known by its own tag, which never expires.
-        if rec.filter.is_all() && tag != rec.commit && names::valid_tag(&rec.commit) {
+        if confirmed && rec.filter.is_all() && tag != rec.commit && names::valid_tag(&rec.commit) {
             let by_commit = HubRevisionRecord {
                 revision: rec.commit.clone(),
                 ..rec.clone()
