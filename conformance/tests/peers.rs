@@ -1040,3 +1040,87 @@ async fn peers_can_come_from_a_dns_name() {
         .collect();
     assert!(members.contains(&cluster.as_str()), "{members:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_every_agent_restarts_the_copies_held_are_found_again() {
+    let files = tempfile::tempdir().unwrap();
+    let (hub, sha, size) = weights_hub(files.path(), 24 * MIB, 1 << 30);
+    let mut cluster = Cluster::new(&hub.url(), 20, 3, &[]);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_formed().await;
+    let c = client();
+    let digest = format!("sha256:{sha}");
+    manifest_ok(&c, &cluster.url(0), &format!("hf-raw/{REPO}"), "main").await;
+    let s = stream_get(
+        &c,
+        &format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(0)),
+        &[],
+        None,
+    )
+    .await;
+    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+    assert_eq!(hub.downloads(REPO, "model.safetensors"), 1);
+    let stored = common::hub_agent::blob_file(cluster.node(0).data_dir(), &digest);
+    poll(
+        "node 0 to install the blob",
+        Duration::from_secs(30),
+        || {
+            let stored = stored.clone();
+            async move { Ok(stored.exists().then_some(())) }
+        },
+    )
+    .await;
+    // A rollout: every agent restarts, and every owner's table is gone with it.
+    for i in 0..3 {
+        cluster.nodes[i].as_mut().unwrap().kill9().unwrap();
+    }
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.wait_formed().await;
+    // Node 0 tells the owners it holds the blob; node 2 reads it from there.
+    manifest_ok(&c, &cluster.url(2), &format!("hf-raw/{REPO}"), "main").await;
+    poll(
+        "the held blob to be announced",
+        Duration::from_secs(30),
+        || {
+            let (c, url) = (
+                c.clone(),
+                format!(
+                    "{}/manta/v1/peer/locate",
+                    cluster.node(2).cluster_url().unwrap()
+                ),
+            );
+            let digest = digest.clone();
+            async move {
+                let r: Value = c
+                    .post(url)
+                    .bearer_auth(TOKEN)
+                    .json(&serde_json::json!({"digest": digest, "probe": true}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok((r["action"] == "follow").then_some(()))
+            }
+        },
+    )
+    .await;
+    let s = stream_get(
+        &c,
+        &format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(2)),
+        &[],
+        None,
+    )
+    .await;
+    assert!(s.complete(), "{:?} {}", s.error, s.error_body);
+    assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
+    assert_eq!(
+        hub.downloads(REPO, "model.safetensors"),
+        1,
+        "the restarted cluster went back to the hub\n{}",
+        cluster.logs()
+    );
+}

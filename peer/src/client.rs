@@ -157,6 +157,18 @@ impl PeerClient {
         check(owner, resp).map(drop)
     }
 
+    /// Several announcements to one owner at once (at most [`crate::proto::MAX_BATCH`]).
+    pub async fn announce_batch(&self, owner: &str, a: &[Announce]) -> Result<(), PeerError> {
+        let req = self.http.post(Self::url(owner, "/announce-batch")).json(a);
+        let resp = self
+            .auth(req)
+            .timeout(self.timeouts.control * 4)
+            .send()
+            .await
+            .map_err(|e| PeerError::request(owner, e))?;
+        check(owner, resp).map(drop)
+    }
+
     /// The owner's piece hashes of `digest` from piece `from`, waiting up to `wait` for it.
     pub async fn pieces(
         &self,

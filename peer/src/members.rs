@@ -86,6 +86,8 @@ impl Member {
 struct State {
     members: BTreeMap<String, Member>,
     self_addr: Option<String>,
+    /// Bumped whenever a member joins, leaves or comes back, or this node finds itself.
+    generation: u64,
 }
 
 pub struct Membership {
@@ -112,6 +114,12 @@ impl Membership {
     /// This node's cluster address, once found in the membership.
     pub fn self_addr(&self) -> Option<String> {
         self.state().self_addr.clone()
+    }
+
+    /// Changes whenever the membership did (a member joined, left or came back): who owns what
+    /// may have moved.
+    pub fn generation(&self) -> u64 {
+        self.state().generation
     }
 
     /// Members not backed off, this node included (when found).
@@ -162,13 +170,19 @@ impl Membership {
 
     /// A request to `addr` succeeded.
     pub fn succeeded(&self, addr: &str) {
-        if let Some(m) = self.state().members.get_mut(addr) {
+        let mut s = self.state();
+        let mut back = false;
+        if let Some(m) = s.members.get_mut(addr) {
             if m.failures > 0 {
                 tracing::info!(peer = addr, "peer reachable again");
+                back = true;
             }
             m.failures = 0;
             m.retry_at = None;
             m.last_error = None;
+        }
+        if back {
+            s.generation += 1;
         }
     }
 
@@ -192,9 +206,17 @@ impl Membership {
         match self.resolve().await {
             Ok(addrs) => {
                 let mut s = self.state();
+                let before = s.members.len();
                 s.members.retain(|a, _| addrs.contains(a));
+                let mut changed = s.members.len() != before;
                 for a in addrs {
-                    s.members.entry(a).or_insert_with(Member::new);
+                    if !s.members.contains_key(&a) {
+                        s.members.insert(a, Member::new());
+                        changed = true;
+                    }
+                }
+                if changed {
+                    s.generation += 1;
                 }
                 if s.self_addr
                     .as_ref()
@@ -227,8 +249,9 @@ impl Membership {
             match r {
                 Ok(h) => {
                     let mut s = self.state();
-                    if h.instance == self.me.instance {
+                    if h.instance == self.me.instance && s.self_addr.as_ref() != Some(&a) {
                         s.self_addr = Some(a.clone());
+                        s.generation += 1;
                     }
                     if let Some(m) = s.members.get_mut(&a) {
                         m.node = Some(h.node);

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The path prefix of the protocol on the cluster listener.
 pub const PREFIX: &str = "/manta/v1/peer";
 
+/// Most announcements in one `POST /manta/v1/peer/announce-batch`.
+pub const MAX_BATCH: usize = 1000;
+
 /// `GET /manta/v1/peer/hello`: who answers at an address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

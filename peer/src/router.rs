@@ -274,6 +274,44 @@ impl PeerRouter {
         }
     }
 
+    /// Tell each owner of each of `held` (digest, size) that this node holds it: at start-up
+    /// and from time to time, so owners that restarted, or became owners when the membership
+    /// changed, know the copies there are. Batched per owner.
+    pub async fn announce_held(&self, held: &[(String, u64)]) {
+        let Some(node) = self.self_addr() else { return };
+        let live = self.members.live();
+        let mut by_owner: HashMap<String, Vec<Announce>> = HashMap::new();
+        for (digest, size) in held {
+            for owner in ring::owners(digest, live.iter().map(String::as_str), self.owners_k) {
+                by_owner.entry(owner).or_default().push(Announce {
+                    digest: digest.clone(),
+                    node: node.clone(),
+                    event: Event::Complete { size: *size },
+                    pieces: None,
+                });
+            }
+        }
+        for (owner, all) in by_owner {
+            if owner == node {
+                let now = Instant::now();
+                let mut t = self.tracker();
+                for a in &all {
+                    t.announce(a, now);
+                }
+                continue;
+            }
+            for batch in all.chunks(crate::proto::MAX_BATCH) {
+                if let Err(e) = self.client.announce_batch(&owner, batch).await {
+                    if e.is_unreachable() {
+                        self.members.failed(&owner, &e);
+                    }
+                    tracing::debug!(owner, error = %e, "held blobs not announced to an owner");
+                    break;
+                }
+            }
+        }
+    }
+
     /// Record, for `manta peers`, where this node reads a blob from.
     pub fn note_fetching(&self, digest: &str, from: &str, have: u64, size: u64) {
         self.fetching

@@ -27,6 +27,7 @@ pub fn routes() -> Router<Shared> {
         .route("/manta/v1/peer/status", get(status))
         .route("/manta/v1/peer/locate", post(locate))
         .route("/manta/v1/peer/announce", post(announce))
+        .route("/manta/v1/peer/announce-batch", post(announce_batch))
         .route("/manta/v1/peer/pieces/{digest}", get(pieces))
         .route("/manta/v1/peer/recipe/{digest}", get(recipe))
         .route("/manta/v1/peer/revision", get(revision))
@@ -156,6 +157,35 @@ async fn announce(
 ) -> ApiResult<axum::http::StatusCode> {
     let r = router(&st)?;
     let Json(a) = body.map_err(bad)?;
+    check_announce(&a)?;
+    r.handle_announce(&a);
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// `POST /manta/v1/peer/announce-batch`: several announcements; all checked before any is
+/// taken.
+async fn announce_batch(
+    State(st): State<Shared>,
+    body: Result<Json<Vec<Announce>>, JsonRejection>,
+) -> ApiResult<axum::http::StatusCode> {
+    let r = router(&st)?;
+    let Json(all) = body.map_err(bad)?;
+    if all.len() > manta_peer::proto::MAX_BATCH {
+        return Err(ApiError::Unsupported(format!(
+            "at most {} announcements at once",
+            manta_peer::proto::MAX_BATCH
+        )));
+    }
+    for a in &all {
+        check_announce(a)?;
+    }
+    for a in &all {
+        r.handle_announce(a);
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+fn check_announce(a: &Announce) -> ApiResult<()> {
     check_digest(&a.digest)?;
     check_addr(&a.node)?;
     if let manta_peer::proto::Event::Progress { from: Some(f), .. } = &a.event {
@@ -169,8 +199,7 @@ async fn announce(
             return Err(ApiError::Unsupported("piece hashes are hex sha256".into()));
         }
     }
-    r.handle_announce(&a);
-    Ok(axum::http::StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 async fn pieces(

@@ -135,8 +135,17 @@ impl Routing {
                     Route::Peer { addr, .. } if !peers.members().is_member(&addr) => {
                         self.ban(&addr, &"not a member of the cluster");
                     }
-                    Route::Peer { addr, pieces, .. } => {
+                    Route::Peer {
+                        addr,
+                        pieces,
+                        complete,
+                    } => {
                         self.metrics.located(LocateResult::peer);
+                        // A complete copy whose piece hashes the owners lost (they restarted
+                        // since) is not waited for: its whole digest is checked all the same.
+                        if complete && pieces.is_none() {
+                            self.hashless = true;
+                        }
                         if let Some(p) =
                             pieces.as_ref().filter(|p| size.is_none_or(|s| s == p.size))
                         {

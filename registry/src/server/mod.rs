@@ -243,6 +243,10 @@ impl Server {
             .peers
             .clone()
             .map(|p| tokio::spawn(announce_removals(p, state.store.files().removals())));
+        let held = state
+            .peers
+            .clone()
+            .map(|p| tokio::spawn(announce_held(p, state.store.clone())));
         let disk = tokio::spawn(state.store.clone().watch_disk());
         let scrub = self
             .scrub_rate
@@ -265,8 +269,8 @@ impl Server {
         }
         purger.abort();
         upkeep.abort();
-        if let Some(g) = gone {
-            g.abort();
+        for task in [gone, held].into_iter().flatten() {
+            task.abort();
         }
         disk.abort();
         state.store.close();
@@ -298,6 +302,44 @@ async fn purge_uploads(state: Arc<AppState>) {
             Ok(n) => tracing::info!(sessions = n, "purged idle upload sessions"),
             Err(e) => tracing::warn!(error = %e, "purging idle upload sessions failed"),
         }
+    }
+}
+
+/// How often a node tells the owners of every blob it holds that it does...
+const ANNOUNCE_HELD_EVERY: Duration = Duration::from_secs(600);
+/// ...and how often it looks whether the live membership changed (then it tells them at once).
+const MEMBERSHIP_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Once this node has found itself among its peers, whenever the live membership changes
+/// (which moves some digests to new owners), and every ten minutes, tell each held blob's
+/// owners that this node has it: owners that restarted (a rollout restarts them all) or became
+/// owners learn the copies there are.
+async fn announce_held(peers: Arc<manta_peer::PeerRouter>, store: crate::store::Store) {
+    let mut told: Option<(u64, std::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(MEMBERSHIP_CHECK_EVERY).await;
+        if peers.self_addr().is_none() {
+            continue;
+        }
+        let live = peers.members().generation();
+        let due = told
+            .as_ref()
+            .is_none_or(|(g, at)| *g != live || at.elapsed() >= ANNOUNCE_HELD_EVERY);
+        if !due {
+            continue;
+        }
+        let held = store
+            .blocking(|idx| {
+                let mut v = Vec::new();
+                idx.for_each_blob(&mut |d, r| v.push((d.to_string(), r.size)))?;
+                Ok(v)
+            })
+            .await;
+        match held {
+            Ok(held) => peers.announce_held(&held).await,
+            Err(e) => tracing::warn!(error = %e, "cannot list the held blobs to announce them"),
+        }
+        told = Some((live, std::time::Instant::now()));
     }
 }
 
