@@ -210,8 +210,8 @@ impl Membership {
                 s.members.retain(|a, _| addrs.contains(a));
                 let mut changed = s.members.len() != before;
                 for a in addrs {
-                    if !s.members.contains_key(&a) {
-                        s.members.insert(a, Member::new());
+                    if let std::collections::btree_map::Entry::Vacant(v) = s.members.entry(a) {
+                        v.insert(Member::new());
                         changed = true;
                     }
                 }
