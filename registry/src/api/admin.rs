@@ -165,7 +165,7 @@ fn file_progress(st: &Shared, f: &crate::store::HubFileRecord) -> FileProgress {
             .get(&digest)
             .map(|x| x.subscribe().borrow().clone())
         {
-            Some(FetchState::Streaming { written, .. }) => (written, "running"),
+            Some(FetchState::Streaming { checked, .. }) => (checked, "running"),
             Some(FetchState::Verified { size, .. } | FetchState::Done { size }) => (size, "done"),
             Some(FetchState::Starting | FetchState::Passthrough { .. }) => (0, "running"),
             Some(FetchState::Failed(_)) => (0, "failed"),

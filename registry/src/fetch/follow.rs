@@ -24,7 +24,9 @@ pub enum IfPassedThrough {
     /// Open the source itself (a client of this node).
     OpenSource,
     /// Fail: the reader may only have what this node writes (a peer, which must never make
-    /// the node fetch for it).
+    /// the node fetch for it). Such a reader also gets bytes before their piece is checked
+    /// here: it checks every piece against the owners' hashes itself, and the last byte still
+    /// waits for the whole digest.
     Fail,
 }
 
@@ -72,8 +74,17 @@ impl Follower {
                 FetchState::Streaming {
                     size,
                     written,
+                    checked,
                     path,
-                } => (written.min(size.saturating_sub(1)), Some(path)),
+                } => {
+                    // A peer checks each piece itself: it may read what is not checked here yet.
+                    let readable = if self.if_passed == IfPassedThrough::Fail {
+                        written
+                    } else {
+                        checked
+                    };
+                    (readable.min(size.saturating_sub(1)), Some(path))
+                }
                 FetchState::Verified { size, path } => (size, Some(path)),
                 FetchState::Done { size } => (size, None),
                 FetchState::Passthrough { .. } if self.if_passed == IfPassedThrough::Fail => {

@@ -74,10 +74,13 @@ pub type FetchError = Arc<UpstreamError>;
 pub enum FetchState {
     /// Waiting for the upstream's response headers.
     Starting,
-    /// `written` bytes of `size` are in `path`, readable.
+    /// `written` bytes of `size` are in `path`, readable by peers (who check each piece
+    /// themselves); the first `checked` of them passed their piece checks (or came from the
+    /// origin), readable by this node's own clients.
     Streaming {
         size: u64,
         written: u64,
+        checked: u64,
         path: Arc<PathBuf>,
     },
     /// All `size` bytes are in `path` and match the digest; being made durable and indexed.
@@ -333,6 +336,7 @@ impl Fetcher {
         fetch.state.send_replace(FetchState::Streaming {
             size,
             written: 0,
+            checked: 0,
             path: path.clone(),
         });
         // Bytes from a peer are trusted a piece at a time, once the piece matches the hash
@@ -348,6 +352,7 @@ impl Fetcher {
         route.announce(progress(0, size, &reading), None);
         route.note(&reading, 0, size);
         let (mut published, mut last, mut announced) = (0u64, Instant::now(), Instant::now());
+        let mut pub_written = 0u64;
         loop {
             // What went wrong with the current source, if anything.
             // A peer that sends nothing for a while is left for another source well before a
@@ -415,17 +420,23 @@ impl Fetcher {
                         route.announce(progress(trusted, size, &reading), published_hash);
                         announced = Instant::now();
                     }
-                    if trusted > published
-                        && (published == 0
+                    // Peers reading from this node see every byte as it lands (they check each
+                    // piece themselves, so a chain of nodes costs no piece of delay per hop);
+                    // this node's own clients see checked bytes only.
+                    let more = w.len() > pub_written || trusted > published;
+                    if more
+                        && (pub_written == 0
+                            || w.len() - pub_written >= PUBLISH_BYTES
                             || trusted - published >= PUBLISH_BYTES
                             || last.elapsed() >= PUBLISH_EVERY)
                     {
                         w.flush().await.map_err(store_err)?;
-                        published = trusted;
+                        (published, pub_written) = (trusted, w.len());
                         last = Instant::now();
                         fetch.state.send_replace(FetchState::Streaming {
                             size,
-                            written: published,
+                            written: pub_written,
+                            checked: published,
                             path: path.clone(),
                         });
                         route.note(&reading, published, size);
@@ -464,6 +475,15 @@ impl Fetcher {
             from_peers -= w.len() - cp.len();
             w.rollback(&cp).await.map_err(store_err)?;
             room.shrink_written_to(cp.len());
+            // Peers reading past the cut wait for the bytes that replace what was cut (and the
+            // piece checks of their own reject what they already took of it).
+            pub_written = cp.len();
+            fetch.state.send_replace(FetchState::Streaming {
+                size,
+                written: pub_written,
+                checked: published,
+                path: path.clone(),
+            });
             tar_hasher = tar_at;
             pieces = pieces_at;
             hashes.truncate(pieces.current() as usize);
