@@ -24,6 +24,8 @@ use crate::proto::{Announce, Event, LocateReply, LocateRequest, Pieces};
 
 /// How far past the known piece hashes an announcement may start.
 const MAX_PIECE_GAP: u64 = 4096;
+/// Longest chain of readers an owner builds before it starts a branch.
+const MAX_CHAIN: usize = 16;
 /// Most nodes tracked per digest (a cluster's worth).
 const MAX_HOLDERS: usize = 10_000;
 /// The largest blob size believed (16 TiB).
@@ -190,11 +192,46 @@ impl Tracker {
                 }
             }
         }
+        // How deep each holder sits in a chain of readers (0: it has its own copy or reads the
+        // origin). A chain adds a little delay per hop; past MAX_CHAIN hops, a reader is hung
+        // beside another one instead (a tree), so a cluster of thousands does not become one
+        // chain thousands deep.
+        let mut depth: HashMap<&str, usize> = HashMap::new();
+        for n in e.holders.keys() {
+            let mut path = Vec::new();
+            let mut x = n.as_str();
+            let base = loop {
+                if let Some(d) = depth.get(x) {
+                    break *d;
+                }
+                if path.len() > e.holders.len() {
+                    break MAX_CHAIN; // a cycle: treat as too deep
+                }
+                path.push(x);
+                match e.holders.get(x).and_then(|h| h.source.as_deref()) {
+                    Some(src) if e.holders.contains_key(src) => x = src,
+                    _ => break 0,
+                }
+            };
+            // `path` ends at the first node whose depth is known (or the root, at `base`).
+            let known = depth.contains_key(x);
+            for (i, p) in path.iter().rev().enumerate() {
+                let d = if known { base + i + 1 } else { base + i };
+                depth.insert(p, d);
+            }
+        }
+        let shallow = |n: &str| depth.get(n).copied().unwrap_or(0) < MAX_CHAIN;
+        let usable = |n: &String| Some(n.as_str()) != asker && !req.avoid.contains(n);
+        let any_shallow = e
+            .holders
+            .keys()
+            .any(|n| usable(n) && !below.contains(n.as_str()) && shallow(n));
         let best = e
             .holders
             .iter()
-            .filter(|(n, _)| Some(n.as_str()) != asker && !req.avoid.contains(n))
+            .filter(|(n, _)| usable(n))
             .filter(|(n, _)| !below.contains(n.as_str()))
+            .filter(|(n, _)| !any_shallow || shallow(n))
             .min_by_key(|(n, h)| {
                 (
                     readers.get(n.as_str()).map_or(0, Vec::len),
@@ -452,23 +489,42 @@ mod tests {
     }
 
     #[test]
-    fn two_thousand_nodes_asking_at_once_form_one_chain() {
+    fn six_hundred_nodes_asking_at_once_form_a_tree_of_short_chains() {
         // (A locate is linear in the holders: this runs in well under a second, where a
         // quadratic locate took minutes.)
         let mut t = Tracker::default();
         let now = Instant::now();
-        let names: Vec<String> = (0..2000)
+        let names: Vec<String> = (0..600)
             .map(|i| format!("10.0.{}.{}:5001", i / 250, i % 250))
             .collect();
+        let mut source: HashMap<String, String> = HashMap::new();
         for (i, n) in names.iter().enumerate() {
             let r = ask(&mut t, n, 0, &[], now);
-            let want = if i == 0 {
-                "origin"
+            if i == 0 {
+                assert_eq!(from(&r), "origin");
             } else {
-                names[i - 1].as_str()
-            };
-            assert_eq!(from(&r), want, "node {i}");
+                source.insert(n.clone(), from(&r).to_string());
+            }
+            if i > 0 && i <= MAX_CHAIN {
+                assert_eq!(from(&r), names[i - 1], "the first nodes form a chain");
+            }
         }
+        // Every node is at most MAX_CHAIN hops from the origin fetcher...
+        for n in &names {
+            let (mut x, mut d) = (n.clone(), 0);
+            while let Some(s) = source.get(&x) {
+                x = s.clone();
+                d += 1;
+            }
+            assert!(d <= MAX_CHAIN, "{n} is {d} hops from the origin fetcher");
+        }
+        // ...and no node serves more than a few readers.
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for s in source.values() {
+            *readers.entry(s).or_default() += 1;
+        }
+        let most = readers.values().copied().max().unwrap_or(0);
+        assert!(most <= 4, "a node serves {most} readers");
     }
 
     #[test]
