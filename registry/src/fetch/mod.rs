@@ -340,8 +340,9 @@ impl Fetcher {
             path: path.clone(),
         });
         // Bytes from a peer are trusted a piece at a time, once the piece matches the hash
-        // the origin fetcher published; until then followers do not see them, and a piece
-        // that fails is cut off the file and fetched elsewhere.
+        // the origin fetcher published; until then this node's own clients do not see them
+        // (its peers do, and check every piece themselves), and a piece that fails is cut off
+        // the file and fetched elsewhere.
         let mut pieces = PieceHasher::new(size, 0);
         let mut hashes: Vec<String> = Vec::new();
         let mut trusted = 0u64;
@@ -359,7 +360,7 @@ impl Fetcher {
             // client following this fetch would give up on it.
             let stall = match reading {
                 Reading::Origin => idle,
-                // (A peer shows its readers checked pieces only: give it a piece's time.)
+                // (A peer may itself be waiting on its source: give it half the upstream's time.)
                 Reading::Peer(_) => (idle / 2).max(PEER_STALL),
             };
             let broken: SourceError = match tokio::time::timeout(stall, body.next()).await {
