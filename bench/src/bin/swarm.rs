@@ -89,6 +89,12 @@ struct Args {
     /// (the agent's MAX_PEER_TRIES).
     #[arg(long, default_value_t = 6)]
     max_peer_tries: usize,
+    /// What a node's peers may read of a blob it is fetching from another peer: `landed`, every
+    /// byte as it lands (the agent: they check each piece themselves); `checked`, only pieces it
+    /// has checked (the agent before commit 30843c0). Bytes from the origin are read as they land
+    /// either way.
+    #[arg(long, value_enum, default_value_t = PeerReads::Landed)]
+    peer_reads: PeerReads,
     /// Every node fetches from the origin alone (no peers, no tracker): the comparison.
     #[arg(long)]
     peers_off: bool,
@@ -104,6 +110,12 @@ struct Args {
     /// Give up at this many S/B of simulated time (peers-off adds 2·N·S/origin-rate).
     #[arg(long, default_value_t = 200.0)]
     max_time: f64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerReads {
+    Landed,
+    Checked,
 }
 
 fn split_unit(s: &str) -> (f64, String) {
@@ -221,6 +233,8 @@ struct Params {
     expire_every: f64,
     stall_timeout: f64,
     max_peer_tries: usize,
+    /// Peers read a peer-fed node's bytes as they land (not per checked piece).
+    landed: bool,
     peers_off: bool,
     seed: u64,
     /// Seconds.
@@ -495,30 +509,67 @@ impl Sim {
         (k as f64 * self.piece).min(self.size)
     }
 
-    /// Bytes of `i` its readers may read now: origin bytes at once, peer bytes per verified
-    /// piece.
+    /// Whether `i`'s readers see its bytes as they land (so they can follow it closely).
+    fn streams(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        n.alive
+            && n.done.is_none()
+            && (n.src.origin_fed() || (self.p.landed && matches!(n.src, Src::Peer(_))))
+    }
+
+    /// Bytes of `i` its readers may read now: origin bytes at once, peer bytes as they land
+    /// (`--peer-reads landed`) or per checked piece.
     fn vis(&self, i: usize) -> f64 {
         let n = &self.nodes[i];
         if n.done.is_some() {
             self.size
-        } else if n.alive && n.src.origin_fed() {
-            self.recv_at(i)
+        } else if self.streams(i) {
+            self.raw_recv(i)
+        } else if n.src.origin_fed() || self.p.landed {
+            n.recv
         } else {
             self.boundary(n.pieces)
-                .max(if n.src.origin_fed() { n.recv } else { 0.0 })
         }
     }
 
-    fn recv_at(&self, i: usize) -> f64 {
+    /// Bytes received, at the current rate, without the source's bound.
+    fn raw_recv(&self, i: usize) -> f64 {
         let n = &self.nodes[i];
         if n.rate <= 0.0 {
             return n.recv;
         }
-        let mut r = (n.recv + n.rate * (self.now - n.t0)).min(self.size);
-        if let Src::Peer(j) = n.src {
+        (n.recv + n.rate * (self.now - n.t0)).min(self.size)
+    }
+
+    fn recv_at(&self, i: usize) -> f64 {
+        let n = &self.nodes[i];
+        let mut r = self.raw_recv(i);
+        if let (Src::Peer(j), true) = (n.src, n.rate > 0.0) {
             r = r.min(self.vis(j).max(n.recv));
         }
         r
+    }
+
+    /// Whether reader `r`, caught up with `j`, follows bytes that come from somewhere: up the
+    /// chain of nodes caught up with their sources there is one reading bytes it has not got
+    /// yet (not a cycle of nodes each waiting for the next).
+    fn grounded(&self, r: usize, j: usize) -> bool {
+        let mut x = j;
+        for _ in 0..=self.nodes.len() {
+            if x == r {
+                return false;
+            }
+            let n = &self.nodes[x];
+            if n.done.is_some() || n.src.origin_fed() {
+                return true;
+            }
+            match n.src {
+                Src::Peer(y) if n.alive && self.vis(y) - self.recv_at(x) <= EPS => x = y,
+                Src::Peer(_) => return n.alive,
+                _ => return false,
+            }
+        }
+        false
     }
 
     fn settle(&mut self, i: usize) {
@@ -587,8 +638,9 @@ impl Sim {
                         0.0
                     } else if avail > EPS || src.done.is_some() {
                         self.p.bw
-                    } else if src.done.is_none() && src.src.origin_fed() {
-                        // Tailing an origin fetcher: as fast as its bytes arrive.
+                    } else if avail >= -EPS && self.streams(j) && self.grounded(r, j) {
+                        // Caught up with a node whose bytes it sees as they land: as fast as
+                        // they arrive.
                         self.p.bw.min(src.rate)
                     } else {
                         0.0
@@ -607,7 +659,7 @@ impl Sim {
             let changed = rate != self.nodes[r].rate;
             self.nodes[r].rate = rate;
             self.set_stalled(r, rate <= 0.0);
-            if changed && self.nodes[r].src.origin_fed() && !self.nodes[r].readers.is_empty() {
+            if changed && self.streams(r) && !self.nodes[r].readers.is_empty() {
                 self.mark(Up::Node(r));
             }
             // Same rate from a source whose bytes come a piece at a time: the scheduled event
@@ -615,7 +667,7 @@ impl Sim {
             let steady = !changed
                 && rate > 0.0
                 && match u {
-                    Up::Node(j) => !self.nodes[j].src.origin_fed() || self.nodes[j].done.is_some(),
+                    Up::Node(j) => !self.streams(j),
                     Up::Origin => true,
                 };
             if !steady {
@@ -660,7 +712,7 @@ impl Sim {
             let s = &self.nodes[j];
             if s.done.is_none() {
                 let gap = (self.vis(j) - n.recv).max(0.0);
-                if s.src.origin_fed() && s.alive {
+                if self.streams(j) {
                     let rel = n.rate - s.rate;
                     if rel > 1e-9 * n.rate {
                         dt = dt.min(gap / rel);
@@ -748,8 +800,13 @@ impl Sim {
     /// `Event::Progress`, with the hashes of pieces `from..` this node just passed when it
     /// reads from the origin (the agent publishes them as it hashes them).
     fn progress(&mut self, i: usize, from: Option<u64>) {
-        let have = self.vis(i).floor() as u64;
         let origin = self.nodes[i].src.origin_fed();
+        // What it trusts: origin bytes, checked pieces.
+        let have = if origin {
+            self.recv_at(i).floor() as u64
+        } else {
+            self.boundary(self.nodes[i].pieces) as u64
+        };
         let source = match self.nodes[i].src {
             Src::Peer(j) => Some(self.nodes[j].addr.clone()),
             _ => None,
@@ -1279,6 +1336,14 @@ fn row(p: &Params, o: &Outcome) -> String {
     });
     let unit = p.unit();
     let unfinished = t.iter().filter(|x| x.is_none()).count();
+    // No survivor: nothing to say.
+    let pct = |q: f64| {
+        if t.is_empty() {
+            "–".to_string()
+        } else {
+            fmt_ratio(percentile(&t, q), unit)
+        }
+    };
     format!(
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s ({:.0} ms) | {:.1} s |",
         p.n,
@@ -1286,9 +1351,9 @@ fn row(p: &Params, o: &Outcome) -> String {
         fmt_rate(p.bw),
         fmt_rate(p.origin_rate),
         scenario(p),
-        fmt_ratio(percentile(&t, 0.5), unit),
-        fmt_ratio(percentile(&t, 0.99), unit),
-        fmt_ratio(percentile(&t, 1.0), unit),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
         format_args!("{:.2}", o.origin_bytes / p.size as f64),
         o.locates,
         if p.peers_off {
@@ -1369,6 +1434,7 @@ fn plan(args: &Args) -> Result<Vec<Params>> {
                 expire_every: args.expire_every,
                 stall_timeout: args.stall_timeout,
                 max_peer_tries: args.max_peer_tries,
+                landed: args.peer_reads == PeerReads::Landed,
                 peers_off: args.peers_off,
                 seed: args.seed,
                 max_time,
@@ -1403,12 +1469,13 @@ fn main() -> Result<()> {
                 );
                 let o = Sim::new(p.clone()).run();
                 eprintln!(
-                    "swarm: run {}/{} done in {:.1} s ({} events, {:.0} simulated s)",
+                    "swarm: run {}/{} done in {:.1} s ({} events, {:.0} simulated s)\n{}",
                     k + 1,
                     runs.len(),
                     o.wall.as_secs_f64(),
                     o.events,
-                    o.sim_end
+                    o.sim_end,
+                    row(p, &o)
                 );
                 let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
                 r[k] = Some(o);
