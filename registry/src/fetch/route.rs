@@ -106,7 +106,14 @@ impl Routing {
     }
 
     /// A peer's stream broke: back the peer off if it became unreachable, and stop using it.
+    /// A peer that only stalled (it may be waiting on its own source) is avoided by this fetch
+    /// without being reported: the owners keep it, and the readers of a slow branch do not all
+    /// erase it at once.
     pub fn lost(&mut self, addr: &str, e: &SourceError) {
+        if let SourceError::Origin(UpstreamError::Timeout(_)) = e {
+            self.ban_here(addr, e);
+            return;
+        }
         if let (Some(p), SourceError::Peer(pe)) = (&self.peers, e) {
             if pe.is_unreachable() {
                 p.members().failed(addr, pe);
