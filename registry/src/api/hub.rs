@@ -215,7 +215,10 @@ fn check_layer(
                         }
                     }
                     Some(Err(e)) => {
+                        // Nothing after an error goes out: the stream ends with it.
                         c.hasher = None;
+                        c.held = None;
+                        c.inner = futures_util::stream::empty().boxed();
                         return Some((Err(e), c));
                     }
                     None => {
