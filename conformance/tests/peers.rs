@@ -61,6 +61,16 @@ impl Cluster {
         }
     }
 
+    /// Start every node and wait until they have found each other.
+    async fn formed(endpoint: &str, net: u8, n: usize, extra: &[&str]) -> Self {
+        let mut c = Self::new(endpoint, net, n, extra);
+        for i in 0..n {
+            c.start(i);
+        }
+        c.wait_formed().await;
+        c
+    }
+
     fn token_file(&self) -> PathBuf {
         self.tmp.path().join("token")
     }
@@ -371,11 +381,7 @@ async fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
 async fn when_the_origin_fetcher_dies_the_others_finish_and_the_hub_sends_little_again() {
     let files = tempfile::tempdir().unwrap();
     let (hub, sha, size) = weights_hub(files.path(), 200 * MIB, 50 * MIB);
-    let mut cluster = Cluster::new(&hub.url(), 13, 3, &[]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_formed().await;
+    let mut cluster = Cluster::formed(&hub.url(), 13, 3, &[]).await;
     let c = client();
     let digest = format!("sha256:{sha}");
     for i in 0..3 {
@@ -785,11 +791,7 @@ async fn a_pull_through_image_is_shared_the_same_way() {
     );
     let cfg = alias_config(&up, work.path());
     let hub = HubFixture::start(vec![], FixtureOptions::default()).unwrap();
-    let mut cluster = Cluster::new(&hub.url(), 17, 3, &["--config", &cfg]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_formed().await;
+    let cluster = Cluster::formed(&hub.url(), 17, 3, &["--config", &cfg]).await;
     let c = client();
     // Two nodes pull it at once, through plain GETs.
     let (a, b) = (cluster.url(0), cluster.url(1));
@@ -828,16 +830,13 @@ async fn a_busy_peer_says_so_and_readers_move_on_and_the_rate_limit_holds() {
     let (hub, sha, size) = weights_hub(files.path(), 16 * MIB, 1 << 30);
     let rate = 8 * MIB;
     let rate_s = rate.to_string();
-    let mut cluster = Cluster::new(
+    let cluster = Cluster::formed(
         &hub.url(),
         18,
         3,
         &["--peer-max-uploads", "1", "--peer-rate-limit", &rate_s],
-    );
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_formed().await;
+    )
+    .await;
     let c = client();
     let digest = format!("sha256:{sha}");
     let url = |i: usize| format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i));
@@ -894,11 +893,7 @@ async fn a_busy_peer_says_so_and_readers_move_on_and_the_rate_limit_holds() {
 async fn forms_travel_between_peers_and_a_model_a_peer_holds_is_served_while_the_hub_is_down() {
     let files = tempfile::tempdir().unwrap();
     let (hub, sha, size) = weights_hub(files.path(), 40 * MIB, 1 << 30);
-    let mut cluster = Cluster::new(&hub.url(), 19, 3, &[]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_formed().await;
+    let cluster = Cluster::formed(&hub.url(), 19, 3, &[]).await;
     let c = client();
     let digest = format!("sha256:{sha}");
     // Node 0 builds the image form: every file hashed as a tar layer.
@@ -1045,11 +1040,7 @@ async fn peers_can_come_from_a_dns_name() {
 async fn after_every_agent_restarts_the_copies_held_are_found_again() {
     let files = tempfile::tempdir().unwrap();
     let (hub, sha, size) = weights_hub(files.path(), 24 * MIB, 1 << 30);
-    let mut cluster = Cluster::new(&hub.url(), 20, 3, &[]);
-    for i in 0..3 {
-        cluster.start(i);
-    }
-    cluster.wait_formed().await;
+    let mut cluster = Cluster::formed(&hub.url(), 20, 3, &[]).await;
     let c = client();
     let digest = format!("sha256:{sha}");
     manifest_ok(&c, &cluster.url(0), &format!("hf-raw/{REPO}"), "main").await;

@@ -140,15 +140,6 @@ impl Membership {
         self.state().members.contains_key(addr)
     }
 
-    /// Whether a request to `addr` may be tried now.
-    pub fn usable(&self, addr: &str) -> bool {
-        let now = Instant::now();
-        self.state()
-            .members
-            .get(addr)
-            .is_none_or(|m| m.retry_at.is_none_or(|t| t <= now))
-    }
-
     /// A request to `addr` failed to connect or timed out: back it off.
     pub fn failed(&self, addr: &str, e: &PeerError) {
         let mut s = self.state();

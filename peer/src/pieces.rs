@@ -33,7 +33,6 @@ pub struct PieceHasher {
     piece: u64,
     pos: u64,
     h: Sha256,
-    done: Vec<String>,
 }
 
 impl PieceHasher {
@@ -44,7 +43,6 @@ impl PieceHasher {
             piece: piece_size(size),
             pos,
             h: Sha256::new(),
-            done: Vec::new(),
         }
     }
 
@@ -64,22 +62,20 @@ impl PieceHasher {
             data = &data[n..];
             if self.pos == end {
                 let hash = hex::encode(std::mem::take(&mut self.h).finalize());
-                out.push(((end - 1) / self.piece, hash.clone()));
-                self.done.push(hash);
+                out.push(((end - 1) / self.piece, hash));
             }
         }
         out
     }
 }
 
-/// The hex sha256 of one piece's bytes.
-pub fn hash(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hash(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
 
     #[test]
     fn sizes_stay_between_4_and_64_mib_and_ranges_cover_the_blob() {

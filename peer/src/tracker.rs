@@ -53,8 +53,6 @@ impl Default for TrackerOptions {
 struct Holder {
     complete: bool,
     have: u64,
-    /// Fetching from the origin (not from a peer).
-    origin: bool,
     /// The node it reads from.
     source: Option<String>,
     seen: Instant,
@@ -170,7 +168,6 @@ impl Tracker {
             // Asking again: whatever it read from before is over.
             if let Some(h) = e.holders.get_mut(a) {
                 h.source = None;
-                h.origin = false;
             }
         }
         // Readers per node, and everyone reading from the asker down any chain, in one pass
@@ -258,12 +255,10 @@ impl Tracker {
             let h = e.holders.entry(a.to_string()).or_insert(Holder {
                 complete: false,
                 have: req.have,
-                origin: false,
                 source: None,
                 seen: now,
             });
             h.have = h.have.max(req.have);
-            h.origin = source.is_none();
             h.source = source;
             h.seen = now;
         }
@@ -299,13 +294,11 @@ impl Tracker {
                 let h = e.holders.entry(a.node.clone()).or_insert(Holder {
                     complete: false,
                     have,
-                    origin,
                     source: None,
                     seen: now,
                 });
                 h.have = have;
                 h.seen = now;
-                h.origin = origin;
                 if origin {
                     h.source = None;
                 } else if from.is_some() && from.as_deref() != Some(a.node.as_str()) {
@@ -332,7 +325,6 @@ impl Tracker {
                     Holder {
                         complete: true,
                         have: size,
-                        origin: false,
                         source: None,
                         seen: now,
                     },

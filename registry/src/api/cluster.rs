@@ -256,22 +256,28 @@ fn upload_body(
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> axum::body::Body {
     use futures_util::StreamExt;
-    let stream = body
-        .into_data_stream()
-        .then(move |chunk| {
-            let peers = peers.clone();
-            async move {
-                if let (Ok(c), Some(limit)) = (&chunk, peers.upload_limit()) {
-                    limit.take(c.len()).await;
+    let stream = body.into_data_stream();
+    // Held to the rate only when there is one (no task per chunk otherwise).
+    let stream = if peers.upload_limit().is_some() {
+        stream
+            .then(move |chunk| {
+                let peers = peers.clone();
+                async move {
+                    if let (Ok(c), Some(limit)) = (&chunk, peers.upload_limit()) {
+                        limit.take(c.len()).await;
+                    }
+                    chunk
                 }
-                chunk
-            }
-        })
-        // The slot is given back when the body is dropped: sent, or cut.
-        .map(move |chunk| {
-            let _held = &slot;
-            chunk
-        });
+            })
+            .boxed()
+    } else {
+        stream.boxed()
+    };
+    // The slot is given back when the body is dropped: sent, or cut.
+    let stream = stream.map(move |chunk| {
+        let _held = &slot;
+        chunk
+    });
     axum::body::Body::from_stream(stream)
 }
 

@@ -55,8 +55,6 @@ pub struct Routing {
     hashless: bool,
     /// Expected piece hashes, as the owners published them.
     hashes: Vec<Option<String>>,
-    /// This node fetches from the origin for the cluster: it announces its pieces' hashes.
-    pub claimed: bool,
 }
 
 impl Routing {
@@ -69,7 +67,6 @@ impl Routing {
             busy: Vec::new(),
             hashless: false,
             hashes: Vec::new(),
-            claimed: false,
         }
     }
 
@@ -190,7 +187,6 @@ impl Routing {
                     }
                     Route::Origin => {
                         self.metrics.located(LocateResult::origin);
-                        self.claimed = true;
                         break;
                     }
                     Route::Alone => {
