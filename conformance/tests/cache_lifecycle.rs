@@ -1202,6 +1202,63 @@ async fn pins_protect_content_and_release_it_retained_or_deleted() {
     assert_consistent(&base, &data, SETTLE).await;
 }
 
+/// `GET /manta/v1/cache?entries=false` (what the operator asks for) answers the revisions and
+/// the space figures, pinned bytes included, without the eviction roots; an unknown query
+/// parameter, or an `entries` that is not a boolean, is a 400 OCI error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_view_leaves_out_its_entries_when_asked_and_refuses_unknown_queries() {
+    let up = start_upstream();
+    let work = tempfile::tempdir().unwrap();
+    let img = push_image(
+        &up,
+        &work.path().join("layout"),
+        "view/a",
+        "v1",
+        &[&random_bytes(1 << 20)],
+    );
+    let cfg = alias_config(&up, work.path());
+    let agent = Agent::start(None, &["--config", &cfg]).unwrap();
+    let (admin, base, data) = (agent.admin(), agent.url(), agent.data_dir().to_path_buf());
+    pull(&client(), &base, &data, &img.name, &img.tag).await;
+    let r = admin
+        .put_pin("keep", &json!({ "reference": img.reference() }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let names = |v: &Value| -> Vec<String> {
+        v["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no entries list: {v}"))
+            .iter()
+            .map(|e| e["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let full = admin.cache().await.unwrap();
+    assert!(names(&full).contains(&img.reference()), "{full}");
+    let explicit = admin.cache_with("entries=true").await;
+    assert_eq!(explicit.status, 200, "{}", explicit.text());
+    assert_eq!(names(&explicit.json()), names(&full));
+
+    let lean = admin.cache_with("entries=false").await;
+    assert_eq!(lean.status, 200, "{}", lean.text());
+    let lean = lean.json();
+    assert_eq!(lean["entries"], json!([]), "{lean}");
+    assert_eq!(lean["revisions"], full["revisions"], "{lean}");
+    assert_eq!(lean["space"]["pinned"], full["space"]["pinned"], "{lean}");
+    assert!(
+        lean["space"]["pinned"].as_u64().unwrap() >= 1 << 20,
+        "the pinned image is not counted: {lean}"
+    );
+
+    for bad in ["entries=maybe", "bogus=1", "entries=false&bogus=1"] {
+        let r = admin.cache_with(bad).await;
+        assert_eq!(r.status, 400, "?{bad}: {}", r.text());
+        let (code, message) = oci_error(&r.body);
+        assert_eq!(code, "UNSUPPORTED", "?{bad}: {message}");
+    }
+    assert_consistent(&base, &data, SETTLE).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. The CLI
 // ---------------------------------------------------------------------------------------------

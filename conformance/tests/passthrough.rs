@@ -190,4 +190,5 @@ async fn hub_files_and_image_form_layers_stream_through_a_full_cache() {
             .contains("insufficient storage"),
         "{end}"
     );
+    assert_eq!(end["failure"], "noSpace", "{end}");
 }

@@ -406,7 +406,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     use manta_registry::cli::ClientError;
     match e.downcast_ref::<ClientError>() {
         Some(ClientError::Damaged { .. }) => 1,
-        Some(ClientError::Request { .. }) => 2,
+        Some(ClientError::Agent(e)) if e.is_unreachable() => 2,
         Some(ClientError::Interrupted { .. }) => 130,
         _ => 3,
     }

@@ -115,17 +115,22 @@ async fn get_job(State(mock): State<Arc<Mock>>, Path(id): Path<String>) -> Respo
 async fn cache() -> Json<Value> {
     let entry = |hub: &str, repo: &str, revision: &str, cached: u64, forms: Value| {
         json!({
-            "hub": hub, "repo": repo, "revision": revision,
+            "hub": hub, "repo": repo, "revision": revision, "tag": revision,
             "commit": "0123456789abcdef0123456789abcdef01234567",
             "files": 3, "size": 1_572_864, "cachedBytes": cached, "forms": forms,
             "references": {}, "resolvedAt": 1_700_000_000,
         })
     };
-    Json(json!({"revisions": [
-        entry("ms", "qwen/Qwen2.5-0.5B-Instruct", "master", 1_572_864, json!(["image"])),
-        entry("hf", "Qwen/Qwen2.5-0.5B-Instruct", "v2", 786_432, json!(["raw", "image"])),
-        entry("hf", "Qwen/Qwen2.5-0.5B-Instruct", "main", 1_572_864, json!(["raw"])),
-    ]}))
+    Json(json!({
+        "revisions": [
+            entry("ms", "qwen/Qwen2.5-0.5B-Instruct", "master", 1_572_864, json!(["image"])),
+            entry("hf", "Qwen/Qwen2.5-0.5B-Instruct", "v2", 786_432, json!(["raw", "image"])),
+            entry("hf", "Qwen/Qwen2.5-0.5B-Instruct", "main", 1_572_864, json!(["raw"])),
+        ],
+        "space": {"capacity": 1u64 << 30, "used": 3_932_160, "reserved": 0, "pinned": 0,
+            "highWatermark": 966_367_641, "lowWatermark": 858_993_459},
+        "entries": [],
+    }))
 }
 
 /// Serve the mock on 127.0.0.1:0; returns it and its base URL.
@@ -244,7 +249,7 @@ async fn cli_prefetch_surfaces_the_agents_error() {
     let (r, _) = prefetch(&["hf://org/missing", "--no-progress", "--server", &server]).await;
     let err = r.unwrap_err();
     assert!(
-        matches!(err, ClientError::Api { status, .. } if status == StatusCode::NOT_FOUND),
+        matches!(&err, ClientError::Agent(e) if e.status() == Some(StatusCode::NOT_FOUND)),
         "{err:?}"
     );
     assert_eq!(
@@ -293,10 +298,15 @@ async fn cli_ls_prints_a_sorted_table() {
         .unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "HUB  REPO                        REVISION  COMMIT        FILES  SIZE     CACHED  FROM  FORMS\n\
+        "capacity 1.0 GiB, used 3.8 MiB (0%), pinned 0 B, reserved 0 B; \
+         eviction above 921.6 MiB down to 819.2 MiB\n\
+         \n\
+         HUB  REPO                        REVISION  COMMIT        FILES  SIZE     CACHED  FROM  FORMS\n\
          hf   Qwen/Qwen2.5-0.5B-Instruct  main      0123456789ab  3      1.5 MiB  100%    hub   raw\n\
          hf   Qwen/Qwen2.5-0.5B-Instruct  v2        0123456789ab  3      1.5 MiB  50%     hub   raw,image\n\
-         ms   qwen/Qwen2.5-0.5B-Instruct  master    0123456789ab  3      1.5 MiB  100%    hub   image\n"
+         ms   qwen/Qwen2.5-0.5B-Instruct  master    0123456789ab  3      1.5 MiB  100%    hub   image\n\
+         \n\
+         KIND  NAME  SIZE  ACCESSED  PINNED  FORMS\n"
     );
 
     let mut out = Vec::new();
@@ -315,7 +325,10 @@ async fn cli_ls_names_an_unreachable_agent() {
     let err = cli::ls(ls_args(&["--server", &server]), &mut Vec::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Request { .. }), "{err:?}");
+    assert!(
+        matches!(&err, ClientError::Agent(e) if e.is_unreachable()),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         format!("GET {server}/manta/v1/cache: cannot reach the Manta agent")

@@ -188,6 +188,12 @@ impl Admin {
         serde_json::from_slice(&a.body).context("GET /manta/v1/cache: JSON")
     }
 
+    /// `GET /manta/v1/cache?<query>`; status unchecked.
+    pub async fn cache_with(&self, query: &str) -> Answer {
+        let url = self.url(&format!("/manta/v1/cache?{query}"));
+        self.try_send(self.c.get(url), "GET cache").await
+    }
+
     /// The `space` of `GET /manta/v1/cache`.
     pub async fn space(&self) -> Result<Space> {
         let v = self.cache().await?;

@@ -1,16 +1,20 @@
 //! The admin API under `/manta/v1/`: prefetch jobs and what the cache holds. Its clients are the
 //! CLI (`manta prefetch`, `manta ls`) and the operator.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::{StreamExt, TryStreamExt};
-use manta_hub::{Filter, HubKind};
-use serde::{Deserialize, Serialize};
+use manta_api::{
+    CacheView, CachedRevision, FileProgress, FileState, Job, JobFailure, JobState, PrefetchRequest,
+};
+use manta_hub::{HubError, HubKind};
+use serde::Deserialize;
 
 use super::Shared;
 use crate::error::ApiError;
@@ -23,62 +27,12 @@ use crate::upstream::UpstreamError;
 /// Files downloaded at once by a raw-form prefetch.
 const PARALLEL_FILES: usize = 4;
 
-/// `POST /manta/v1/prefetch`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PrefetchRequest {
-    pub hub: HubKind,
-    /// Repo id on the hub (`Qwen/Qwen2.5-0.5B-Instruct`).
-    pub repo: String,
-    /// Branch, tag, `refs/pr/N` or commit [default: `main` on Hugging Face, `master` on ModelScope].
-    #[serde(default)]
-    pub revision: Option<String>,
-    #[serde(flatten)]
-    pub filter: Filter,
-    /// The forms to make ready [default: both].
-    #[serde(default)]
-    pub forms: Vec<Form>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FileProgress {
-    path: String,
-    size: u64,
-    bytes_done: u64,
-    state: &'static str,
-}
-
-/// A prefetch job as `GET /manta/v1/prefetch/<id>` reports it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JobView {
-    id: String,
-    state: JobState,
-    hub: HubKind,
-    repo: String,
-    revision: String,
-    commit: Option<String>,
-    bytes_done: u64,
-    bytes_total: Option<u64>,
-    files: Vec<FileProgress>,
-    references: HashMap<Form, String>,
-    error: Option<String>,
-}
-
 struct JobStatus {
     state: JobState,
     record: Option<HubRevisionRecord>,
     error: Option<String>,
+    /// What kind of failure `error` is.
+    failure: Option<JobFailure>,
     /// When the job ended; ended jobs are forgotten after [`KEEP_ENDED`].
     ended: Option<std::time::Instant>,
 }
@@ -86,7 +40,8 @@ struct JobStatus {
 /// How long an ended job stays readable.
 const KEEP_ENDED: std::time::Duration = std::time::Duration::from_secs(3600);
 
-struct Job {
+/// A prefetch job as this agent runs it ([`Job`] is how it is reported).
+struct PrefetchJob {
     id: String,
     hub: HubKind,
     repo: String,
@@ -100,15 +55,15 @@ struct Job {
 /// and an ended job is forgotten an hour after it ended.
 #[derive(Default)]
 pub struct Jobs {
-    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    jobs: Mutex<HashMap<String, Arc<PrefetchJob>>>,
 }
 
-impl Job {
+impl PrefetchJob {
     fn set(&self, f: impl FnOnce(&mut JobStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    fn references(&self) -> HashMap<Form, String> {
+    fn references(&self) -> BTreeMap<Form, String> {
         let name = self.repo.to_ascii_lowercase();
         self.forms
             .iter()
@@ -121,16 +76,16 @@ impl Job {
             .collect()
     }
 
-    fn view(&self, st: &Shared) -> JobView {
-        let (state, record, error) = {
+    fn view(&self, st: &Shared) -> Job {
+        let (state, record, error, failure) = {
             let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            (s.state, s.record.clone(), s.error.clone())
+            (s.state, s.record.clone(), s.error.clone(), s.failure)
         };
         let files: Vec<FileProgress> = record
             .as_ref()
             .map(|r| r.files.iter().map(|f| file_progress(st, f)).collect())
             .unwrap_or_default();
-        JobView {
+        Job {
             id: self.id.clone(),
             state,
             hub: self.hub,
@@ -146,9 +101,10 @@ impl Job {
             references: if state == JobState::Succeeded {
                 self.references()
             } else {
-                HashMap::new()
+                BTreeMap::new()
             },
             error,
+            failure,
         }
     }
 }
@@ -158,18 +114,20 @@ fn file_progress(st: &Shared, f: &crate::store::HubFileRecord) -> FileProgress {
     let digest = format!("sha256:{}", f.sha256);
     let held = matches!(st.store.index().blob(&digest), Ok(Some(_)));
     let (bytes_done, state) = if held {
-        (f.size, "done")
+        (f.size, FileState::Done)
     } else {
         match st
             .fetcher
             .get(&digest)
             .map(|x| x.subscribe().borrow().clone())
         {
-            Some(FetchState::Streaming { checked, .. }) => (checked, "running"),
-            Some(FetchState::Verified { size, .. } | FetchState::Done { size }) => (size, "done"),
-            Some(FetchState::Starting | FetchState::Passthrough { .. }) => (0, "running"),
-            Some(FetchState::Failed(_)) => (0, "failed"),
-            None => (0, "pending"),
+            Some(FetchState::Streaming { checked, .. }) => (checked, FileState::Running),
+            Some(FetchState::Verified { size, .. } | FetchState::Done { size }) => {
+                (size, FileState::Done)
+            }
+            Some(FetchState::Starting | FetchState::Passthrough { .. }) => (0, FileState::Running),
+            Some(FetchState::Failed(_)) => (0, FileState::Failed),
+            None => (0, FileState::Pending),
         }
     };
     FileProgress {
@@ -209,7 +167,7 @@ pub(super) async fn start(
                 "revision {revision:?} cannot be named by a tag"
             )));
         }
-        let job = Arc::new(Job {
+        let job = Arc::new(PrefetchJob {
             id: uuid::Uuid::new_v4().to_string(),
             hub: req.hub,
             repo: req.repo.clone(),
@@ -220,6 +178,7 @@ pub(super) async fn start(
                 state: JobState::Pending,
                 record: None,
                 error: None,
+                failure: None,
                 ended: None,
             }),
         });
@@ -243,7 +202,7 @@ pub(super) async fn start(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn run(st: Shared, job: Arc<Job>, spec: Spec) {
+async fn run(st: Shared, job: Arc<PrefetchJob>, spec: Spec) {
     job.set(|s| s.state = JobState::Running);
     let outcome = prefetch(&st, &job, spec).await;
     match outcome {
@@ -260,14 +219,37 @@ async fn run(st: Shared, job: Arc<Job>, spec: Spec) {
                 s.state = JobState::Failed;
                 s.ended = Some(std::time::Instant::now());
                 s.error = Some(e.to_string());
+                s.failure = Some(job_failure(&e));
             });
         }
     }
 }
 
+/// What kind of failure ended a job: the hub's answer (the same on every node) or this node's
+/// own trouble (another node may do better).
+fn job_failure(e: &UpstreamError) -> JobFailure {
+    match e {
+        UpstreamError::Hub(HubError::Unauthorized(_) | HubError::Denied(_)) => {
+            JobFailure::HubRefused
+        }
+        UpstreamError::Hub(
+            HubError::RepoNotFound(_) | HubError::RevisionNotFound(_) | HubError::EntryNotFound(_),
+        ) => JobFailure::NotFound,
+        UpstreamError::Hub(h) if h.is_unavailable() => JobFailure::HubUnavailable,
+        UpstreamError::Status {
+            status: 401 | 403, ..
+        } => JobFailure::HubRefused,
+        UpstreamError::Status { status: 404, .. } => JobFailure::NotFound,
+        e if e.is_unavailable() => JobFailure::HubUnavailable,
+        UpstreamError::Unrepresentable(_) => JobFailure::Unrepresentable,
+        UpstreamError::Local(s) if s.is_no_space() => JobFailure::NoSpace,
+        _ => JobFailure::Other,
+    }
+}
+
 /// Fetch what the job asks for; it succeeds only when every file is in the cache (a file that
 /// found no room streamed through uncached, which a prefetch is not).
-async fn prefetch(st: &Shared, job: &Job, spec: Spec) -> Result<(), FetchError> {
+async fn prefetch(st: &Shared, job: &PrefetchJob, spec: Spec) -> Result<(), FetchError> {
     let name = job.repo.to_ascii_lowercase();
     let rec = st
         .hubs
@@ -355,83 +337,87 @@ pub(super) async fn status(State(st): State<Shared>, Path(id): Path<String>) -> 
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CachedRevision {
-    hub: HubKind,
-    repo: String,
-    revision: String,
-    tag: String,
-    commit: String,
-    files: usize,
-    size: u64,
-    cached_bytes: u64,
-    /// Of the cached bytes, those that came from peers (the rest from the hub).
-    from_peers: u64,
-    forms: Vec<Form>,
-    references: HashMap<Form, String>,
-    resolved_at: u64,
+/// The query of `GET /manta/v1/cache`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheQuery {
+    /// List every eviction root [default: true]; the operator, which reads the space figures
+    /// and the revisions only, asks for `false`.
+    #[serde(default = "yes")]
+    entries: bool,
 }
 
-/// `GET /manta/v1/cache`: every hub revision the node knows, with what it holds of it.
-pub(super) async fn cache(State(st): State<Shared>) -> Response {
-    let records = {
-        let st = st.clone();
-        tokio::task::spawn_blocking(move || st.hubs.records()).await
-    };
-    let records = match records {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return ApiError::from(e).into_response(),
-        Err(e) => return ApiError::from(crate::store::StoreError::Join(e)).into_response(),
-    };
-    let index = st.store.index();
-    let revisions: Vec<CachedRevision> = records
-        .into_iter()
-        .map(|(hub_kind, name, tag, r)| {
-            let held: Vec<crate::store::BlobRecord> = r
-                .files
-                .iter()
-                .filter_map(|f| index.blob(&format!("sha256:{}", f.sha256)).ok().flatten())
-                .collect();
-            let cached_bytes = held.iter().map(|b| b.size).sum();
-            let from_peers = held.iter().filter_map(|b| b.from_peers).sum();
-            let mut forms = vec![Form::Raw];
-            if r.image.is_some() {
-                forms.push(Form::Image);
-            }
-            let references = forms
-                .iter()
-                .map(|f| {
-                    (
-                        *f,
-                        format!("{}:{}", hub::oci_repo(hub_kind, *f, &name), tag),
-                    )
-                })
-                .collect();
-            CachedRevision {
-                hub: hub_kind,
-                repo: r.repo,
-                revision: r.revision,
-                tag,
-                commit: r.commit,
-                files: r.files.len(),
-                size: r.files.iter().map(|f| f.size).sum(),
-                cached_bytes,
-                from_peers,
-                forms,
-                references,
-                resolved_at: r.resolved_at,
-            }
-        })
+fn yes() -> bool {
+    true
+}
+
+/// `GET /manta/v1/cache[?entries=false]`: every hub revision the node knows, with what it holds
+/// of it, the space figures, and (unless `entries=false`) every eviction root.
+pub(super) async fn cache(
+    State(st): State<Shared>,
+    query: Result<Query<CacheQuery>, QueryRejection>,
+) -> Response {
+    async {
+        let Query(q) = query.map_err(|e| ApiError::Unsupported(e.body_text()))?;
+        let records = {
+            let st = st.clone();
+            tokio::task::spawn_blocking(move || st.hubs.records())
+                .await
+                .map_err(crate::store::StoreError::Join)??
+        };
+        let index = st.store.index();
+        let revisions = records
+            .into_iter()
+            .map(|(hub_kind, name, tag, r)| cached_revision(index, hub_kind, &name, tag, r))
+            .collect();
+        let (space, entries) = super::lifecycle::space_and_entries(&st, q.entries).await?;
+        Ok::<_, ApiError>(
+            Json(CacheView {
+                revisions,
+                space,
+                entries,
+            })
+            .into_response(),
+        )
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What the node holds of one hub revision.
+fn cached_revision(
+    index: &dyn crate::store::Index,
+    hub_kind: HubKind,
+    name: &str,
+    tag: String,
+    r: HubRevisionRecord,
+) -> CachedRevision {
+    let held: Vec<crate::store::BlobRecord> = r
+        .files
+        .iter()
+        .filter_map(|f| index.blob(&format!("sha256:{}", f.sha256)).ok().flatten())
         .collect();
-    match super::lifecycle::entries(&st).await {
-        Ok((space, entries)) => Json(serde_json::json!({
-            "revisions": revisions,
-            "space": space,
-            "entries": entries,
-        }))
-        .into_response(),
-        Err(e) => e.into_response(),
+    let mut forms = vec![Form::Raw];
+    if r.image.is_some() {
+        forms.push(Form::Image);
+    }
+    let references = forms
+        .iter()
+        .map(|f| (*f, format!("{}:{}", hub::oci_repo(hub_kind, *f, name), tag)))
+        .collect();
+    CachedRevision {
+        hub: hub_kind,
+        repo: r.repo,
+        revision: r.revision,
+        tag,
+        commit: r.commit,
+        files: r.files.len() as u64,
+        size: r.files.iter().map(|f| f.size).sum(),
+        cached_bytes: held.iter().map(|b| b.size).sum(),
+        from_peers: held.iter().filter_map(|b| b.from_peers).sum(),
+        forms,
+        references,
+        resolved_at: r.resolved_at,
     }
 }
 
@@ -439,18 +425,85 @@ pub(super) async fn cache(State(st): State<Shared>) -> Response {
 mod tests {
     use super::*;
 
+    fn cache_query(uri: &str) -> Result<bool, String> {
+        let uri: axum::http::Uri = uri.parse().map_err(|e| format!("{e}"))?;
+        Query::<CacheQuery>::try_from_uri(&uri)
+            .map(|Query(q)| q.entries)
+            .map_err(|e| e.body_text())
+    }
+
     #[test]
-    fn prefetch_requests_parse_and_refuse_unknown_fields() {
-        let r: PrefetchRequest = serde_json::from_str(
-            r#"{"hub":"hf","repo":"a/B","revision":"main","allowPatterns":["*.json"],"forms":["raw"]}"#,
-        )
-        .unwrap();
-        assert_eq!(r.filter.allow_patterns, vec!["*.json".to_string()]);
-        assert_eq!(r.forms, vec![Form::Raw]);
-        assert!(
-            serde_json::from_str::<PrefetchRequest>(r#"{"hub":"hf","repo":"a/b","bogus":1}"#)
-                .is_err()
-        );
-        assert!(serde_json::from_str::<PrefetchRequest>(r#"{"hub":"xx","repo":"a/b"}"#).is_err());
+    fn a_failed_job_says_whether_the_hub_or_the_node_failed_it() {
+        let status = |status| UpstreamError::Status {
+            status,
+            code: None,
+            message: None,
+            retry_after: None,
+        };
+        let no_space = crate::store::StoreError::NoSpace {
+            needed: 2,
+            capacity: 1,
+            used: 1,
+            reserved: 0,
+            fs_available: None,
+        };
+        let cases = [
+            (
+                UpstreamError::Hub(HubError::Unauthorized("gated".into())),
+                JobFailure::HubRefused,
+            ),
+            (
+                UpstreamError::Hub(HubError::Denied("token".into())),
+                JobFailure::HubRefused,
+            ),
+            (
+                UpstreamError::Hub(HubError::RepoNotFound("a/b".into())),
+                JobFailure::NotFound,
+            ),
+            (
+                UpstreamError::Hub(HubError::RevisionNotFound("v9".into())),
+                JobFailure::NotFound,
+            ),
+            (
+                UpstreamError::Hub(HubError::RateLimited("slow down".into())),
+                JobFailure::HubUnavailable,
+            ),
+            (
+                UpstreamError::Hub(HubError::Timeout("headers")),
+                JobFailure::HubUnavailable,
+            ),
+            (status(403), JobFailure::HubRefused),
+            (status(404), JobFailure::NotFound),
+            (status(503), JobFailure::HubUnavailable),
+            (UpstreamError::Timeout("body"), JobFailure::HubUnavailable),
+            (
+                UpstreamError::Unrepresentable("a/../b".into()),
+                JobFailure::Unrepresentable,
+            ),
+            (UpstreamError::Local(no_space), JobFailure::NoSpace),
+            (
+                UpstreamError::DigestMismatch {
+                    expected: "sha256:00".into(),
+                },
+                JobFailure::Other,
+            ),
+            (UpstreamError::HubNotConfigured("ms"), JobFailure::Other),
+        ];
+        for (e, want) in cases {
+            assert_eq!(job_failure(&e), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn the_cache_query_names_entries_only() {
+        assert_eq!(cache_query("/manta/v1/cache"), Ok(true));
+        assert_eq!(cache_query("/manta/v1/cache?entries=true"), Ok(true));
+        assert_eq!(cache_query("/manta/v1/cache?entries=false"), Ok(false));
+        for bad in ["entries=no", "entries=", "entry=false", "entries=false&x=1"] {
+            let e = cache_query(&format!("/manta/v1/cache?{bad}"));
+            assert!(e.is_err(), "?{bad}: {e:?}");
+        }
+        let e = cache_query("/manta/v1/cache?bogus=1").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
     }
 }

@@ -9,14 +9,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use manta_api::{CacheEntry, GcRequest, PinList, PinView, Reclaim, SpaceView, Unpinned};
+use serde::Deserialize;
 
 use super::Shared;
 use crate::error::{ApiError, ApiResult};
+use crate::hub::Form;
 use crate::names;
 use crate::store::gc::{self, GcReport, Graph, Select};
-use crate::store::space::SpaceView;
-use crate::store::{unix_now, PinRecord, PinTarget, Protection, Root};
+use crate::store::{unix_now, PinRecord, PinTarget, Root};
 
 /// A pin name: what Kubernetes allows in a resource name, and then some (`.`, `_`).
 fn valid_pin_name(n: &str) -> bool {
@@ -34,7 +35,7 @@ fn check_target(t: &PinTarget) -> ApiResult<()> {
     match (t.hub, t.repo.as_deref(), t.reference.as_deref()) {
         (Some(hub), Some(repo), None) => {
             let name = repo.to_ascii_lowercase();
-            if !names::valid_name(&crate::hub::oci_repo(hub, crate::hub::Form::Raw, &name)) {
+            if !names::valid_name(&crate::hub::oci_repo(hub, Form::Raw, &name)) {
                 return bad(format!("{repo:?} is not a repo id"));
             }
             let rev = t
@@ -113,18 +114,6 @@ fn parse_ref(r: &str) -> ApiResult<PinTarget> {
     Ok(t)
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PinView {
-    name: String,
-    target: PinTarget,
-    created_at: u64,
-    /// The roots the pin holds now (names as `manta ls` prints them).
-    roots: Vec<String>,
-    /// Bytes of blobs those roots reach.
-    bytes: u64,
-}
-
 fn pin_view(g: &Graph, st: &Shared, name: &str, rec: PinRecord) -> ApiResult<PinView> {
     let roots = gc::pin_roots(st.store.index(), &rec.target)?;
     let mut seen = std::collections::HashSet::new();
@@ -159,11 +148,11 @@ pub(super) async fn list_pins(State(st): State<Shared>) -> Response {
     async {
         let g = st.store.graph().await?;
         let pins = st.store.index().pins()?;
-        let views = pins
+        let pins = pins
             .into_iter()
             .map(|(name, rec)| pin_view(&g, &st, &name, rec))
             .collect::<ApiResult<Vec<_>>>()?;
-        Ok::<_, ApiError>(Json(serde_json::json!({ "pins": views })).into_response())
+        Ok::<_, ApiError>(Json(PinList { pins }).into_response())
     }
     .await
     .unwrap_or_else(IntoResponse::into_response)
@@ -212,16 +201,6 @@ pub(super) async fn put_pin(
     .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The two ways a pin is released (a Torrent's `reclaimPolicy`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reclaim {
-    /// The content stays, now evictable by LRU.
-    #[default]
-    Retain,
-    /// The content goes now (what no other pin or root still needs).
-    Delete,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UnpinQuery {
@@ -259,23 +238,15 @@ pub(super) async fn delete_pin(
                 Some(st.store.evict(Select::Roots(roots), false).await?)
             }
         };
-        Ok(
-            Json(serde_json::json!({ "name": name, "reclaim": q.reclaim, "gc": report }))
-                .into_response(),
-        )
+        Ok(Json(Unpinned {
+            name,
+            reclaim: q.reclaim,
+            gc: report,
+        })
+        .into_response())
     }
     .await
     .unwrap_or_else(IntoResponse::into_response)
-}
-
-#[derive(Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct GcRequest {
-    #[serde(default)]
-    dry_run: bool,
-    /// Bytes to free [default: down to the low watermark].
-    #[serde(default)]
-    free: Option<u64>,
 }
 
 /// `POST /manta/v1/gc`: evict least recently used cache content now.
@@ -327,34 +298,37 @@ pub(super) async fn verify(State(st): State<Shared>) -> Response {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Entry {
-    kind: &'static str,
-    name: String,
-    bytes: u64,
-    last_access: u64,
-    pins: Vec<String>,
-    protection: Option<Protection>,
-    forms: Vec<crate::hub::Form>,
-}
-
-/// The space figures and every root, least recently used first (for `GET /manta/v1/cache`).
-pub(super) async fn entries(st: &Shared) -> ApiResult<(SpaceView, Vec<Entry>)> {
+/// The space figures and, with `with_entries`, every root, least recently used first (for
+/// `GET /manta/v1/cache`). The graph is read either way: the pinned bytes are its figure.
+pub(super) async fn space_and_entries(
+    st: &Shared,
+    with_entries: bool,
+) -> ApiResult<(SpaceView, Vec<CacheEntry>)> {
     let g = st.store.graph().await?;
     let sp = st.store.space();
-    let mut forms: HashMap<String, Vec<crate::hub::Form>> = HashMap::new();
+    let space = SpaceView {
+        capacity: sp.capacity(),
+        used: sp.used(),
+        reserved: sp.reserved(),
+        pinned: g.pinned_bytes(),
+        high_watermark: sp.high_watermark(),
+        low_watermark: sp.low_watermark(),
+    };
+    if !with_entries {
+        return Ok((space, Vec::new()));
+    }
+    let mut forms: HashMap<String, Vec<Form>> = HashMap::new();
     st.store.index().for_each_hub_revision(&mut |key, rec| {
-        let mut f = vec![crate::hub::Form::Raw];
+        let mut f = vec![Form::Raw];
         if rec.image.is_some() {
-            f.push(crate::hub::Form::Image);
+            f.push(Form::Image);
         }
         forms.insert(key.to_string(), f);
     })?;
-    let mut entries: Vec<Entry> = g
+    let mut entries: Vec<CacheEntry> = g
         .roots
         .iter()
-        .map(|r| Entry {
+        .map(|r| CacheEntry {
             kind: r.root.kind(),
             name: r.root.name(),
             bytes: g.closure_bytes(&r.closure),
@@ -368,14 +342,6 @@ pub(super) async fn entries(st: &Shared) -> ApiResult<(SpaceView, Vec<Entry>)> {
         })
         .collect();
     entries.sort_by(|a, b| (a.last_access, &a.name).cmp(&(b.last_access, &b.name)));
-    let space = SpaceView {
-        capacity: sp.capacity(),
-        used: sp.used(),
-        reserved: sp.reserved(),
-        pinned: g.pinned_bytes(),
-        high_watermark: sp.high_watermark(),
-        low_watermark: sp.low_watermark(),
-    };
     Ok((space, entries))
 }
 

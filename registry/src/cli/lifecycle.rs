@@ -4,17 +4,16 @@ use std::io::{self, IsTerminal, Write};
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use indicatif::ProgressBar;
-use manta_hub::{Filter, HubKind};
+use manta_api::{GcReport, GcRequest, PinTarget, PinView, Unpinned, VerifyReport};
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use super::{
-    age, emit, format_table, human_bytes, list_or_dash, unix_now, Agent, Answer, ClientError,
-    FilterArgs, ModelUri, ServerArgs, UriError,
+    age, client, emit, format_table, human_bytes, list_or_dash, unix_now, ClientError, FilterArgs,
+    ModelUri, ServerArgs, UriError, TIMEOUT,
 };
 use crate::store::space::parse_size;
-use crate::store::VerifyReport;
 
 /// `manta rm <ref>`
 #[derive(Debug, Clone, clap::Args)]
@@ -83,7 +82,7 @@ pub struct UnpinArgs {
     pub name: String,
     /// Retain: leave the content to LRU eviction; Delete: remove it now (unless another pin
     /// holds it).
-    #[arg(long, value_enum, ignore_case = true, default_value_t = Reclaim::Retain)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t)]
     pub reclaim: Reclaim,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -92,11 +91,22 @@ pub struct UnpinArgs {
     pub json: bool,
 }
 
-/// What `manta unpin` does with what the pin protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-pub enum Reclaim {
-    Retain,
-    Delete,
+/// `--reclaim`: what `manta unpin` does with what the pin protected ([`manta_api::Reclaim`] on
+/// the command line) [default: `Retain`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaim(pub manta_api::Reclaim);
+
+impl clap::ValueEnum for Reclaim {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            Reclaim(manta_api::Reclaim::Retain),
+            Reclaim(manta_api::Reclaim::Delete),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.0.as_str()))
+    }
 }
 
 /// `manta verify`
@@ -176,108 +186,77 @@ fn parse_pin_name(s: &str) -> Result<String, String> {
     }
 }
 
-/// `s` as a URL path, each character a path segment cannot hold as itself percent-encoded (RFC
-/// 3986 `pchar`, with `/` kept: the agent's routes take the rest of the path).
-fn encode_path(s: &str) -> String {
-    const KEEP: &[u8] = b"-._~!$&'()*+,;=:@/";
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || KEEP.contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `manta rm`: remove one root from the cache now, whatever its age; write what was freed.
 pub async fn rm(args: RmArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let agent = Agent::new(&args.server)?;
+    let agent = client(&args.server, Some(TIMEOUT))?;
     let reference = args.reference.to_string();
-    let url = agent.endpoint(&format!("cache/{}", encode_path(&reference)));
-    let answer: Answer<GcReport> =
-        agent
-            .call(agent.http.delete(url))
-            .await
-            .map_err(|e| match e {
-                ClientError::Api {
-                    status, message, ..
-                } if status == StatusCode::NOT_FOUND => ClientError::NotCached {
-                    reference: reference.clone(),
-                    message,
-                },
-                ClientError::Api {
-                    status, message, ..
-                } if status == StatusCode::CONFLICT => ClientError::Pinned {
-                    reference: reference.clone(),
-                    message,
-                },
-                e => e,
-            })?;
+    let answer = agent.remove(&reference).await.map_err(|e| match e {
+        manta_api::Error::Api {
+            status, message, ..
+        } if status == StatusCode::NOT_FOUND => ClientError::NotCached {
+            reference: reference.clone(),
+            message,
+        },
+        manta_api::Error::Api {
+            status, message, ..
+        } if status == StatusCode::CONFLICT => ClientError::Pinned {
+            reference: reference.clone(),
+            message,
+        },
+        e => e.into(),
+    })?;
     emit(out, args.json, &answer, |r| format_gc(r, unix_now()))
 }
 
 /// `manta gc`: evict least recently used content now; write each evicted root and the total.
 pub async fn gc(args: GcArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let agent = Agent::new(&args.server)?;
     let request = GcRequest {
         dry_run: args.dry_run,
         free: args.free,
     };
-    let answer: Answer<GcReport> = agent
-        .call(agent.http.post(agent.endpoint("gc")).json(&request))
-        .await?;
+    let answer = client(&args.server, Some(TIMEOUT))?.gc(&request).await?;
     emit(out, args.json, &answer, |r| format_gc(r, unix_now()))
 }
 
 /// `manta pins`: write the agent's pins, sorted by name.
 pub async fn pins(args: PinsArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let agent = Agent::new(&args.server)?;
-    let answer: Answer<PinList> = agent.call(agent.http.get(agent.endpoint("pins"))).await?;
-    emit(out, args.json, &answer, |list| {
-        format_pins(&list.pins, unix_now())
+    let answer = client(&args.server, Some(TIMEOUT))?.pins().await?;
+    emit(out, args.json, &answer, |pins| {
+        format_pins(pins, unix_now())
     })
 }
 
 /// `manta pin`: create or replace a pin; write what it protects so far.
 pub async fn pin(args: PinArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let body = pin_body(&args.target, &args.files)?;
-    let agent = Agent::new(&args.server)?;
-    let url = agent.endpoint(&format!("pins/{}", encode_path(&args.name)));
-    let answer: Answer<PinView> = agent.call(agent.http.put(url).json(&body)).await?;
+    let target = pin_target(&args.target, &args.files)?;
+    let answer = client(&args.server, Some(TIMEOUT))?
+        .put_pin(&args.name, &target)
+        .await?;
     let created = answer.status == StatusCode::CREATED;
     emit(out, args.json, &answer, |p| format_pinned(p, created))
 }
 
 /// `manta unpin`: drop a pin; with `--reclaim delete`, write what was freed.
 pub async fn unpin(args: UnpinArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let agent = Agent::new(&args.server)?;
-    let url = agent.endpoint(&format!("pins/{}", encode_path(&args.name)));
-    let request = agent.http.delete(url).query(&[("reclaim", args.reclaim)]);
-    let answer: Answer<Unpinned> = agent.call(request).await.map_err(|e| match e {
-        ClientError::Api { status, .. } if status == StatusCode::NOT_FOUND => {
-            ClientError::NoSuchPin {
-                name: args.name.clone(),
-            }
-        }
-        e => e,
-    })?;
+    let answer = client(&args.server, Some(TIMEOUT))?
+        .delete_pin(&args.name, args.reclaim.0)
+        .await?
+        .ok_or_else(|| ClientError::NoSuchPin {
+            name: args.name.clone(),
+        })?;
     emit(out, args.json, &answer, |u| format_unpinned(u, unix_now()))
 }
 
 /// `manta verify`: have the agent re-hash every blob (as long as that takes) and write what it
 /// found; [`ClientError::Damaged`] when a blob is corrupt or missing.
 pub async fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let agent = Agent::patient(&args.server)?;
+    let agent = client(&args.server, None)?;
     let spinner = io::stderr().is_terminal().then(|| {
         let s = ProgressBar::new_spinner().with_message("re-hashing every blob in the cache");
         s.enable_steady_tick(Duration::from_millis(100));
         s
     });
-    let answer = agent
-        .call::<VerifyReport>(agent.http.post(agent.endpoint("verify")))
-        .await;
+    let answer = agent.verify().await;
     if let Some(s) = spinner {
         s.finish_and_clear();
     }
@@ -294,20 +273,18 @@ pub async fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<(), ClientE
     })
 }
 
-fn pin_body(target: &CacheRef, files: &FilterArgs) -> Result<PinBody, ClientError> {
+fn pin_target(target: &CacheRef, files: &FilterArgs) -> Result<PinTarget, ClientError> {
     match target {
-        CacheRef::Hub(uri) => Ok(PinBody::Hub {
-            hub: uri.hub,
-            repo: uri.repo.clone(),
-            revision: uri.revision.clone(),
-            filter: files.filter(),
-        }),
+        CacheRef::Hub(uri) => Ok(PinTarget::hub(
+            uri.hub,
+            &uri.repo,
+            uri.revision.as_deref(),
+            files.filter(),
+        )),
         CacheRef::Oci(_) if !files.is_all() => Err(ClientError::FilterOnReference {
             target: target.to_string(),
         }),
-        CacheRef::Oci(reference) => Ok(PinBody::Reference {
-            reference: reference.clone(),
-        }),
+        CacheRef::Oci(reference) => Ok(PinTarget::reference(reference)),
     }
 }
 
@@ -320,7 +297,7 @@ fn format_gc(r: &GcReport, now: u64) -> String {
             .iter()
             .map(|e| {
                 [
-                    e.kind.clone(),
+                    e.kind.as_str().to_owned(),
                     e.name.clone(),
                     human_bytes(e.bytes),
                     age(e.last_access, now),
@@ -373,7 +350,7 @@ fn format_pins(pins: &[PinView], now: u64) -> String {
                 target_text(&p.target),
                 human_bytes(p.bytes),
                 age(p.created_at, now),
-                list_or_dash(&p.roots),
+                list_or_dash(p.roots.iter().map(String::as_str)),
             ]
         })
         .collect();
@@ -429,13 +406,13 @@ fn format_verify(r: &VerifyReport) -> String {
 }
 
 /// `hf://Org/Name@main[include=*.json,*.md;exclude=*.bin]`, or the reference.
-fn target_text(t: &PinTargetView) -> String {
+fn target_text(t: &PinTarget) -> String {
     if let Some(reference) = &t.reference {
         return reference.clone();
     }
     let mut text = format!(
         "{}://{}",
-        t.hub.as_deref().unwrap_or("?"),
+        t.hub.map_or("?", |h| h.as_str()),
         t.repo.as_deref().unwrap_or("?")
     );
     if let Some(revision) = &t.revision {
@@ -458,91 +435,11 @@ fn target_text(t: &PinTargetView) -> String {
     text
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GcRequest {
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    dry_run: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    free: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GcReport {
-    dry_run: bool,
-    freed_bytes: u64,
-    blobs_deleted: u64,
-    manifests_deleted: u64,
-    evicted: Vec<Evicted>,
-    #[serde(default)]
-    refused_pinned: Vec<String>,
-    kept_in_use: u64,
-    protected_pinned: u64,
-    protected_in_use: u64,
-    protected_young: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Evicted {
-    kind: String,
-    name: String,
-    bytes: u64,
-    last_access: u64,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum PinBody {
-    Hub {
-        hub: HubKind,
-        repo: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        revision: Option<String>,
-        #[serde(flatten)]
-        filter: Filter,
-    },
-    Reference {
-        reference: String,
-    },
-}
-
-#[derive(Deserialize)]
-struct PinList {
-    pins: Vec<PinView>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PinView {
-    name: String,
-    target: PinTargetView,
-    created_at: u64,
-    roots: Vec<String>,
-    bytes: u64,
-}
-
-#[derive(Deserialize)]
-struct PinTargetView {
-    hub: Option<String>,
-    repo: Option<String>,
-    revision: Option<String>,
-    reference: Option<String>,
-    #[serde(flatten)]
-    filter: Filter,
-}
-
-#[derive(Deserialize)]
-struct Unpinned {
-    name: String,
-    gc: Option<GcReport>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use manta_api::encode_path;
     use reqwest::Url;
 
     use super::super::tests::NOW;
@@ -710,6 +607,7 @@ mod tests {
     fn formats_unpins() {
         let retained = Unpinned {
             name: "a".to_owned(),
+            reclaim: manta_api::Reclaim::Retain,
             gc: None,
         };
         assert_eq!(
@@ -718,6 +616,7 @@ mod tests {
         );
         let deleted = Unpinned {
             name: "a".to_owned(),
+            reclaim: manta_api::Reclaim::Delete,
             gc: Some(gc_report(false)),
         };
         assert!(format_unpinned(&deleted, NOW).starts_with("pin a removed\nKIND  NAME"));
@@ -749,7 +648,7 @@ mod tests {
              missing  sha256:cc\n"
         );
         let dangling = VerifyReport {
-            dangling: vec![crate::store::DanglingManifest {
+            dangling: vec![manta_api::DanglingManifest {
                 repo: "team/app".into(),
                 manifest: "sha256:dd".into(),
                 missing: vec!["sha256:ee".into(), "sha256:ff".into()],
@@ -809,7 +708,7 @@ mod tests {
 
     fn pin_json(args: &[&str]) -> Result<serde_json::Value, String> {
         match parse(args) {
-            Ok(TestCommand::Pin(a)) => pin_body(&a.target, &a.files)
+            Ok(TestCommand::Pin(a)) => pin_target(&a.target, &a.files)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::to_value(b).map_err(|e| e.to_string())),
             Ok(_) => Err("not pin".to_owned()),
@@ -854,27 +753,18 @@ mod tests {
     }
 
     #[test]
-    fn unpin_sends_the_reclaim_policy() {
-        let url = |args: &[&str]| match parse(args) {
-            Ok(TestCommand::Unpin(a)) => reqwest::Client::new()
-                .delete("http://h:1/manta/v1/pins/p")
-                .query(&[("reclaim", a.reclaim)])
-                .build()
-                .map(|r| r.url().query().unwrap_or_default().to_owned())
-                .map_err(|e| e.to_string()),
+    fn unpin_takes_the_reclaim_policy_in_any_case() {
+        use manta_api::Reclaim::{Delete, Retain};
+        let reclaim = |args: &[&str]| match parse(args) {
+            Ok(TestCommand::Unpin(a)) => Ok(a.reclaim.0),
             Ok(_) => Err("not unpin".to_owned()),
             Err(e) => Err(e.to_string()),
         };
-        assert_eq!(url(&["unpin", "p"]), Ok("reclaim=Retain".to_owned()));
-        assert_eq!(
-            url(&["unpin", "p", "--reclaim", "Delete"]),
-            Ok("reclaim=Delete".to_owned())
-        );
-        assert_eq!(
-            url(&["unpin", "p", "--reclaim", "delete"]),
-            Ok("reclaim=Delete".to_owned())
-        );
-        assert!(url(&["unpin", "p", "--reclaim", "purge"]).is_err());
+        assert_eq!(reclaim(&["unpin", "p"]), Ok(Retain));
+        assert_eq!(reclaim(&["unpin", "p", "--reclaim", "Delete"]), Ok(Delete));
+        assert_eq!(reclaim(&["unpin", "p", "--reclaim", "delete"]), Ok(Delete));
+        assert_eq!(reclaim(&["unpin", "p", "--reclaim", "RETAIN"]), Ok(Retain));
+        assert!(reclaim(&["unpin", "p", "--reclaim", "purge"]).is_err());
     }
 
     #[test]

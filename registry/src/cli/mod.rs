@@ -4,15 +4,13 @@
 //! Nothing here prints to stdout: results go to the writer given. Progress goes to stderr, as a
 //! bar when stderr is a terminal and as a line every few seconds otherwise.
 
-use crate::store::space::SpaceView;
 use std::io::{self, Write};
 use std::str::FromStr;
 use std::time::Duration;
 
+use manta_api::{Answer, CacheEntry, CacheView, CachedRevision, Client, SpaceView};
 use manta_hub::{Filter, HubKind};
-use reqwest::{Method, RequestBuilder, StatusCode, Url};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use reqwest::Url;
 
 mod lifecycle;
 mod prefetch;
@@ -167,8 +165,6 @@ impl std::fmt::Display for ModelUri {
 /// What a client command failed to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot set up the HTTP client")]
-    Client(#[source] reqwest::Error),
     #[error("reading the token file {path}")]
     TokenFile {
         path: std::path::PathBuf,
@@ -177,28 +173,11 @@ pub enum ClientError {
     },
     #[error("the token file {path} holds no token")]
     NoToken { path: std::path::PathBuf },
-    #[error("{method} {url}: cannot reach the Manta agent")]
-    Request {
-        method: Method,
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The agent answered with an error status; `message` is its OCI error list.
-    #[error("{method} {url}: {status}: {message}")]
-    Api {
-        method: Method,
-        url: String,
-        status: StatusCode,
-        message: String,
-    },
-    #[error("{method} {url}: unexpected answer from the agent")]
-    Decode {
-        method: Method,
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// The admin API call failed: the agent could not be reached
+    /// ([`manta_api::Error::is_unreachable`]), answered with an error status, or with what is not
+    /// its API.
+    #[error(transparent)]
+    Agent(#[from] manta_api::Error),
     #[error("prefetch of {uri} failed: {message}")]
     JobFailed { uri: String, message: String },
     #[error("interrupted; prefetch job {id} continues on the agent (follow it at {url})")]
@@ -228,8 +207,7 @@ pub enum ClientError {
 /// revision) and every cache entry (least recently used, i.e. next to be evicted, first) to `out`,
 /// or the agent's JSON with `--json`.
 pub async fn ls(args: LsArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let agent = Agent::new(&args.server)?;
-    let answer: Answer<Cache> = agent.call(agent.http.get(agent.endpoint("cache"))).await?;
+    let answer = client(&args.server, Some(TIMEOUT))?.cache(true).await?;
     emit(out, args.json, &answer, |cache| {
         format_cache(cache, unix_now())
     })
@@ -238,9 +216,9 @@ pub async fn ls(args: LsArgs, out: &mut dyn Write) -> Result<(), ClientError> {
 /// `manta peers`: the agent's peers (address, node, health, backoff) and the blobs it is
 /// fetching now, with where from.
 pub async fn peers(args: PeersArgs, out: &mut dyn Write) -> Result<(), ClientError> {
-    let agent = Agent::new(&args.server)?;
+    let agent = client(&args.server, Some(TIMEOUT))?;
     let answer: Answer<manta_peer::proto::Status> = agent
-        .call(agent.http.get(agent.endpoint("peer/status")))
+        .call(agent.http().get(agent.endpoint("peer/status")))
         .await?;
     emit(out, args.json, &answer, format_peers)
 }
@@ -303,19 +281,14 @@ fn emit<T>(
         .map_err(ClientError::Output)
 }
 
-/// Sections a blank line apart: the space line, the hub revisions (always, from an agent that
-/// lists no entries), the entries.
-fn format_cache(cache: &Cache, now: u64) -> String {
-    let mut sections = Vec::new();
-    if let Some(space) = &cache.space {
-        sections.push(format_space(space));
-    }
-    if cache.entries.is_none() || !cache.revisions.is_empty() {
+/// Sections a blank line apart: the space line, the hub revisions (when there are any), the
+/// entries.
+fn format_cache(cache: &CacheView, now: u64) -> String {
+    let mut sections = vec![format_space(&cache.space)];
+    if !cache.revisions.is_empty() {
         sections.push(format_revisions(&cache.revisions));
     }
-    if let Some(entries) = &cache.entries {
-        sections.push(format_entries(entries, now));
-    }
+    sections.push(format_entries(&cache.entries, now));
     sections.join("\n")
 }
 
@@ -335,22 +308,22 @@ fn format_space(s: &SpaceView) -> String {
 
 fn format_revisions(revisions: &[CachedRevision]) -> String {
     let mut revisions: Vec<&CachedRevision> = revisions.iter().collect();
-    revisions.sort_by(|a, b| (&a.hub, &a.repo, &a.revision).cmp(&(&b.hub, &b.repo, &b.revision)));
+    revisions.sort_by(|a, b| {
+        (a.hub.as_str(), &a.repo, &a.revision).cmp(&(b.hub.as_str(), &b.repo, &b.revision))
+    });
     let rows: Vec<[String; 9]> = revisions
         .into_iter()
         .map(|r| {
             [
-                r.hub.clone(),
+                r.hub.as_str().to_owned(),
                 r.repo.clone(),
                 r.revision.clone(),
-                r.commit
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), |c| c.chars().take(12).collect()),
+                r.commit.chars().take(12).collect(),
                 r.files.to_string(),
                 human_bytes(r.size),
                 percent(r.cached_bytes, r.size),
                 source_of(r.cached_bytes, r.from_peers),
-                r.forms.join(","),
+                forms_text(&r.forms),
             ]
         })
         .collect();
@@ -370,19 +343,19 @@ fn source_of(cached: u64, from_peers: u64) -> String {
     }
 }
 
-fn format_entries(entries: &[Entry], now: u64) -> String {
-    let mut entries: Vec<&Entry> = entries.iter().collect();
+fn format_entries(entries: &[CacheEntry], now: u64) -> String {
+    let mut entries: Vec<&CacheEntry> = entries.iter().collect();
     entries.sort_by(|a, b| (a.last_access, &a.name).cmp(&(b.last_access, &b.name)));
     let rows: Vec<[String; 6]> = entries
         .into_iter()
         .map(|e| {
             [
-                e.kind.clone(),
+                e.kind.as_str().to_owned(),
                 e.name.clone(),
                 human_bytes(e.bytes),
                 age(e.last_access, now),
-                list_or_dash(&e.pins),
-                list_or_dash(&e.forms),
+                list_or_dash(e.pins.iter().map(String::as_str)),
+                list_or_dash(e.forms.iter().map(|f| f.as_str())),
             ]
         })
         .collect();
@@ -405,7 +378,18 @@ fn age(then: u64, now: u64) -> String {
     format!("{n}{unit} ago")
 }
 
-fn list_or_dash(items: &[String]) -> String {
+/// `raw,image`.
+fn forms_text(forms: &[manta_api::Form]) -> String {
+    forms
+        .iter()
+        .map(|f| f.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `a,b`, or `-` for none.
+fn list_or_dash<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.into_iter().collect();
     if items.is_empty() {
         "-".to_owned()
     } else {
@@ -419,131 +403,27 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The agent's admin API.
-struct Agent {
-    http: reqwest::Client,
-    base: String,
-}
+/// How long a request may take, but for `manta verify`'s (which waits as long as the agent
+/// works).
+const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A decoded answer, with the JSON it came from (for `--json`).
-struct Answer<T> {
-    value: T,
-    json: serde_json::Value,
-    status: StatusCode,
-}
-
-impl Agent {
-    /// A client whose requests give up after a minute.
-    fn new(args: &ServerArgs) -> Result<Self, ClientError> {
-        Self::build(args, Some(Duration::from_secs(60)))
-    }
-
-    /// A client that waits as long as the agent works on an answer (it still gives up on
-    /// connecting after a while).
-    fn patient(args: &ServerArgs) -> Result<Self, ClientError> {
-        Self::build(args, None)
-    }
-
-    fn build(args: &ServerArgs, timeout: Option<Duration>) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-        if let Some(timeout) = timeout {
-            builder = builder.timeout(timeout);
-        }
-        if let Some(path) = &args.token_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
-                path: path.clone(),
-                source,
-            })?;
-            let token = crate::api::cluster::parse_tokens(&text)
-                .first()
-                .map(|t| t.to_string())
-                .ok_or_else(|| ClientError::NoToken { path: path.clone() })?;
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| ClientError::NoToken { path: path.clone() })?;
-            v.set_sensitive(true);
-            let mut h = reqwest::header::HeaderMap::new();
-            h.insert(reqwest::header::AUTHORIZATION, v);
-            builder = builder.default_headers(h);
-        }
-        let http = builder.build().map_err(ClientError::Client)?;
-        let base = args.server.as_str().trim_end_matches('/').to_owned();
-        Ok(Agent { http, base })
-    }
-
-    fn endpoint(&self, path: &str) -> String {
-        format!("{}/manta/v1/{path}", self.base)
-    }
-
-    /// Send the request; decode a success as `T`, and an error status as its OCI error list.
-    async fn call<T: DeserializeOwned>(
-        &self,
-        req: RequestBuilder,
-    ) -> Result<Answer<T>, ClientError> {
-        let req = req
-            .build()
-            .map_err(|e| ClientError::Client(e.without_url()))?;
-        let (method, url) = (req.method().clone(), req.url().to_string());
-        let failed = |source: reqwest::Error| ClientError::Request {
-            method: method.clone(),
-            url: url.clone(),
-            source: source.without_url(),
-        };
-        let resp = self.http.execute(req).await.map_err(&failed)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(&failed)?;
-        if !status.is_success() {
-            let message = oci_errors(&body);
-            return Err(ClientError::Api {
-                method,
-                url,
-                status,
-                message,
-            });
-        }
-        let decoded = serde_json::from_slice::<serde_json::Value>(&body).and_then(|json| {
-            Ok(Answer {
-                value: T::deserialize(&json)?,
-                json,
-                status,
-            })
-        });
-        decoded.map_err(|source| ClientError::Decode {
-            method,
-            url,
-            source,
-        })
-    }
-}
-
-/// The message of an OCI error body (`{"errors":[{"code","message"}]}`), else the body's text.
-fn oci_errors(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Body {
-        errors: Vec<Entry>,
-    }
-    #[derive(Deserialize)]
-    struct Entry {
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(b) if !b.errors.is_empty() => b
-            .errors
-            .iter()
-            .map(|e| format!("{}: {}", e.code, e.message))
-            .collect::<Vec<_>>()
-            .join("; "),
-        _ => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if text.is_empty() {
-                "no error body".to_owned()
-            } else {
-                text.chars().take(300).collect()
-            }
-        }
-    }
+/// The admin API of the agent `args` name, with the first token of the token file if one is
+/// given; each request gives up after `timeout` (`None`: it waits as long as the agent works on
+/// an answer, but still gives up on connecting after a while).
+fn client(args: &ServerArgs, timeout: Option<Duration>) -> Result<Client, ClientError> {
+    let Some(path) = &args.token_file else {
+        return Ok(Client::new(args.server.clone(), None, timeout)?);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
+        path: path.clone(),
+        source,
+    })?;
+    let no_token = || ClientError::NoToken { path: path.clone() };
+    let token = manta_api::first_token(&text).ok_or_else(no_token)?;
+    Client::new(args.server.clone(), Some(token), timeout).map_err(|e| match e {
+        manta_api::Error::Token => no_token(),
+        e => e.into(),
+    })
 }
 
 fn write_json(out: &mut dyn Write, json: &serde_json::Value) -> Result<(), ClientError> {
@@ -551,44 +431,6 @@ fn write_json(out: &mut dyn Write, json: &serde_json::Value) -> Result<(), Clien
         .map_err(io::Error::from)
         .and_then(|()| writeln!(out))
         .map_err(ClientError::Output)
-}
-
-#[derive(Deserialize)]
-struct Cache {
-    revisions: Vec<CachedRevision>,
-    /// Absent from an agent that predates cache lifecycle.
-    space: Option<SpaceView>,
-    entries: Option<Vec<Entry>>,
-}
-
-/// One eviction root.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Entry {
-    kind: String,
-    name: String,
-    bytes: u64,
-    last_access: u64,
-    #[serde(default)]
-    pins: Vec<String>,
-    #[serde(default)]
-    forms: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CachedRevision {
-    hub: String,
-    repo: String,
-    revision: String,
-    commit: Option<String>,
-    files: u64,
-    size: u64,
-    cached_bytes: u64,
-    #[serde(default)]
-    from_peers: u64,
-    #[serde(default)]
-    forms: Vec<String>,
 }
 
 fn parse_server(s: &str) -> Result<Url, String> {
@@ -769,17 +611,6 @@ mod tests {
     }
 
     #[test]
-    fn oci_error_bodies_become_messages() {
-        let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"no such repo","detail":null},{"code":"DENIED","message":"gated"}]}"#;
-        assert_eq!(
-            oci_errors(body),
-            "NAME_UNKNOWN: no such repo; DENIED: gated"
-        );
-        assert_eq!(oci_errors(b" bad gateway\n"), "bad gateway");
-        assert_eq!(oci_errors(b""), "no error body");
-    }
-
-    #[test]
     fn formats_ages() {
         let now = 1_000_000;
         let cases = [
@@ -801,7 +632,7 @@ mod tests {
 
     pub(super) const NOW: u64 = 1_700_000_000;
 
-    fn cache(json: serde_json::Value) -> Cache {
+    fn cache(json: serde_json::Value) -> CacheView {
         match serde_json::from_value(json) {
             Ok(c) => c,
             Err(e) => panic!("{e}"),
@@ -813,7 +644,7 @@ mod tests {
         let c = cache(serde_json::json!({
             "revisions": [{"hub": "hf", "repo": "Org/M", "revision": "main", "tag": "main",
                 "commit": "0123456789abcdef", "files": 2, "size": 2048, "cachedBytes": 1024,
-                "fromPeers": 256, "forms": ["raw", "image"]}],
+                "fromPeers": 256, "forms": ["raw", "image"], "resolvedAt": NOW}],
             "space": {"capacity": 10u64 << 30, "used": 1u64 << 30, "reserved": 0,
                 "pinned": 512u64 << 20, "highWatermark": 8_589_934_592u64,
                 "lowWatermark": 7u64 << 30},
@@ -837,16 +668,15 @@ mod tests {
              hub   hf://org/m:main             1.0 KiB  30s ago   a,b     raw,image\n"
         );
         // No revisions: no revisions table.
-        let c = cache(serde_json::json!({"revisions": [], "entries": []}));
+        let c = cache(serde_json::json!({"revisions": [], "entries": [],
+            "space": {"capacity": 1024, "used": 0, "reserved": 0, "pinned": 0,
+                "highWatermark": 1024, "lowWatermark": 512}}));
         assert_eq!(
             format_cache(&c, NOW),
-            "KIND  NAME  SIZE  ACCESSED  PINNED  FORMS\n"
-        );
-        // An agent without entries: the revisions table alone, even empty.
-        let c = cache(serde_json::json!({"revisions": []}));
-        assert_eq!(
-            format_cache(&c, NOW),
-            "HUB  REPO  REVISION  COMMIT  FILES  SIZE  CACHED  FROM  FORMS\n"
+            "capacity 1.0 KiB, used 0 B (0%), pinned 0 B, reserved 0 B; \
+             eviction above 1.0 KiB down to 512 B\n\
+             \n\
+             KIND  NAME  SIZE  ACCESSED  PINNED  FORMS\n"
         );
     }
 }

@@ -4,13 +4,13 @@ use std::future::Future;
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use clap::builder::PossibleValue;
 use indicatif::{ProgressBar, ProgressStyle};
-use manta_hub::{Filter, HubKind};
+use manta_api::{Answer, Client, FileState, Job, JobState, PrefetchRequest};
 use reqwest::Url;
-use serde::{Deserialize, Serialize};
 
 use super::{
-    human_bytes, write_json, Agent, Answer, ClientError, FilterArgs, ModelUri, ServerArgs,
+    client, human_bytes, write_json, ClientError, FilterArgs, ModelUri, ServerArgs, TIMEOUT,
 };
 
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -38,14 +38,22 @@ pub struct PrefetchArgs {
     pub json: bool,
 }
 
-/// An OCI form a repo revision is served as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Form {
-    /// One layer per file (`<hub>-raw/<repo>:<revision>`).
-    Raw,
-    /// A model image (`<hub>/<repo>:<revision>`).
-    Image,
+/// `--form`: an OCI form a repo revision is served as ([`manta_api::Form`] on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Form(pub manta_api::Form);
+
+impl clap::ValueEnum for Form {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Form(manta_api::Form::Raw), Form(manta_api::Form::Image)]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self.0 {
+            manta_api::Form::Raw => "One layer per file (`<hub>-raw/<repo>:<revision>`)",
+            manta_api::Form::Image => "A model image (`<hub>/<repo>:<revision>`)",
+        };
+        Some(PossibleValue::new(self.0.as_str()).help(help))
+    }
 }
 
 /// `manta prefetch`: start a prefetch job on the agent and follow it until it ends; on success,
@@ -57,26 +65,24 @@ pub async fn prefetch(
     out: &mut dyn Write,
     interrupt: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let agent = Agent::new(&args.server)?;
-    let mut forms = args.forms.clone();
+    let agent = client(&args.server, Some(TIMEOUT))?;
+    let mut forms: Vec<manta_api::Form> = args.forms.iter().map(|f| f.0).collect();
     forms.sort();
     forms.dedup();
     let request = PrefetchRequest {
         hub: args.uri.hub,
-        repo: &args.uri.repo,
-        revision: args.uri.revision.as_deref(),
+        repo: args.uri.repo.clone(),
+        revision: args.uri.revision.clone(),
         filter: args.files.filter(),
         forms,
     };
-    let first: Answer<Job> = agent
-        .call(agent.http.post(agent.endpoint("prefetch")).json(&request))
-        .await?;
+    let first = agent.prefetch(&request).await?;
     let id = first.value.id.clone();
     let mut progress = Progress::new(!args.no_progress, args.uri.to_string());
     let followed = tokio::select! {
         r = follow(&agent, first, &mut progress) => r,
         () = interrupt => Err(ClientError::Interrupted {
-            url: agent.endpoint(&format!("prefetch/{id}")),
+            url: agent.endpoint(&format!("prefetch/{}", manta_api::encode_path(&id))),
             id,
         }),
     };
@@ -94,13 +100,9 @@ pub async fn prefetch(
     }
     if !args.json {
         let host = registry_host(&args.server.server);
-        for (form, reference) in [
-            ("raw", &job.references.raw),
-            ("image", &job.references.image),
-        ] {
-            if let Some(reference) = reference {
-                writeln!(out, "{form:<5}  {host}/{reference}").map_err(ClientError::Output)?;
-            }
+        for (form, reference) in &job.references {
+            let form = form.as_str();
+            writeln!(out, "{form:<5}  {host}/{reference}").map_err(ClientError::Output)?;
         }
     }
     Ok(())
@@ -108,68 +110,19 @@ pub async fn prefetch(
 
 /// Poll the job until it succeeds or fails.
 async fn follow(
-    agent: &Agent,
+    agent: &Client,
     mut answer: Answer<Job>,
     progress: &mut Progress,
 ) -> Result<Answer<Job>, ClientError> {
-    let url = agent.endpoint(&format!("prefetch/{}", answer.value.id));
+    let id = answer.value.id.clone();
     loop {
         progress.update(&answer.value);
-        if matches!(answer.value.state, JobState::Succeeded | JobState::Failed) {
+        if answer.value.state.is_ended() {
             return Ok(answer);
         }
         tokio::time::sleep(POLL_INTERVAL).await;
-        answer = agent.call(agent.http.get(&url)).await?;
+        answer = agent.job(&id).await?;
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PrefetchRequest<'a> {
-    hub: HubKind,
-    repo: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    revision: Option<&'a str>,
-    #[serde(flatten)]
-    filter: Filter,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    forms: Vec<Form>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Job {
-    id: String,
-    state: JobState,
-    #[serde(default)]
-    bytes_done: u64,
-    bytes_total: Option<u64>,
-    #[serde(default)]
-    files: Vec<JobFile>,
-    #[serde(default)]
-    references: References,
-    error: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum JobState {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-}
-
-#[derive(Debug, Deserialize)]
-struct JobFile {
-    path: String,
-    state: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct References {
-    raw: Option<String>,
-    image: Option<String>,
 }
 
 /// How a job's progress is shown on stderr.
@@ -205,7 +158,7 @@ impl Progress {
         let file = job
             .files
             .iter()
-            .find(|f| f.state == "running")
+            .find(|f| f.state == FileState::Running)
             .map(|f| f.path.as_str());
         match self {
             Progress::Off => {}

@@ -45,13 +45,7 @@ const STALE_RETRY_SECS: u64 = 30;
 /// Largest file hashed on the way to a raw manifest (non-LFS files are small on every hub).
 const MAX_HASHED_FILE: u64 = 1 << 30;
 
-/// The two forms of a revision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Form {
-    Raw,
-    Image,
-}
+pub use manta_api::Form;
 
 /// A hub repository addressed by an OCI name.
 #[derive(Clone, Debug, PartialEq, Eq)]

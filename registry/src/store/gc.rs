@@ -18,7 +18,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
+use manta_api::RootKind;
+pub use manta_api::{Evicted, GcReport, Protection};
 
 use super::index::{hub_key, HubRevisionRecord, Index, Origin, PinTarget};
 use super::{unix_now_ms, Result, Store, StoreError};
@@ -40,12 +41,12 @@ pub enum Root {
 }
 
 impl Root {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> RootKind {
         match self {
-            Root::Hub(_) => "hub",
-            Root::Tag { .. } => "tag",
-            Root::Manifest(_) => "manifest",
-            Root::Blob(_) => "blob",
+            Root::Hub(_) => RootKind::Hub,
+            Root::Tag { .. } => RootKind::Tag,
+            Root::Manifest(_) => RootKind::Manifest,
+            Root::Blob(_) => RootKind::Blob,
         }
     }
 
@@ -65,15 +66,6 @@ impl Root {
             Root::Manifest(d) | Root::Blob(d) => d.clone(),
         }
     }
-}
-
-/// Why a root was not evicted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Protection {
-    Pinned,
-    InUse,
-    Young,
 }
 
 /// One root as the planner sees it.
@@ -494,35 +486,6 @@ pub enum Select {
     /// These roots, now, whatever their age (`manta rm`, a pin released with `Delete`); pinned
     /// ones are refused, and blobs in use stay until their readers are done.
     Roots(Vec<Root>),
-}
-
-/// One evicted (or, in a dry run, evictable) root.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Evicted {
-    pub kind: &'static str,
-    pub name: String,
-    /// Bytes of blobs freed with it (shared blobs go with their last root).
-    pub bytes: u64,
-    pub last_access: u64,
-}
-
-/// What an eviction did (or would do).
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GcReport {
-    pub dry_run: bool,
-    pub freed_bytes: u64,
-    pub blobs_deleted: u64,
-    pub manifests_deleted: u64,
-    pub evicted: Vec<Evicted>,
-    /// Roots asked for by name that are pinned (left alone).
-    pub refused_pinned: Vec<String>,
-    /// Blobs left in place because a reader or a download holds them.
-    pub kept_in_use: u64,
-    pub protected_pinned: u64,
-    pub protected_in_use: u64,
-    pub protected_young: u64,
 }
 
 impl Store {

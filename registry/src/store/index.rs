@@ -43,22 +43,9 @@ pub struct ManifestRecord {
     pub bytes: Vec<u8>,
 }
 
-/// What a pin holds: a hub revision (in the forms and subset a prefetch names), or an OCI
-/// reference (`<repo>:<tag>` or `<repo>@<digest>`) of this registry's namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PinTarget {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hub: Option<manta_hub::HubKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repo: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    #[serde(flatten)]
-    pub filter: manta_hub::Filter,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reference: Option<String>,
-}
+/// What a pin holds: the admin API's target (`PUT /manta/v1/pins/<name>`), stored as it is sent.
+/// Its serde shape is part of [`PinRecord`]'s: a change to it is a change of the stored record.
+pub use manta_api::PinTarget;
 
 /// A named pin (the operator names them after the Torrent that asked).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,4 +291,22 @@ pub fn hub_key(hub: manta_hub::HubKind, repo: &str, tag: &str) -> String {
 /// The common prefix of the [`hub_key`]s of one hub repo.
 pub fn hub_repo_prefix(hub: manta_hub::HubKind, repo: &str) -> String {
     format!("{}\0{}\0", hub.as_str(), repo.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins written before the admin API's types moved to `manta-api` still read, and are written
+    /// again byte for byte (a pin's target is stored as the API sends it).
+    #[test]
+    fn pin_records_keep_their_stored_shape() {
+        for stored in [
+            r#"{"v":1,"target":{"hub":"hf","repo":"Org/Name","revision":"main","allowPatterns":["*.json"]},"createdAt":7}"#,
+            r#"{"v":1,"target":{"reference":"hf-raw/org/name:main"},"createdAt":7}"#,
+        ] {
+            let rec: PinRecord = serde_json::from_str(stored).unwrap();
+            assert_eq!(serde_json::to_string(&rec).unwrap(), stored);
+        }
+    }
 }

@@ -245,17 +245,8 @@ impl Space {
     }
 }
 
-/// The space figures as the admin API reports them (`GET /manta/v1/cache`) and the CLI reads them.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SpaceView {
-    pub capacity: u64,
-    pub used: u64,
-    pub reserved: u64,
-    pub pinned: u64,
-    pub high_watermark: u64,
-    pub low_watermark: u64,
-}
+/// The space figures as the admin API reports them (`GET /manta/v1/cache`).
+pub use manta_api::SpaceView;
 
 /// Bytes promised to one download or upload; given back on drop.
 pub struct Reservation {

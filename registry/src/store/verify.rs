@@ -10,42 +10,10 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+pub use manta_api::{DanglingManifest, VerifyReport};
 
 use super::{Result, Store, StoreError};
 use crate::digest::{self, Hasher};
-
-/// What one verification pass found.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VerifyReport {
-    pub checked: u64,
-    pub bytes: u64,
-    /// Digests whose bytes did not match (now dropped).
-    pub corrupt: Vec<String>,
-    /// Digests whose file was missing or the wrong size (now dropped).
-    pub missing: Vec<String>,
-    /// Pushed manifests that reference what their repository no longer holds.
-    #[serde(default)]
-    pub dangling: Vec<DanglingManifest>,
-}
-
-impl VerifyReport {
-    /// Whether the pass found anything wrong.
-    pub fn is_damaged(&self) -> bool {
-        !(self.corrupt.is_empty() && self.missing.is_empty() && self.dangling.is_empty())
-    }
-}
-
-/// A pushed manifest that cannot be pulled whole from `repo`: `missing` lists the blobs
-/// (config, layers) and child manifests it references that the repository cannot serve.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct DanglingManifest {
-    pub repo: String,
-    pub manifest: String,
-    pub missing: Vec<String>,
-}
 
 /// The blobs and the child manifests a manifest or index references.
 fn references(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
