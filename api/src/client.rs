@@ -90,6 +90,18 @@ impl Client {
     /// token (the cluster listener needs it); `timeout` bounds each whole request (`None`: wait as
     /// long as the agent works on an answer; connecting still gives up after 10 s).
     pub fn new(base: Url, token: Option<&str>, timeout: Option<Duration>) -> Result<Self, Error> {
+        Ok(Client {
+            http: Self::http_client(token, timeout)?,
+            base,
+        })
+    }
+
+    /// The HTTP client [`Client::new`] builds: share one among the clients of many agents that
+    /// take the same token ([`Client::with_http`]), so they share its connection pool.
+    pub fn http_client(
+        token: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Client, Error> {
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
@@ -102,8 +114,12 @@ impl Client {
             h.insert(AUTHORIZATION, v);
             builder = builder.default_headers(h);
         }
-        let http = builder.build().map_err(Error::Client)?;
-        Ok(Client { http, base })
+        builder.build().map_err(Error::Client)
+    }
+
+    /// A client of the agent at `base` over an existing HTTP client ([`Client::http_client`]).
+    pub fn with_http(http: reqwest::Client, base: Url) -> Self {
+        Client { http, base }
     }
 
     /// The agent's base URL.

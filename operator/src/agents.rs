@@ -23,6 +23,8 @@ struct Inner {
     token_file: Option<PathBuf>,
     timeout: Duration,
     token: Mutex<Option<(Option<String>, Instant)>>,
+    /// One HTTP client (one connection pool) for every agent, built for the token it carries.
+    http: Mutex<Option<(Option<String>, reqwest::Client)>>,
     clients: Mutex<HashMap<String, (Option<String>, Client)>>,
 }
 
@@ -35,6 +37,7 @@ impl Agents {
                 token_file,
                 timeout,
                 token: Mutex::new(None),
+                http: Mutex::new(None),
                 clients: Mutex::new(HashMap::new()),
             }),
         }
@@ -69,8 +72,19 @@ impl Agents {
                 return Ok(c.clone());
             }
         }
+        let http = {
+            let mut http = self.inner.http.lock().unwrap_or_else(|p| p.into_inner());
+            match http.as_ref() {
+                Some((t, h)) if *t == token => h.clone(),
+                _ => {
+                    let h = Client::http_client(token.as_deref(), Some(self.inner.timeout))?;
+                    *http = Some((token.clone(), h.clone()));
+                    h
+                }
+            }
+        };
         let base = url::Url::parse(url).map_err(|_| Error::AgentUrl(url.to_string()))?;
-        let c = Client::new(base, token.as_deref(), Some(self.inner.timeout))?;
+        let c = Client::with_http(http, base);
         clients.insert(url.to_string(), (token, c.clone()));
         Ok(c)
     }

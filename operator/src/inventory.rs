@@ -282,6 +282,7 @@ pub async fn poll_agents(
     loop {
         let urls: BTreeSet<String> = inv.agents().into_values().map(|(_, u, _)| u).collect();
         inv.states.retain(&urls);
+        agents.retain(&urls);
         let results = futures_util::stream::iter(urls)
             .map(|url| {
                 let agents = agents.clone();
