@@ -188,6 +188,23 @@ impl Client {
         self.call(self.http.get(url)).await
     }
 
+    /// `GET /manta/v1/prefetch/<id>?wait=…&version=…`: the job once its version is not
+    /// `version` (at once if it is not already), or after `wait` (at most 60 s) unchanged.
+    pub async fn job_wait(
+        &self,
+        id: &str,
+        version: u64,
+        wait: Duration,
+    ) -> Result<Answer<Job>, Error> {
+        let url = self.endpoint(&format!(
+            "prefetch/{}?wait={}&version={version}",
+            encode_path(id),
+            wait.as_secs()
+        ));
+        self.call(self.http.get(url).timeout(wait + Duration::from_secs(10)))
+            .await
+    }
+
     /// `GET /manta/v1/cache`, with every eviction root when `entries`.
     pub async fn cache(&self, entries: bool) -> Result<Answer<CacheView>, Error> {
         let mut url = self.endpoint("cache");

@@ -82,6 +82,10 @@ pub struct FileProgress {
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub id: String,
+    /// Grows at every change of the job's state or of what it knows of the revision: a caller
+    /// waits for the next one with [`crate::Client::job_wait`].
+    #[serde(default)]
+    pub version: u64,
     pub state: JobState,
     pub hub: HubKind,
     /// The repo id, canonical once resolved (`Qwen/Qwen2.5-0.5B-Instruct`).

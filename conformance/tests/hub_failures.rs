@@ -446,6 +446,51 @@ fn subset_tag(revision: &str, allow: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefetch_job_is_followed_by_waiting_on_its_version() {
+    // Slow enough that the job moves while a waiter waits.
+    let opts = FixtureOptions {
+        rate_limit: Some(20 << 20),
+        ..FixtureOptions::default()
+    };
+    let env = HubAgent::start(vec![minilm_repo().unwrap()], opts, &[]);
+    let c = client();
+    let base = env.url();
+    let job = start_prefetch(&c, &base, json!({"hub": "hf", "repo": MINILM_ID})).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut version = job["version"].as_u64().unwrap();
+    let mut seen = vec![job["state"].as_str().unwrap().to_string()];
+    loop {
+        // Each wait answers with a newer version (the job ends well within 60 s): the agent
+        // waits for a change, and a change wakes it.
+        let a = send(c.get(format!(
+            "{base}/manta/v1/prefetch/{id}?wait=60&version={version}"
+        )))
+        .await
+        .unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+        let j = a.json();
+        let v = j["version"].as_u64().unwrap();
+        assert!(v > version, "waited on version {version}, got {j}");
+        version = v;
+        seen.push(j["state"].as_str().unwrap().to_string());
+        if matches!(j["state"].as_str(), Some("succeeded" | "failed")) {
+            assert_eq!(j["state"], "succeeded", "{j}");
+            break;
+        }
+    }
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("succeeded"),
+        "{seen:?}"
+    );
+    // A bad query is refused, not ignored.
+    let a = send(c.get(format!("{base}/manta/v1/prefetch/{id}?wait=x&version=1")))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400, "{}", a.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prefetch_makes_both_forms_servable_without_the_hub() {
     let pkg = Package::minilm();
     let mut env = HubAgent::start(vec![minilm_repo().unwrap()], FixtureOptions::default(), &[]);

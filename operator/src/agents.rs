@@ -120,6 +120,22 @@ impl Agents {
         }
     }
 
+    /// A job once its version is not `version`, or after `wait` unchanged; `None` when the
+    /// agent no longer knows it.
+    pub async fn job_wait(
+        &self,
+        url: &str,
+        id: &str,
+        version: u64,
+        wait: Duration,
+    ) -> Result<Option<Job>, Error> {
+        match self.client(url)?.job_wait(id, version, wait).await {
+            Ok(a) => Ok(Some(a.value)),
+            Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn pin(&self, url: &str, name: &str, target: &PinTarget) -> Result<(), Error> {
         self.client(url)?.put_pin(name, target).await?;
         Ok(())

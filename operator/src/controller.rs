@@ -8,7 +8,7 @@
 //! which ends at once where the model is complete. Per-file progress stays on the nodes; the
 //! status counts nodes and names at most [`NODE_LIST_CAP`] of those in progress or failed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use manta_api::{Form, Job, JobFailure, JobState, PinTarget, PrefetchRequest, Reclaim};
@@ -36,8 +37,11 @@ use crate::Error;
 
 /// The field manager of the operator's status writes.
 pub const MANAGER: &str = "manta-operator";
-/// Requeue while nodes fetch.
-const BUSY_REQUEUE: Duration = Duration::from_secs(2);
+/// Requeue while nodes fetch (for the progress figures: a job's end, or its revision's size,
+/// wakes the Torrent at once through the job's follower).
+const BUSY_REQUEUE: Duration = Duration::from_secs(5);
+/// How long a job's follower waits on the agent for a change before asking again.
+const JOB_WAIT: Duration = Duration::from_secs(30);
 /// Requeue when nothing moves (node and agent changes wake the controller sooner).
 const IDLE_REQUEUE: Duration = Duration::from_secs(60);
 /// A node whose prefetch failed (not the hub's refusal) is not chosen again for this long.
@@ -62,6 +66,11 @@ pub struct Context {
     jobs: Mutex<HashMap<(String, String), JobRef>>,
     /// Nodes whose prefetch failed, by Torrent uid and node: when, and why.
     failed: Mutex<HashMap<(String, String), (Instant, String)>>,
+    /// Wakes a Torrent when one of its jobs ends or learns its size.
+    wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<Torrent>>,
+    wakeups: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Torrent>>>>,
+    /// Jobs followed now, by Torrent uid and node.
+    following: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +97,7 @@ impl Context {
                 instance: std::env::var("POD_NAME").ok(),
             },
         );
+        let (wake, wakeups) = tokio::sync::mpsc::unbounded_channel();
         Context {
             client,
             agents,
@@ -98,7 +108,67 @@ impl Context {
             registry_host,
             jobs: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            wake,
+            wakeups: Mutex::new(Some(wakeups)),
+            following: Arc::default(),
         }
+    }
+
+    /// The Torrents to reconcile now because one of their jobs moved (once: the controller
+    /// takes it).
+    pub fn take_wakeups(
+        &self,
+    ) -> Option<impl futures_util::Stream<Item = ObjectRef<Torrent>> + Send + 'static> {
+        let mut rx = self
+            .wakeups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    /// Follow a job that has not ended: wake the Torrent when it ends, or when it learns the
+    /// revision's size (the other nodes wait on it), so that Ready is seen at once rather than
+    /// at the next requeue.
+    fn follow(&self, t: &Torrent, uid: &str, node: &str, url: &str, job: &Job) {
+        if job.state.is_ended() {
+            return;
+        }
+        let key = (uid.to_string(), node.to_string());
+        if !self
+            .following
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        let (agents, wake, following) = (
+            self.agents.clone(),
+            self.wake.clone(),
+            self.following.clone(),
+        );
+        let torrent = ObjectRef::from_obj(t);
+        let (url, id) = (url.to_string(), job.id.clone());
+        let (mut version, mut total) = (job.version, job.bytes_total);
+        tokio::spawn(async move {
+            // Gone, unreachable, or ended: the reconciles that follow take it from there.
+            while let Ok(Some(j)) = agents.job_wait(&url, &id, version, JOB_WAIT).await {
+                let ended = j.state.is_ended();
+                if ended || (total.is_none() && j.bytes_total.is_some()) {
+                    let _ = wake.send(torrent.clone());
+                }
+                version = j.version;
+                total = j.bytes_total;
+                if ended {
+                    break;
+                }
+            }
+            following
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        });
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), JobRef>> {
@@ -192,7 +262,11 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: Metrics) -> Result<
         cfg.registry_host.clone(),
     ));
     let torrents: Api<Torrent> = Api::all(client);
+    let wakeups = ctx
+        .take_wakeups()
+        .ok_or_else(|| Error::Config("the controller runs once per context".into()))?;
     Controller::new(torrents, watcher::Config::default().any_semantic())
+        .reconcile_on(wakeups)
         .reconcile_all_on(futures_util::stream::select_all([
             node_changes.boxed(),
             pod_changes.boxed(),
@@ -675,6 +749,7 @@ async fn holder_state(
     if let Some(j) = ctx.jobs().get_mut(&key) {
         j.last = Some(job.clone());
     }
+    ctx.follow(t, uid, &node.name, &agent.url, &job);
     let state = match job.state {
         JobState::Succeeded => Held::Ready,
         JobState::Pending | JobState::Running => Held::InProgress {
@@ -758,6 +833,7 @@ async fn prefetch(
     let r = ctx.agents.prefetch(url, &prefetch_request(t)).await;
     ctx.metrics.agent_call(AgentOp::prefetch, &r);
     let job = r?;
+    ctx.follow(t, uid, &node.name, url, &job);
     ctx.jobs().insert(
         (uid.to_string(), node.name.clone()),
         JobRef {

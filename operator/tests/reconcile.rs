@@ -148,6 +148,7 @@ async fn fake_agent(behaviour: Behaviour, capacity: u64) -> FakeAgent {
                     let repo = req["repo"].as_str().unwrap_or("").to_string();
                     let mut job = Job {
                         id: id.clone(),
+                        version: 1,
                         state: JobState::Succeeded,
                         hub: HubKind::Hf,
                         repo: repo.clone(),

@@ -49,7 +49,13 @@ struct PrefetchJob {
     tag: String,
     forms: Vec<Form>,
     status: Mutex<JobStatus>,
+    /// The job's version: it grows at every change of state or record, and wakes the callers
+    /// waiting on it (`?wait=`).
+    version: tokio::sync::watch::Sender<u64>,
 }
+
+/// The longest a `GET /manta/v1/prefetch/<id>?wait=` waits for a change.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The prefetch jobs of this agent, in memory: a restart forgets them (not what they fetched),
 /// and an ended job is forgotten an hour after it ended.
@@ -61,6 +67,7 @@ pub struct Jobs {
 impl PrefetchJob {
     fn set(&self, f: impl FnOnce(&mut JobStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+        self.version.send_modify(|v| *v += 1);
     }
 
     fn references(&self) -> BTreeMap<Form, String> {
@@ -87,6 +94,7 @@ impl PrefetchJob {
             .unwrap_or_default();
         Job {
             id: self.id.clone(),
+            version: *self.version.borrow(),
             state,
             hub: self.hub,
             repo: record
@@ -181,6 +189,7 @@ pub(super) async fn start(
                 failure: None,
                 ended: None,
             }),
+            version: tokio::sync::watch::channel(0).0,
         });
         {
             let mut jobs = st.jobs.jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,7 +332,27 @@ async fn fetch_files(st: &Shared, rec: &HubRevisionRecord) -> Result<(), FetchEr
 }
 
 /// `GET /manta/v1/prefetch/<id>`.
-pub(super) async fn status(State(st): State<Shared>, Path(id): Path<String>) -> Response {
+/// The query of `GET /manta/v1/prefetch/<id>`: with `wait` (seconds, at most 60), answer once the
+/// job's version differs from `version` (at once if it does already), or when the wait is over.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JobQuery {
+    #[serde(default)]
+    wait: Option<u64>,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// `GET /manta/v1/prefetch/<id>[?wait=<s>&version=<n>]`.
+pub(super) async fn status(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    query: Result<Query<JobQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return ApiError::Unsupported(e.body_text()).into_response(),
+    };
     let job = st
         .jobs
         .jobs
@@ -331,10 +360,16 @@ pub(super) async fn status(State(st): State<Shared>, Path(id): Path<String>) -> 
         .unwrap_or_else(|p| p.into_inner())
         .get(&id)
         .cloned();
-    match job {
-        Some(job) => Json(job.view(&st)).into_response(),
-        None => ApiError::NotFound.into_response(),
+    let Some(job) = job else {
+        return ApiError::NotFound.into_response();
+    };
+    if let (Some(wait), Some(seen)) = (q.wait, q.version) {
+        let mut rx = job.version.subscribe();
+        let wait = std::time::Duration::from_secs(wait).min(MAX_WAIT);
+        // Wakes at the first version other than `seen` (a version already past it returns at once).
+        let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != seen)).await;
     }
+    Json(job.view(&st)).into_response()
 }
 
 /// The query of `GET /manta/v1/cache`.
