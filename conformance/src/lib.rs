@@ -4,6 +4,7 @@
 
 pub mod containerd;
 pub mod hub_fixture;
+pub mod kube_fake;
 pub mod oci;
 pub mod process;
 pub mod server;
