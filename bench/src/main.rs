@@ -3,6 +3,7 @@
 //! `manta-bench hub`: Manta in front of a rate-limited local Hugging Face Hub.
 //! `manta-bench cache`: eviction of 10,000 cache blobs under readers, start-up with 100,000.
 //! `manta-bench peers`: N agents in network namespaces pulling one model cold at once.
+//! `manta-bench operator-scale`: the operator's reconcile over 1,000 nodes (fake agents).
 //!
 //! See bench/README.md for what is measured and how to read it.
 
@@ -10,6 +11,7 @@ mod cache;
 mod client;
 mod content;
 mod hub;
+mod operator;
 mod peers;
 mod pull;
 mod pullthrough;
@@ -71,6 +73,9 @@ enum Command {
     /// Peers: N agents, each in a network namespace behind a rate-limited link, pull one model
     /// cold at once from a slower origin; with peers on, off, and one node alone.
     Peers(peers::Args),
+    /// The operator at scale: one Torrent over N nodes (fake agents), reconcile passes timed,
+    /// the status's size.
+    OperatorScale(operator::Args),
 }
 
 /// Flags of the `registry` benchmark.
@@ -129,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             Some(Command::Hub(a)) => (a.timeout_secs, Box::pin(hub::run(a))),
             Some(Command::Cache(a)) => (a.timeout_secs, Box::pin(cache::run(a))),
             Some(Command::Peers(a)) => (a.timeout_secs, Box::pin(peers::run(a))),
+            Some(Command::OperatorScale(a)) => (a.timeout_secs, Box::pin(operator::run(a))),
         };
     let limit = Duration::from_secs(limit);
     // Dropping the benchmark (on Ctrl-C or time-out) kills the servers and removes the temp dirs.
@@ -176,7 +182,7 @@ struct Pair {
 impl Pair {
     /// Server order for run `i`: alternate who goes first.
     fn order(i: usize) -> [usize; 2] {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             [0, 1]
         } else {
             [1, 0]

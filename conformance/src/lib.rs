@@ -3,6 +3,7 @@
 //! runs against any registry URL and reports pass/fail per case.
 
 pub mod containerd;
+pub mod fake_agent;
 pub mod hub_fixture;
 pub mod kube_fake;
 pub mod oci;

@@ -153,7 +153,16 @@ impl Context {
         let (mut version, mut total) = (job.version, job.bytes_total);
         tokio::spawn(async move {
             // Gone, unreachable, or ended: the reconciles that follow take it from there.
-            while let Ok(Some(j)) = agents.job_wait(&url, &id, version, JOB_WAIT).await {
+            loop {
+                let asked = Instant::now();
+                let Ok(Some(j)) = agents.job_wait(&url, &id, version, JOB_WAIT).await else {
+                    break;
+                };
+                if j.version == version && asked.elapsed() < JOB_WAIT / 2 {
+                    // An agent that answers at once with nothing new (one that predates
+                    // waiting): ask again later, not in a loop.
+                    tokio::time::sleep(JOB_WAIT).await;
+                }
                 let ended = j.state.is_ended();
                 if ended || (total.is_none() && j.bytes_total.is_some()) {
                     let _ = wake.send(torrent.clone());

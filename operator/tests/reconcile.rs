@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test: a panic is the failure report
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,10 +11,8 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector;
 use kube::runtime::watcher;
-use manta_api::{
-    CacheView, CachedRevision, Form, HubKind, Job, JobFailure, JobState, PinTarget, PinView,
-    SpaceView,
-};
+use manta_api::{CachedRevision, Form, HubKind, JobFailure, PinTarget};
+use manta_conformance::fake_agent::{fake_agent, AgentLog, Behaviour, FakeAgent};
 use manta_operator::agents::Agents;
 use manta_operator::controller::{pin_name, reconcile, Context};
 use manta_operator::crd::{Phase, Torrent};
@@ -24,197 +22,6 @@ use manta_operator::plugins::{Framework, PluginConfig};
 use serde_json::{json, Value};
 
 const GIB: u64 = 1 << 30;
-
-/// How a fake agent answers a prefetch.
-#[derive(Clone)]
-enum Behaviour {
-    /// The job succeeds at once, `size` bytes.
-    Succeed(u64),
-    /// The job fails with this failure.
-    Fail(JobFailure, &'static str),
-    /// The agent answers 500 to a prefetch.
-    Broken,
-}
-
-#[derive(Default)]
-struct AgentLog {
-    pins: BTreeMap<String, PinTarget>,
-    jobs: HashMap<String, Job>,
-    prefetches: Vec<Value>,
-    unpins: Vec<(String, String)>,
-    /// Revisions the node already holds (for CacheAware).
-    cached: Vec<CachedRevision>,
-    /// Bytes held by pins (for DiskAware).
-    pinned: u64,
-}
-
-struct FakeAgent {
-    url: String,
-    port: u16,
-    log: Arc<Mutex<AgentLog>>,
-}
-
-async fn fake_agent(behaviour: Behaviour, capacity: u64) -> FakeAgent {
-    use axum::extract::{Path, Query, State};
-    use axum::http::StatusCode;
-    use axum::routing::{get, post, put};
-    use axum::Json;
-    type St = (Arc<Mutex<AgentLog>>, Behaviour, u64);
-    let log = Arc::new(Mutex::new(AgentLog::default()));
-    let app = axum::Router::new()
-        .route(
-            "/manta/v1/cache",
-            get(|State((log, _, cap)): State<St>| async move {
-                let log = log.lock().unwrap();
-                Json(CacheView {
-                    revisions: log.cached.clone(),
-                    space: SpaceView {
-                        capacity: cap,
-                        used: log.pinned,
-                        reserved: 0,
-                        pinned: log.pinned,
-                        high_watermark: cap,
-                        low_watermark: cap,
-                    },
-                    entries: vec![],
-                })
-            }),
-        )
-        .route(
-            "/manta/v1/pins",
-            get(|State((log, _, _)): State<St>| async move {
-                let log = log.lock().unwrap();
-                let pins: Vec<PinView> = log
-                    .pins
-                    .iter()
-                    .map(|(n, t)| PinView {
-                        name: n.clone(),
-                        target: t.clone(),
-                        created_at: 0,
-                        roots: vec![],
-                        bytes: 0,
-                    })
-                    .collect();
-                Json(json!({ "pins": pins }))
-            }),
-        )
-        .route(
-            "/manta/v1/pins/{name}",
-            put(
-                |State((log, _, _)): State<St>,
-                 Path(name): Path<String>,
-                 Json(t): Json<PinTarget>| async move {
-                    log.lock().unwrap().pins.insert(name.clone(), t.clone());
-                    (
-                        StatusCode::CREATED,
-                        Json(PinView {
-                            name,
-                            target: t,
-                            created_at: 0,
-                            roots: vec![],
-                            bytes: 0,
-                        }),
-                    )
-                },
-            )
-            .delete(
-                |State((log, _, _)): State<St>,
-                 Path(name): Path<String>,
-                 Query(q): Query<HashMap<String, String>>| async move {
-                    let mut log = log.lock().unwrap();
-                    let reclaim = q.get("reclaim").cloned().unwrap_or_default();
-                    log.unpins.push((name.clone(), reclaim.clone()));
-                    if log.pins.remove(&name).is_some() {
-                        (
-                            StatusCode::OK,
-                            Json(json!({"name": name, "reclaim": reclaim, "gc": null})),
-                        )
-                    } else {
-                        (
-                            StatusCode::NOT_FOUND,
-                            Json(json!({"errors":[{"code":"NOT_FOUND","message":"no pin"}]})),
-                        )
-                    }
-                },
-            ),
-        )
-        .route(
-            "/manta/v1/prefetch",
-            post(
-                |State((log, b, _)): State<St>, Json(req): Json<Value>| async move {
-                    let mut log = log.lock().unwrap();
-                    log.prefetches.push(req.clone());
-                    let id = format!("job-{}", log.prefetches.len());
-                    let repo = req["repo"].as_str().unwrap_or("").to_string();
-                    let mut job = Job {
-                        id: id.clone(),
-                        version: 1,
-                        state: JobState::Succeeded,
-                        hub: HubKind::Hf,
-                        repo: repo.clone(),
-                        revision: req["revision"].as_str().unwrap_or("main").to_string(),
-                        commit: Some("c0ffee".into()),
-                        bytes_done: 0,
-                        bytes_total: None,
-                        files: vec![],
-                        references: BTreeMap::new(),
-                        error: None,
-                        failure: None,
-                    };
-                    match b {
-                        Behaviour::Succeed(size) => {
-                            job.bytes_done = size;
-                            job.bytes_total = Some(size);
-                            let name = repo.to_ascii_lowercase();
-                            job.references
-                                .insert(Form::Image, format!("hf/{name}:main"));
-                            job.references
-                                .insert(Form::Raw, format!("hf-raw/{name}:main"));
-                        }
-                        Behaviour::Fail(f, msg) => {
-                            job.state = JobState::Failed;
-                            job.commit = None;
-                            job.error = Some(msg.into());
-                            job.failure = Some(f);
-                        }
-                        Behaviour::Broken => {
-                            return (
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                Json(
-                                    json!({"errors":[{"code":"UNKNOWN","message":"disk on fire"}]}),
-                                ),
-                            );
-                        }
-                    }
-                    log.jobs.insert(id, job.clone());
-                    (
-                        StatusCode::ACCEPTED,
-                        Json(serde_json::to_value(job).unwrap()),
-                    )
-                },
-            ),
-        )
-        .route(
-            "/manta/v1/prefetch/{id}",
-            get(
-                |State((log, _, _)): State<St>, Path(id): Path<String>| async move {
-                    match log.lock().unwrap().jobs.get(&id) {
-                        Some(j) => (StatusCode::OK, Json(serde_json::to_value(j).unwrap())),
-                        None => (StatusCode::NOT_FOUND, Json(json!({"errors":[]}))),
-                    }
-                },
-            ),
-        )
-        .with_state((log.clone(), behaviour, capacity));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    FakeAgent {
-        url: format!("http://127.0.0.1:{port}"),
-        port,
-        log,
-    }
-}
 
 /// One recorded request to the mocked API server.
 #[derive(Clone, Debug)]
@@ -317,7 +124,7 @@ async fn cluster(nodes: Vec<NodeSpec<'_>>) -> Cluster {
     let (pod_store, mut pod_writer) = reflector::store::<Pod>();
     let mut agents = BTreeMap::new();
     for (name, labels, behaviour, capacity) in nodes {
-        let agent = fake_agent(behaviour, capacity).await;
+        let agent = fake_agent(behaviour, capacity).await.unwrap();
         node_writer.apply_watcher_event(&watcher::Event::Apply(node(name, &labels)));
         pod_writer.apply_watcher_event(&watcher::Event::Apply(agent_pod(name, agent.port)));
         agents.insert(name.to_string(), agent);
@@ -361,7 +168,7 @@ impl Cluster {
     }
 
     fn log(&self, node: &str) -> std::sync::MutexGuard<'_, AgentLog> {
-        self.agents[node].log.lock().unwrap()
+        self.agents[node].log()
     }
 }
 

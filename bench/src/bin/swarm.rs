@@ -1279,11 +1279,11 @@ fn fmt_ratio(v: Option<f64>, unit: f64) -> String {
 fn fmt_bytes(b: u64) -> String {
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    if b % GIB == 0 {
+    if b.is_multiple_of(GIB) {
         format!("{} GiB", b / GIB)
     } else if b >= GIB {
         format!("{:.2} GiB", b as f64 / GIB as f64)
-    } else if b % MIB == 0 {
+    } else if b.is_multiple_of(MIB) {
         format!("{} MiB", b / MIB)
     } else {
         format!("{:.1} MiB", b as f64 / MIB as f64)
