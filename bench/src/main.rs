@@ -3,6 +3,7 @@
 //! `manta-bench hub`: Manta in front of a rate-limited local Hugging Face Hub.
 //! `manta-bench cache`: eviction of 10,000 cache blobs under readers, start-up with 100,000.
 //! `manta-bench peers`: N agents in network namespaces pulling one model cold at once.
+//! `manta-bench operator`: `kubectl apply` of a Torrent to Ready, against one node alone.
 //! `manta-bench operator-scale`: the operator's reconcile over 1,000 nodes (fake agents).
 //!
 //! See bench/README.md for what is measured and how to read it.
@@ -12,6 +13,7 @@ mod client;
 mod content;
 mod hub;
 mod operator;
+mod operator_ready;
 mod peers;
 mod pull;
 mod pullthrough;
@@ -73,6 +75,9 @@ enum Command {
     /// Peers: N agents, each in a network namespace behind a rate-limited link, pull one model
     /// cold at once from a slower origin; with peers on, off, and one node alone.
     Peers(peers::Args),
+    /// The operator end to end: `kubectl apply` of a Torrent to Ready, against a prefetch on one
+    /// node alone.
+    Operator(operator_ready::Args),
     /// The operator at scale: one Torrent over N nodes (fake agents), reconcile passes timed,
     /// the status's size.
     OperatorScale(operator::Args),
@@ -134,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             Some(Command::Hub(a)) => (a.timeout_secs, Box::pin(hub::run(a))),
             Some(Command::Cache(a)) => (a.timeout_secs, Box::pin(cache::run(a))),
             Some(Command::Peers(a)) => (a.timeout_secs, Box::pin(peers::run(a))),
+            Some(Command::Operator(a)) => (a.timeout_secs, Box::pin(operator_ready::run(a))),
             Some(Command::OperatorScale(a)) => (a.timeout_secs, Box::pin(operator::run(a))),
         };
     let limit = Duration::from_secs(limit);

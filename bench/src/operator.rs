@@ -224,8 +224,9 @@ async fn poll_once(inv: &Inventory, agents: &Agents) {
         .collect::<Vec<_>>()
         .await;
     for (u, r) in reports {
-        inv.states.set(&u, r);
+        inv.states.set(&u, r, inv.fresh);
     }
+    inv.states.mark_synced();
 }
 
 fn report(
