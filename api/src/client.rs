@@ -55,6 +55,14 @@ impl Error {
         }
     }
 
+    /// The first OCI error code of the agent's answer, when it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Whether the agent could not be reached or did not answer in time (as opposed to
     /// answering with an error).
     pub fn is_unreachable(&self) -> bool {
@@ -242,7 +250,14 @@ impl Client {
             reclaim.as_str()
         ));
         match self.call(self.http.delete(url)).await {
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+            // The agent's own answer for an unknown pin: a 404 from anything else (a proxy, a
+            // route this agent lacks) is an error, not "already released".
+            Err(e)
+                if e.status() == Some(StatusCode::NOT_FOUND)
+                    && e.code() == Some("NAME_UNKNOWN") =>
+            {
+                Ok(None)
+            }
             r => r.map(Some),
         }
     }
@@ -354,7 +369,7 @@ mod tests {
                 if auth == "Bearer s3cret" {
                     (
                         axum::http::StatusCode::NOT_FOUND,
-                        r#"{"errors":[{"code":"NOT_FOUND","message":"no pin"}]}"#,
+                        r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no pin"}]}"#,
                     )
                 } else {
                     (axum::http::StatusCode::UNAUTHORIZED, "")
@@ -367,6 +382,15 @@ mod tests {
         let base = Url::parse(&format!("http://{addr}")).unwrap();
         let c = Client::new(base.clone(), Some("s3cret"), Some(Duration::from_secs(5))).unwrap();
         assert!(c.delete_pin("p", Reclaim::Delete).await.unwrap().is_none());
+        // A 404 that is not the agent's "no such pin" (here: no such route) is an error.
+        let other = Client::new(
+            base.join("elsewhere/").unwrap(),
+            Some("s3cret"),
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
+        let e = other.delete_pin("p", Reclaim::Delete).await.unwrap_err();
+        assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
         let anon = Client::new(base, None, Some(Duration::from_secs(5))).unwrap();
         let e = anon.delete_pin("p", Reclaim::Retain).await.unwrap_err();
         assert_eq!(e.status(), Some(StatusCode::UNAUTHORIZED));

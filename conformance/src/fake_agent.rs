@@ -139,7 +139,7 @@ pub async fn fake_agent(behaviour: Behaviour, capacity: u64) -> std::io::Result<
                     } else {
                         (
                             StatusCode::NOT_FOUND,
-                            Json(json!({"errors":[{"code":"NOT_FOUND","message":"no pin"}]})),
+                            Json(json!({"errors":[{"code":"NAME_UNKNOWN","message":"no pin"}]})),
                         )
                     }
                 },

@@ -133,13 +133,17 @@ mod tests {
     #[test]
     fn weights_and_plugins_are_read_and_unknown_names_refused() {
         let cfg = Config::parse(
-            "[plugins]\nfilters = [\"NodeSelector\"]\nscores = [{ name = \"Spread\", weight = 5 }]\n",
+            "[plugins]\nfilters = [\"NodeReady\", \"NodeSelector\"]\nscores = [{ name = \"Spread\", weight = 5 }]\n",
         )
         .unwrap();
-        assert_eq!(cfg.plugins.filters, vec!["NodeSelector".to_string()]);
+        assert_eq!(cfg.plugins.filters, vec!["NodeReady", "NodeSelector"]);
         assert_eq!(cfg.plugins.scores[0].weight, 5);
         let e = Config::parse("[plugins]\nfilters = [\"Nope\"]\n").unwrap_err();
         assert!(e.contains("Nope"), "{e}");
+        // Placement and release must agree on the selector; a node needs a ready agent.
+        let e =
+            Config::parse("[plugins]\nfilters = [\"NodeSelector\", \"DiskAware\"]\n").unwrap_err();
+        assert!(e.contains("NodeReady cannot be disabled"), "{e}");
         assert!(Config::parse("bogus = 1\n").is_err());
     }
 }

@@ -52,6 +52,12 @@ const FAILED_RETRY: Duration = Duration::from_secs(300);
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(300);
 /// Agent calls in flight at once in one reconcile.
 const PARALLEL_CALLS: usize = 32;
+/// How soon a Torrent is looked at again while the inventories fill.
+const SYNC_REQUEUE: Duration = Duration::from_secs(1);
+/// How often pins of Torrents that are gone are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// The prefix of every pin the operator makes (`pin_name`): pins with it belong to Torrents.
+pub const PIN_PREFIX: &str = "torrent-";
 
 /// What the reconciler works with.
 pub struct Context {
@@ -204,7 +210,7 @@ impl Context {
 
 /// The name of a Torrent's pin on its nodes (pin names allow at most 253 characters).
 pub fn pin_name(torrent: &str) -> String {
-    let name = format!("torrent-{torrent}");
+    let name = format!("{PIN_PREFIX}{torrent}");
     if name.len() <= 253 {
         return name;
     }
@@ -212,7 +218,58 @@ pub fn pin_name(torrent: &str) -> String {
     for b in torrent.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    format!("torrent-{}-{h:016x}", &torrent[..200])
+    format!("{PIN_PREFIX}{}-{h:016x}", &torrent[..200])
+}
+
+/// Release the pins of Torrents that are gone, on every agent that answers: a deletion whose
+/// agent was not ready, or did not answer within `CLEANUP_PATIENCE`, left them behind, and
+/// pinned content is never evicted. `torrents` is every Torrent there is (the controller's
+/// cache, read *after* the agents' reports, so a pin just made for a new Torrent is never taken
+/// for an orphan). Pins are released with `Retain`: the content stays cached, for LRU to
+/// evict. Also forgets what this process kept of Torrents that are gone. Returns the pins
+/// released.
+pub async fn sweep(ctx: &Context, nodes: &[NodeInfo], torrents: &[Arc<Torrent>]) -> usize {
+    let wanted: HashSet<String> = torrents.iter().map(|t| pin_name(&t.name_any())).collect();
+    let live: HashSet<String> = torrents.iter().filter_map(|t| t.uid()).collect();
+    ctx.jobs().retain(|(u, _), _| live.contains(u));
+    ctx.failed().retain(|(u, _), _| live.contains(u));
+    ctx.metrics.retain_phases(&live);
+    let calls: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| {
+            let state = n.agent_state()?;
+            let url = n.agent.as_ref()?.url.clone();
+            Some(
+                state
+                    .pins
+                    .iter()
+                    .filter(|p| p.starts_with(PIN_PREFIX) && !wanted.contains(*p))
+                    .map(move |p| (n.name.clone(), url.clone(), p.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten()
+        .map(|(node, url, pin)| async move {
+            let r = ctx.agents.unpin(&url, &pin, Reclaim::Retain).await;
+            ctx.metrics.agent_call(AgentOp::unpin, &r);
+            match r {
+                Ok(_) => {
+                    tracing::info!(%node, %pin, "released the pin of a Torrent that is gone");
+                    ctx.inventory.states.note_pin(&url, &pin, false);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%node, %pin, error = %error_chain(&e), "cannot release the pin of a Torrent that is gone");
+                    false
+                }
+            }
+        })
+        .collect();
+    futures_util::stream::iter(calls)
+        .buffer_unordered(PARALLEL_CALLS)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await
 }
 
 /// Run the controller until a signal stops it.
@@ -274,7 +331,24 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: Metrics) -> Result<
     let wakeups = ctx
         .take_wakeups()
         .ok_or_else(|| Error::Config("the controller runs once per context".into()))?;
-    Controller::new(torrents, watcher::Config::default().any_semantic())
+    let controller = Controller::new(torrents, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let sweeper = ctx.clone();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(SWEEP_INTERVAL).await;
+            if !sweeper.inventory.states.synced() {
+                continue;
+            }
+            // The agents first, then the Torrents: see `sweep`.
+            let nodes = sweeper.inventory.snapshot();
+            sweep(&sweeper, &nodes, &store.state()).await;
+        }
+    });
+    controller
         .reconcile_on(wakeups)
         .reconcile_all_on(futures_util::stream::select_all([
             node_changes.boxed(),
@@ -326,6 +400,10 @@ pub fn error_policy(t: Arc<Torrent>, e: &Error, ctx: Arc<Context>) -> Action {
             kind: e.metric_label(),
         })
         .inc();
+    if matches!(e, Error::Finalizer(f) if matches!(**f, kube::runtime::finalizer::Error::CleanupFailed(Error::NotSynced)))
+    {
+        return Action::requeue(SYNC_REQUEUE);
+    }
     tracing::warn!(torrent = %t.name_any(), error = %error_chain(e), "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
@@ -366,6 +444,11 @@ struct Learned {
 }
 
 async fn apply(t: &Torrent, ctx: &Context) -> Result<Action, Error> {
+    // Until every agent has been asked once, no node has a report: the Torrent would look
+    // unplaceable (a Ready one would flap to Pending). Wait for the inventory instead.
+    if !ctx.inventory.states.synced() {
+        return Ok(Action::requeue(SYNC_REQUEUE));
+    }
     let name = t.meta().name.clone().ok_or(Error::Unnamed)?;
     let uid = t.uid().unwrap_or_default();
     let pin = pin_name(&name);
@@ -690,7 +773,15 @@ async fn apply(t: &Torrent, ctx: &Context) -> Result<Action, Error> {
         if age >= ttl {
             tracing::info!(torrent = %name, "ttlSecondsAfterReady passed: deleting");
             let api: Api<Torrent> = Api::all(ctx.client.clone());
-            api.delete(&name, &Default::default()).await?;
+            // Only this Torrent: not one of the same name created since.
+            let dp = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            api.delete(&name, &dp).await?;
             return Ok(Action::await_change());
         }
         return Ok(Action::requeue((ttl - age).min(IDLE_REQUEUE)));
@@ -732,6 +823,12 @@ async fn holder_state(
         // model ends the job at once.
         Ok(None) => match prefetch(t, ctx, uid, node, &agent.url).await {
             Ok(job) => job,
+            // It holds the pin; a busy or unanswering agent is asked again next pass (if it
+            // stays silent, its reports age out and the node is Lost, then replaced).
+            Err(e) if e.is_transient() => {
+                tracing::debug!(node = %node.name, error = %error_chain(&e), "prefetch not taken yet");
+                return (Held::InProgress { done: 0 }, None);
+            }
             Err(e) => {
                 ctx.failed()
                     .insert(key.clone(), (Instant::now(), error_chain(&e)));
@@ -994,6 +1091,10 @@ fn desired_count(t: &Torrent) -> u32 {
 
 /// The Torrent is being deleted: release its pins everywhere, with its reclaim policy.
 async fn cleanup(t: &Torrent, ctx: &Context) -> Result<Action, Error> {
+    // Releasing against an empty inventory would ask no agent and drop the finalizer.
+    if !ctx.inventory.states.synced() {
+        return Err(Error::NotSynced);
+    }
     let name = t.meta().name.clone().ok_or(Error::Unnamed)?;
     let uid = t.uid().unwrap_or_default();
     let pin = pin_name(&name);

@@ -232,6 +232,10 @@ impl JsonSchema for Replicas {
         schemars::json_schema!({
             "description": "How many nodes hold the model: a number (default 1), or `All`.",
             "x-kubernetes-int-or-string": true,
+            // Not nullable (kube marks optional int-or-string fields nullable unless told): the
+            // API server then prunes a `replicas: null` (an empty Helm value) and applies the
+            // default, where a kept null would fail every client's decode of the Torrent list.
+            "nullable": false,
             "default": 1,
             "x-kubernetes-validations": [{
                 "rule": "type(self) == int ? self >= 1 : self == 'All'",

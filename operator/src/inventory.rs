@@ -3,6 +3,7 @@
 //! admin API in the background, never per reconcile).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,9 @@ impl AgentState {
 #[derive(Default)]
 pub struct AgentStates {
     states: Mutex<HashMap<String, Reported>>,
+    /// One complete poll of every agent has been recorded (after the Node and Pod caches
+    /// filled): until then "no report" means "not asked yet", not "not answering".
+    synced: AtomicBool,
 }
 
 struct Reported {
@@ -98,10 +102,22 @@ impl AgentStates {
             .and(r.state.clone())
     }
 
+    /// Whether every agent has been asked once: before that, the controller acts on nothing.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Note that every agent has been asked once.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
     /// Record a report (`None`: the agent did not answer); whether that matters to the
     /// Torrents: the agent started or stopped answering, or its pins changed. (Progress and
-    /// space are read when a reconcile runs; they do not wake one.)
-    pub fn set(&self, url: &str, state: Option<AgentState>) -> bool {
+    /// space are read when a reconcile runs; they do not wake one.) A missed answer keeps the
+    /// last report until it is older than `fresh`: one slow answer (an agent busy hashing) must
+    /// not make its nodes Lost and start their models' downloads elsewhere.
+    pub fn set(&self, url: &str, state: Option<AgentState>, fresh: Duration) -> bool {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let e = states.entry(url.to_string()).or_insert(Reported {
             state: None,
@@ -114,6 +130,7 @@ impl AgentStates {
                 e.ok_at = Some(Instant::now());
                 changed
             }
+            None if e.ok_at.is_some_and(|t| t.elapsed() <= fresh) => false,
             None => e.state.take().is_some(),
         }
     }
@@ -279,6 +296,11 @@ pub async fn poll_agents(
     changed: tokio::sync::mpsc::Sender<()>,
 ) {
     const PARALLEL: usize = 64;
+    // The agents are the pods the cache holds: wait until it holds them all (and the Nodes),
+    // or the first poll would find none and every node would look agent-less.
+    if inv.nodes.wait_until_ready().await.is_err() || inv.pods.wait_until_ready().await.is_err() {
+        return;
+    }
     loop {
         let urls: BTreeSet<String> = inv.agents().into_values().map(|(_, u, _)| u).collect();
         inv.states.retain(&urls);
@@ -299,12 +321,54 @@ pub async fn poll_agents(
             if let Err(e) = &state {
                 tracing::debug!(agent = %url, error = %e, "agent did not report");
             }
-            any |= inv.states.set(&url, state.ok());
+            any |= inv.states.set(&url, state.ok(), inv.fresh);
+        }
+        if !inv.states.synced() {
+            inv.states.mark_synced();
+            any = true;
         }
         if any {
             // A full channel already holds a wake-up.
             let _ = changed.try_send(());
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(pins: &[&str]) -> AgentState {
+        AgentState {
+            space: SpaceView {
+                capacity: 1,
+                used: 0,
+                reserved: 0,
+                pinned: 0,
+                high_watermark: 1,
+                low_watermark: 1,
+            },
+            revisions: vec![],
+            pins: pins.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn one_missed_answer_keeps_the_last_report_until_it_is_stale() {
+        let s = AgentStates::default();
+        let fresh = Duration::from_secs(60);
+        assert!(s.set("a", Some(state(&["p"])), fresh), "a new agent wakes");
+        assert!(
+            !s.set("a", Some(state(&["p"])), fresh),
+            "the same pins do not"
+        );
+        assert!(!s.set("a", None, fresh), "one miss changes nothing");
+        assert!(s.get("a", fresh).is_some());
+        // Once the last answer is older than `fresh`, a miss drops it, and that wakes.
+        assert!(s.set("a", None, Duration::ZERO));
+        assert!(s.get("a", fresh).is_none());
+        assert!(!s.set("a", None, Duration::ZERO));
+        assert!(s.set("a", Some(state(&[])), fresh), "answering again wakes");
     }
 }

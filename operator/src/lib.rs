@@ -34,6 +34,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("the Torrent has no name")]
     Unnamed,
+    #[error("the node, pod and agent inventories are not complete yet")]
+    NotSynced,
 }
 
 impl From<kube::Error> for Error {
@@ -53,6 +55,23 @@ impl Error {
             Error::Config(_) => "config",
             Error::Finalizer(_) => "finalizer",
             Error::Unnamed => "unnamed",
+            Error::NotSynced => "not_synced",
+        }
+    }
+
+    /// Whether an agent's error may pass by itself (it did not answer, or answered busy or
+    /// unavailable): worth asking again, not a reason to give up on the node.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Agent(e) => {
+                e.is_unreachable()
+                    || e.status().is_some_and(|s| {
+                        s == reqwest::StatusCode::TOO_MANY_REQUESTS
+                            || s == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                            || s == reqwest::StatusCode::GATEWAY_TIMEOUT
+                    })
+            }
+            _ => false,
         }
     }
 }

@@ -116,6 +116,17 @@ impl Metrics {
                 phases.remove(uid);
             }
         }
+        self.recount(&phases);
+    }
+
+    /// Forget the Torrents not in `live` (gone without this process seeing their cleanup).
+    pub fn retain_phases(&self, live: &std::collections::HashSet<String>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        phases.retain(|uid, _| live.contains(uid));
+        self.recount(&phases);
+    }
+
+    fn recount(&self, phases: &HashMap<String, Phase>) {
         for p in Phase::ALL {
             let n = phases.values().filter(|x| **x == p).count();
             self.torrents

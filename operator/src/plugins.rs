@@ -270,6 +270,16 @@ pub struct Choice {
 
 impl Framework {
     pub fn new(cfg: &PluginConfig) -> Result<Self, Error> {
+        // Releasing a node that no longer matches its Torrent applies the nodeSelector, and a
+        // node without a ready agent cannot be asked anything: placement must agree with both.
+        for required in ["NodeSelector", "NodeReady"] {
+            if !cfg.filters.iter().any(|f| f == required) {
+                return Err(Error::Config(format!(
+                    "the filter plugin {required} cannot be disabled (filters = {:?})",
+                    cfg.filters
+                )));
+            }
+        }
         let mut filters: Vec<Box<dyn Filter>> = Vec::new();
         for name in &cfg.filters {
             filters.push(match name.as_str() {

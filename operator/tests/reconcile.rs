@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use manta_api::{CachedRevision, Form, HubKind, JobFailure, PinTarget};
 use manta_conformance::fake_agent::{fake_agent, AgentLog, Behaviour, FakeAgent};
 use manta_operator::agents::Agents;
-use manta_operator::controller::{pin_name, reconcile, Context};
+use manta_operator::controller::{pin_name, reconcile, sweep, Context};
 use manta_operator::crd::{Phase, Torrent};
 use manta_operator::inventory::Inventory;
 use manta_operator::metrics::Metrics;
@@ -151,8 +151,9 @@ impl Cluster {
     async fn poll(&self) {
         for a in self.agents.values() {
             let r = self.client_agents.report(&a.url).await.ok();
-            self.inventory.states.set(&a.url, r);
+            self.inventory.states.set(&a.url, r, self.inventory.fresh);
         }
+        self.inventory.states.mark_synced();
     }
 
     fn context(&self, client: kube::Client, plugins: &PluginConfig) -> Arc<Context> {
@@ -540,4 +541,78 @@ async fn preheat_false_fetches_nothing() {
     assert_eq!(st["phase"], "Pending");
     assert_eq!(st["conditions"][0]["reason"], "Standby");
     let _ = Phase::Pending;
+}
+
+#[tokio::test]
+async fn pins_of_torrents_that_are_gone_are_released_and_no_other_pins() {
+    let c = cluster(vec![(
+        "a",
+        vec![("gpu", "true")],
+        Behaviour::Succeed(GIB),
+        10 * GIB,
+    )])
+    .await;
+    let url = c.agents["a"].url.clone();
+    let target = PinTarget::hub(HubKind::Hf, "Org/Model", Some("main"), Default::default());
+    for p in ["torrent-gone", "torrent-qwen", "mine"] {
+        c.client_agents.pin(&url, p, &target).await.unwrap();
+    }
+    c.poll().await;
+    let t = torrent(sample_spec(), true);
+    let (client, calls) = mock_api(t.clone());
+    let ctx = c.context(client, &PluginConfig::default());
+    let released = sweep(&ctx, &c.inventory.snapshot(), &[Arc::new(t)]).await;
+    assert_eq!(released, 1);
+    let log = c.log("a");
+    assert_eq!(
+        log.unpins,
+        vec![("torrent-gone".to_string(), "Retain".to_string())]
+    );
+    assert!(log.pins.contains_key("torrent-qwen") && log.pins.contains_key("mine"));
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "the sweep never writes to the API"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_done_before_every_agent_has_been_asked_once() {
+    let c = cluster(vec![(
+        "a",
+        vec![("gpu", "true")],
+        Behaviour::Succeed(GIB),
+        10 * GIB,
+    )])
+    .await;
+    // A fresh inventory: the same caches, no agent asked yet.
+    let fresh = Inventory {
+        nodes: c.inventory.nodes.clone(),
+        pods: c.inventory.pods.clone(),
+        states: Arc::default(),
+        agent_port: 5001,
+        fresh: Duration::from_secs(60),
+    };
+    let t = torrent(sample_spec(), true);
+    let (client, calls) = mock_api(t.clone());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let ctx = Arc::new(Context::new(
+        client,
+        c.client_agents.clone(),
+        fresh,
+        Framework::new(&PluginConfig::default()).unwrap(),
+        Metrics::new(&mut registry),
+        "localhost:5000".into(),
+    ));
+    reconcile(Arc::new(t.clone()), ctx.clone()).await.unwrap();
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "no status before the inventory"
+    );
+    assert!(c.log("a").prefetches.is_empty());
+    // Deleting waits too: releasing against an empty inventory would drop the finalizer.
+    let mut deleting = serde_json::to_value(&t).unwrap();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let deleting: Torrent = serde_json::from_value(deleting).unwrap();
+    assert!(reconcile(Arc::new(deleting), ctx).await.is_err());
+    assert!(calls.lock().unwrap().is_empty(), "the finalizer stays");
 }
