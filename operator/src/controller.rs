@@ -85,6 +85,9 @@ struct JobRef {
     url: String,
     /// The last view of the job (a succeeded job is not asked about again).
     last: Option<Job>,
+    /// The Torrent's generation it was asked for: after a spec change (new forms, say) an
+    /// ended job is asked for again (what is complete ends at once).
+    generation: Option<i64>,
 }
 
 impl Context {
@@ -282,13 +285,30 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: Metrics) -> Result<
     };
     let (nodes, node_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();
+    // Nodes change often (kubelet's status updates) in ways placement ignores: the cache keeps
+    // what the plugins read, and only a change to that (or a node coming or going) wakes the
+    // Torrents.
+    let mut seen: HashMap<String, u64> = HashMap::new();
     let node_changes = reflector(
         node_writer,
-        watcher(nodes_api, watcher::Config::default().any_semantic()),
+        watcher(nodes_api, watcher::Config::default().any_semantic()).modify(slim_node),
     )
     .default_backoff()
-    .touched_objects()
-    .filter_map(|r| async move { r.ok().map(|_| ()) });
+    .filter_map(move |ev| {
+        let wake = match ev {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                let key = placement_key(&n);
+                seen.insert(n.name_any(), key) != Some(key)
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                seen.remove(&n.name_any());
+                true
+            }
+            Ok(watcher::Event::InitDone) => true,
+            Ok(watcher::Event::Init) | Err(_) => false,
+        };
+        std::future::ready(wake.then_some(()))
+    });
     let pod_changes = reflector(
         pod_writer,
         watcher(
@@ -296,7 +316,8 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: Metrics) -> Result<
             watcher::Config::default()
                 .labels(&cfg.agents.selector)
                 .any_semantic(),
-        ),
+        )
+        .modify(|p: &mut Pod| p.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects()
@@ -364,6 +385,35 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: Metrics) -> Result<
         })
         .await;
     Ok(())
+}
+
+/// A Node as the operator keeps it: what placement reads (labels, conditions, `unschedulable`),
+/// not its images, annotations or managed fields (most of a Node's size, times every node).
+fn slim_node(n: &mut Node) {
+    n.managed_fields_mut().clear();
+    n.annotations_mut().clear();
+    if let Some(status) = n.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+/// What of a Node can change a placement: its labels, whether it is Ready or cordoned, whether
+/// it is being deleted.
+fn placement_key(n: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.metadata.labels.hash(&mut h);
+    n.metadata.deletion_timestamp.is_some().hash(&mut h);
+    n.spec.as_ref().and_then(|s| s.unschedulable).hash(&mut h);
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str())
+        .hash(&mut h);
+    h.finish()
 }
 
 fn tokio_stream_from(
@@ -805,7 +855,9 @@ async fn holder_state(
         return (Held::Lost, None);
     };
     let key = (uid.to_string(), node.name.clone());
-    let known = ctx.jobs().get(&key).cloned();
+    let known = ctx.jobs().get(&key).cloned().filter(|j| {
+        j.generation == t.meta().generation || !j.last.as_ref().is_some_and(|l| l.state.is_ended())
+    });
     let job = match known {
         Some(JobRef {
             last: Some(job), ..
@@ -946,6 +998,7 @@ async fn prefetch(
             id: job.id.clone(),
             url: url.to_string(),
             last: Some(job.clone()),
+            generation: t.meta().generation,
         },
     );
     Ok(job)

@@ -280,7 +280,7 @@ async fn a_new_torrent_is_pinned_and_prefetched_on_the_node_the_plugins_choose_t
 
     // The next pass finds b's job done: Ready, with the references to pull.
     c.poll().await;
-    reconcile(Arc::new(with_status(&t, &first)), ctx)
+    reconcile(Arc::new(with_status(&t, &first)), ctx.clone())
         .await
         .unwrap();
     let patches = status_patches(&calls.lock().unwrap());
@@ -309,6 +309,19 @@ async fn a_new_torrent_is_pinned_and_prefetched_on_the_node_the_plugins_choose_t
         1,
         "a succeeded job is not asked again"
     );
+
+    // A spec change (a form asked for) is a new generation: the holder is asked again.
+    let st = st.clone();
+    let mut spec = sample_spec();
+    spec["forms"] = json!(["raw"]);
+    let mut changed = serde_json::to_value(with_status(&t, &st)).unwrap();
+    changed["spec"] = spec;
+    changed["metadata"]["generation"] = json!(2);
+    let changed: Torrent = serde_json::from_value(changed).unwrap();
+    reconcile(Arc::new(changed), ctx).await.unwrap();
+    let log = c.log("b");
+    assert_eq!(log.prefetches.len(), 2, "{:?}", log.prefetches);
+    assert_eq!(log.prefetches[1]["forms"], json!(["raw"]));
 }
 
 #[tokio::test]
