@@ -77,6 +77,8 @@ pub struct Context {
     wakeups: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Torrent>>>>,
     /// Jobs followed now, by Torrent uid and node.
     following: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Reconciles failed in a row, by Torrent uid (for `error_policy`'s backoff).
+    retries: Mutex<HashMap<String, u32>>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +122,7 @@ impl Context {
             wake,
             wakeups: Mutex::new(Some(wakeups)),
             following: Arc::default(),
+            retries: Mutex::default(),
         }
     }
 
@@ -197,6 +200,10 @@ impl Context {
         self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn retries(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.retries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn event(&self, t: &Torrent, type_: EventType, reason: &str, note: String) {
         let ev = KubeEvent {
             type_,
@@ -236,6 +243,7 @@ pub async fn sweep(ctx: &Context, nodes: &[NodeInfo], torrents: &[Arc<Torrent>])
     let live: HashSet<String> = torrents.iter().filter_map(|t| t.uid()).collect();
     ctx.jobs().retain(|(u, _), _| live.contains(u));
     ctx.failed().retain(|(u, _), _| live.contains(u));
+    ctx.retries().retain(|u, _| live.contains(u));
     ctx.metrics.retain_phases(&live);
     let calls: Vec<_> = nodes
         .iter()
@@ -425,6 +433,7 @@ fn tokio_stream_from(
 /// Reconcile one Torrent.
 pub async fn reconcile(t: Arc<Torrent>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    let t_uid = t.uid().unwrap_or_default();
     ctx.metrics.reconciles.inc();
     let api: Api<Torrent> = Api::all(ctx.client.clone());
     let result = finalizer(&api, FINALIZER, t, |event| async {
@@ -438,11 +447,14 @@ pub async fn reconcile(t: Arc<Torrent>, ctx: Arc<Context>) -> Result<Action, Err
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.retries().remove(&t_uid);
+    }
     result
 }
 
-/// Retry a failed reconcile with backoff (the controller's own per-object backoff resets on
-/// success).
+/// Retry a failed reconcile with backoff: 5 s, doubled for each failure in a row, at most 5
+/// minutes; a success resets it.
 pub fn error_policy(t: Arc<Torrent>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .failures
@@ -454,8 +466,15 @@ pub fn error_policy(t: Arc<Torrent>, e: &Error, ctx: Arc<Context>) -> Action {
     {
         return Action::requeue(SYNC_REQUEUE);
     }
-    tracing::warn!(torrent = %t.name_any(), error = %error_chain(e), "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    let n = {
+        let mut retries = ctx.retries();
+        let n = retries.entry(t.uid().unwrap_or_default()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = Duration::from_secs(5 << (n - 1).min(6)).min(Duration::from_secs(300));
+    tracing::warn!(torrent = %t.name_any(), error = %error_chain(e), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// An error with its sources, on one line.

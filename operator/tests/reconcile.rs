@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use manta_api::{CachedRevision, Form, HubKind, JobFailure, PinTarget};
 use manta_conformance::fake_agent::{fake_agent, AgentLog, Behaviour, FakeAgent};
 use manta_operator::agents::Agents;
-use manta_operator::controller::{pin_name, reconcile, sweep, Context};
+use manta_operator::controller::{error_policy, pin_name, reconcile, sweep, Context};
 use manta_operator::crd::{Phase, Torrent};
 use manta_operator::inventory::Inventory;
 use manta_operator::metrics::Metrics;
@@ -628,4 +628,30 @@ async fn nothing_is_done_before_every_agent_has_been_asked_once() {
     let deleting: Torrent = serde_json::from_value(deleting).unwrap();
     assert!(reconcile(Arc::new(deleting), ctx).await.is_err());
     assert!(calls.lock().unwrap().is_empty(), "the finalizer stays");
+}
+
+#[tokio::test]
+async fn failed_reconciles_back_off_doubling_to_five_minutes() {
+    use kube::runtime::controller::Action;
+    let c = cluster(vec![]).await;
+    let t = Arc::new(torrent(sample_spec(), true));
+    let (client, _) = mock_api((*t).clone());
+    let ctx = c.context(client, &PluginConfig::default());
+    let delays: Vec<Action> = (0..8)
+        .map(|_| error_policy(t.clone(), &manta_operator::Error::Unnamed, ctx.clone()))
+        .collect();
+    let secs = |s| Action::requeue(Duration::from_secs(s));
+    assert_eq!(
+        delays,
+        vec![
+            secs(5),
+            secs(10),
+            secs(20),
+            secs(40),
+            secs(80),
+            secs(160),
+            secs(300),
+            secs(300)
+        ]
+    );
 }
