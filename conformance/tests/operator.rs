@@ -53,6 +53,23 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// `GET http://<addr><path>`: the status and the body (None: no answer).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
 /// A child process killed on drop, its stderr in a log file.
 struct Proc {
     child: Child,
@@ -83,6 +100,8 @@ struct Env {
     kubeconfig: PathBuf,
     api: Proc,
     operator: Option<Proc>,
+    /// The operator's `/metrics`, `/livez`, `/readyz` address.
+    operator_http: String,
     hub: HubFixture,
     nodes: Vec<&'static str>,
     agents: Vec<Option<MantaServer>>,
@@ -121,6 +140,7 @@ impl Env {
             kubeconfig,
             api,
             operator: None,
+            operator_http: String::new(),
             hub,
             nodes: nodes.iter().map(|n| n.name).collect(),
             agents: Vec::new(),
@@ -213,10 +233,11 @@ impl Env {
         )
         .unwrap();
         let log = self.tmp.path().join("operator.log");
+        self.operator_http = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         let child = Command::new(workspace_bin("manta-operator"))
             .args(["--config"])
             .arg(&cfg)
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", &self.operator_http])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,manta_operator=debug")
             .stdin(Stdio::null())
@@ -225,6 +246,20 @@ impl Env {
             .spawn()
             .unwrap();
         self.operator = Some(Proc { child, log });
+        // Ready once its caches are filled and every agent has been asked once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match http_get(&self.operator_http, "/readyz") {
+                Some((200, _)) => break,
+                Some((503, body)) => assert!(body.contains("filling"), "{body}"),
+                _ => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator is not ready after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -453,6 +488,13 @@ async fn a_torrent_lands_on_exactly_the_chosen_nodes_pinned_and_delete_takes_it_
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "PHASE", "READY", "SIZE", "AGE"], "{table}");
     assert!(table.lines().nth(1).unwrap().contains("Ready"), "{table}");
+    // The operator's metrics count it.
+    let (code, metrics) = http_get(&env.operator_http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("manta_operator_torrents{phase=\"Ready\"} 1"),
+        "{metrics}"
+    );
 
     // The image form from a chosen node needs no hub byte.
     env.hub.reset_counters();

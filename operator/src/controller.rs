@@ -283,8 +283,14 @@ pub async fn sweep(ctx: &Context, nodes: &[NodeInfo], torrents: &[Arc<Torrent>])
         .await
 }
 
-/// Run the controller until a signal stops it.
-pub async fn run(client: kube::Client, cfg: Config, metrics: Metrics) -> Result<(), Error> {
+/// Run the controller until a signal stops it. `states` holds the agents' reports (its
+/// `synced()` is the operator's readiness).
+pub async fn run(
+    client: kube::Client,
+    cfg: Config,
+    metrics: Metrics,
+    states: Arc<crate::inventory::AgentStates>,
+) -> Result<(), Error> {
     let plugins = Framework::new(&cfg.plugins)?;
     let nodes_api: Api<Node> = Api::all(client.clone());
     let pods_api: Api<Pod> = match &cfg.agents.namespace {
@@ -334,7 +340,7 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: Metrics) -> Result<
     let inventory = Inventory {
         nodes,
         pods,
-        states: Arc::default(),
+        states,
         agent_port: cfg.agents.port,
         fresh: cfg.agents.poll() * 3 + cfg.agents.timeout(),
     };

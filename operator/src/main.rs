@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use clap::Parser;
 use manta_operator::config::Config;
+use manta_operator::inventory::AgentStates;
 use manta_operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -49,11 +50,28 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let registry = Arc::new(registry);
+    let states: Arc<AgentStates> = Arc::default();
+    let ready = states.clone();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     let app = axum::Router::new()
         .route("/livez", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let states = ready.clone();
+                async move {
+                    if states.synced() {
+                        (axum::http::StatusCode::OK, "ok")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "the node, pod and agent inventories are filling",
+                        )
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -75,6 +93,6 @@ async fn main() -> anyhow::Result<()> {
             }),
         );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    manta_operator::controller::run(client, cfg, metrics).await?;
+    manta_operator::controller::run(client, cfg, metrics, states).await?;
     Ok(())
 }
