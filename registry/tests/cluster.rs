@@ -49,6 +49,7 @@ async fn the_cluster_listener_refuses_every_request_without_the_token() {
         format!("/manta/v1/blobs/{digest}"),
         "/manta/v1/cache".to_string(),
         "/manta/v1/pins".to_string(),
+        "/metrics".to_string(),
         "/v2/".to_string(),
         "/nothing/here".to_string(),
     ] {
@@ -173,7 +174,12 @@ async fn the_cluster_listener_offers_blob_reads_and_the_admin_api_only() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
 
-    // Nothing else: no registry API, no facade, no deletes, no gc or verify, no metrics.
+    // Metrics, for Prometheus (with the token, like everything here).
+    let r = get("/metrics").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("manta_cache_capacity_bytes"));
+
+    // Nothing else: no registry API, no facade, no deletes, no gc or verify.
     use reqwest::Method as M;
     for (method, path) in [
         (M::GET, "/v2/".to_string()),
@@ -188,7 +194,7 @@ async fn the_cluster_listener_offers_blob_reads_and_the_admin_api_only() {
         (M::POST, "/manta/v1/gc".to_string()),
         (M::POST, "/manta/v1/verify".to_string()),
         (M::GET, "/hf/api/models/org/name".to_string()),
-        (M::GET, "/metrics".to_string()),
+        (M::POST, "/metrics".to_string()),
         (M::GET, "/readyz".to_string()),
     ] {
         let r = c

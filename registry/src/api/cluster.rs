@@ -324,6 +324,8 @@ pub fn router(state: Shared, token: Arc<ClusterToken>) -> Router {
             "/manta/v1/pins/{name}",
             put(lifecycle::put_pin).delete(lifecycle::delete_pin),
         )
+        // Prometheus scrapes here (with the token): the node's own /metrics is on loopback.
+        .route("/metrics", get(super::metrics))
         .merge(super::peer::routes())
         .fallback(not_found)
         .with_state(state)
