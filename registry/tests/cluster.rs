@@ -177,7 +177,11 @@ async fn the_cluster_listener_offers_blob_reads_and_the_admin_api_only() {
     // Metrics, for Prometheus (with the token, like everything here).
     let r = get("/metrics").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("manta_cache_capacity_bytes"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("manta_cache_capacity_bytes"));
 
     // Nothing else: no registry API, no facade, no deletes, no gc or verify.
     use reqwest::Method as M;

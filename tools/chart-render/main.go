@@ -139,6 +139,9 @@ type Options struct {
 	IncludeCRDs     bool
 	Strict          bool
 	IsUpgrade       bool
+	// PrintValues: print the coalesced values (what templates see as .Values) as JSON, instead
+	// of the manifests: what Helm validates against values.schema.json.
+	PrintValues bool
 }
 
 // Template renders the chart as `helm template` prints it.
@@ -170,6 +173,9 @@ func Template(chartDir string, o Options) (string, error) {
 		}
 	}
 	values := coalesce(c.Values, user)
+	if o.PrintValues {
+		return toJSON(values) + "\n", nil
+	}
 	kv, err := parseKubeVersion(o.KubeVersion)
 	if err != nil {
 		return "", err
@@ -255,6 +261,7 @@ func main() {
 	flag.BoolVar(&o.IncludeCRDs, "include-crds", false, "print the chart's crds/ first")
 	flag.BoolVar(&o.Strict, "strict", false, "a missing value is an error")
 	flag.BoolVar(&o.IsUpgrade, "is-upgrade", false, ".Release.IsUpgrade")
+	flag.BoolVar(&o.PrintValues, "print-values", false, "print the coalesced values as JSON instead of the manifests")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: chart-render [flags] CHART_DIR")

@@ -289,3 +289,15 @@ func TestInvalidYamlNamesTheTemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestPrintValuesIsTheCoalescedValues(t *testing.T) {
+	files := cm("  a: b\n")
+	files["values.yaml"] = "a: 1\nm:\n  k: v\n"
+	got, err := Template(chart(t, files), Options{KubeVersion: "1.33", PrintValues: true, Set: []string{"m.x=2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != `{"a":1,"m":{"k":"v","x":2}}`+"\n" {
+		t.Fatal(got)
+	}
+}
