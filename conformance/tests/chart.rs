@@ -118,6 +118,10 @@ fn value_sets() -> Vec<(&'static str, Vec<&'static str>)> {
         ("defaults (containerd)", vec![]),
         ("CRI-O", vec!["--set", "runtime.kind=crio"]),
         (
+            "undoing the runtime setup before uninstall",
+            vec!["--set", "runtime.restore=true"],
+        ),
+        (
             "existing Secrets and an upstream config",
             vec![
                 "--set",
@@ -491,13 +495,17 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        // The whole process group (ip netns exec, unshare, sh, the container), then the child.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{pid}")])
-            .output();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Only while its leader lives is the process group this container's: once reaped, its
+        // number may already be another group's.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // The whole group (ip netns exec, unshare, sh, the container), then the child.
+            let pid = self.child.id();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .output();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -849,6 +857,7 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
     let template = &ds["spec"]["template"];
     let pod_spec = &template["spec"];
     let mut containers = Vec::new();
+    let mut node_volumes = Vec::new();
     for i in 1..=NODES {
         let node = format!("node-{i}");
         let ip = node_ip(i);
@@ -905,6 +914,7 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
         let hosts_toml = host_root.join("etc/containerd/certs.d/docker.io/hosts.toml");
         let written = std::fs::read_to_string(&hosts_toml).unwrap();
         assert!(written.contains("http://127.0.0.1:5000"), "{written}");
+        node_volumes.push((vols.clone(), host_root.clone()));
         containers.push(run_container(
             &format!("{node}-agent"),
             &pod_spec["containers"][0],
@@ -1061,6 +1071,26 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
         "the hub served {} bytes of a {size}-byte model",
         hub.bytes_served()
     );
+
+    // Before uninstalling: the init container rendered with runtime.restore undoes its files.
+    let restore = docs(&render(&["--set", "runtime.restore=true"]).unwrap());
+    let init = &find(&restore, "DaemonSet", "-agent").unwrap()["spec"]["template"]["spec"]
+        ["initContainers"][0];
+    let (vols, host_root) = &node_volumes[0];
+    let mut c = run_container(
+        "node-1-restore",
+        init,
+        vols,
+        "mcn1",
+        &[("spec.nodeName", "node-1"), ("status.hostIP", &node_ip(1))],
+        &[],
+        &hosts,
+        s,
+    );
+    assert!(c.child.wait().unwrap().success(), "{}", c.log());
+    assert!(!host_root
+        .join("etc/containerd/certs.d/docker.io/hosts.toml")
+        .exists());
     drop(containers);
     api.shutdown().await;
 }
