@@ -251,6 +251,7 @@ fn every_value_set_is_valid_against_the_values_schema_and_typos_are_not() {
         ("agent.highWatermark=101", "101"),
         ("operator.plugins.filters={DiskAware}", "NodeSelector"),
         ("agent.capacity=lots", "lots"),
+        ("operator.replicas=0", "minimum"),
     ] {
         let e = check(&["--set", typo]).unwrap_err();
         assert!(e.contains(why), "{typo}: {e}");
@@ -260,7 +261,7 @@ fn every_value_set_is_valid_against_the_values_schema_and_typos_are_not() {
 #[test]
 fn wrong_values_stop_the_render_with_a_reason() {
     for (set, extra, why) in [
-        ("operator.replicas=2", None, "does not elect a leader"),
+        ("operator.plugins.scores[0].weight=7", None, "needs a name"),
         ("runtime.kind=podman", None, "containerd, crio or none"),
         (
             "agent.lowWatermark=90",
@@ -1005,7 +1006,10 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
         &op_container,
         &op_vols,
         "mco",
-        &[],
+        &[
+            ("metadata.namespace", "manta-system"),
+            ("metadata.name", "manta-operator-0"),
+        ],
         &[("KUBECONFIG", "/var/run/test-kube/config".to_string())],
         &hosts,
         s,
@@ -1051,6 +1055,27 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
     assert_eq!(
         t["status"]["references"]["image"],
         format!("localhost:5000/hf/{REPO}:main")
+    );
+    // It acted as the leader: the Lease names it.
+    let lease: Value = serde_json::from_str(&kubectl(
+        &kc,
+        &[
+            "get",
+            "lease",
+            "manta-operator",
+            "-n",
+            "manta-system",
+            "-o",
+            "json",
+        ],
+        None,
+    ))
+    .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("manta-operator-0_")),
+        "{lease}"
     );
     for i in 1..=NODES {
         let pins: Value = http

@@ -398,6 +398,7 @@ pub async fn run(
             }
         })
         .await;
+    tracing::info!("the controller stopped");
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod inventory;
+pub mod leader;
 pub mod metrics;
 pub mod plugins;
 

@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use axum::response::IntoResponse;
 use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use manta_operator::config::Config;
 use manta_operator::inventory::AgentStates;
+use manta_operator::leader::{self, LeaderConfig};
 use manta_operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -28,6 +31,59 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "MANTA_LOG_JSON")]
     log_json: bool,
+    /// Act only while holding a Lease, so that several replicas can run with one acting
+    /// (the others stand by and take over when it stops or stops renewing).
+    #[arg(long, env = "MANTA_OPERATOR_LEADER_ELECTION")]
+    leader_election: bool,
+    /// The Lease's namespace (the pod's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", required_if_eq("leader_election", "true"))]
+    leader_election_namespace: Option<String>,
+    /// The Lease's name.
+    #[arg(long, env = "MANTA_OPERATOR_LEASE", default_value = "manta-operator")]
+    leader_election_lease: String,
+}
+
+/// This candidate's identity: the pod's name (else the host's), made unique per process.
+fn identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "manta-operator".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{base}_{:08x}", nanos ^ std::process::id())
+}
+
+/// How long the controller may take to stop after SIGTERM (its reconciles finish first; it
+/// waits for nothing else, but a watch that never listed would hold it).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Run the controller until it stops by itself after a signal, or `STOP_GRACE` after one.
+async fn stoppable(
+    run: impl std::future::Future<Output = Result<(), manta_operator::Error>>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = run => Ok(r?),
+        _ = async { signalled().await; tokio::time::sleep(STOP_GRACE).await } => {
+            tracing::warn!("the controller did not stop within {STOP_GRACE:?} of the signal: stopping now");
+            Ok(())
+        }
+    }
+}
+
+async fn signalled() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
 }
 
 #[tokio::main]
@@ -52,6 +108,10 @@ async fn main() -> anyhow::Result<()> {
     let registry = Arc::new(registry);
     let states: Arc<AgentStates> = Arc::default();
     let ready = states.clone();
+    // With leader election, a standby is ready (healthy, waiting): readiness must not hold a
+    // rollout back on the replicas that do not lead.
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(!args.leader_election));
+    let is_leading = leading.clone();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     let app = axum::Router::new()
@@ -60,8 +120,11 @@ async fn main() -> anyhow::Result<()> {
             "/readyz",
             axum::routing::get(move || {
                 let states = ready.clone();
+                let leading = is_leading.clone();
                 async move {
-                    if states.synced() {
+                    if !leading.load(std::sync::atomic::Ordering::Acquire) {
+                        (axum::http::StatusCode::OK, "standby")
+                    } else if states.synced() {
                         (axum::http::StatusCode::OK, "ok")
                     } else {
                         (
@@ -93,6 +156,32 @@ async fn main() -> anyhow::Result<()> {
             }),
         );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    manta_operator::controller::run(client, cfg, metrics, states).await?;
+    let Some(ns) = args
+        .leader_election_namespace
+        .filter(|_| args.leader_election)
+    else {
+        return stoppable(manta_operator::controller::run(
+            client, cfg, metrics, states,
+        ))
+        .await;
+    };
+    let le = LeaderConfig::new(ns.clone(), args.leader_election_lease, identity());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    tokio::select! {
+        _ = leader::acquire(&leases, &le) => {}
+        _ = signalled() => return Ok(()),
+    }
+    leading.store(true, std::sync::atomic::Ordering::Release);
+    tokio::select! {
+        // Returns on SIGTERM/SIGINT: give the lease up for a standby to take at once.
+        r = stoppable(manta_operator::controller::run(client, cfg, metrics, states)) => {
+            leader::release(&leases, &le).await;
+            r?;
+        }
+        // Another may lead now: stop acting at once; the pod restarts as a candidate.
+        _ = leader::hold(&leases, &le) => {
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }
