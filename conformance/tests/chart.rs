@@ -408,11 +408,31 @@ fn the_operator_config_the_chart_writes_is_one_the_operator_reads() {
 // rendered templates), the cluster DNS (each root's /etc/hosts names the peers' Service), and
 // the operator's kubeconfig (the fake API server speaks plain HTTP, not in-cluster TLS).
 
-const BRIDGE: &str = "mcb0";
-const BRIDGE_IP: &str = "10.78.0.254";
+/// This run's network number: two runs on one machine (another checkout's CI, say) must not
+/// tear down each other's bridge.
+fn net() -> u32 {
+    std::process::id() % 200
+}
+
+fn bridge() -> String {
+    format!("mcb{}", net())
+}
+
+fn bridge_ip() -> String {
+    format!("10.78.{}.254", net())
+}
 
 fn node_ip(i: usize) -> String {
-    format!("10.78.0.{}", 10 + i)
+    format!("10.78.{}.{}", net(), 10 + i)
+}
+
+/// A node's namespace (`i` = 0: the operator's).
+fn ns_name(i: usize) -> String {
+    if i == 0 {
+        format!("mc{}o", net())
+    } else {
+        format!("mc{}n{i}", net())
+    }
 }
 
 fn sh(args: &[&str]) {
@@ -424,7 +444,7 @@ fn sh(args: &[&str]) {
     );
 }
 
-/// The bridge and one namespace per node (`mcn<i>`, `mco` for the operator); removed on drop.
+/// The bridge and one namespace per node (and one for the operator); removed on drop.
 struct Network {
     namespaces: Vec<String>,
 }
@@ -437,30 +457,31 @@ impl Network {
                 .args(["link", "del", &format!("{ns}v")])
                 .output();
         }
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+        let _ = Command::new("ip").args(["link", "del", &bridge()]).output();
     }
 
     fn create(namespaces: &[(String, String)]) -> Self {
         let names: Vec<String> = namespaces.iter().map(|(n, _)| n.clone()).collect();
         Self::remove(&names); // what a killed run left
-        sh(&["ip", "link", "add", BRIDGE, "type", "bridge"]);
+        let br = bridge();
+        sh(&["ip", "link", "add", &br, "type", "bridge"]);
         let net = Network { namespaces: names };
         sh(&[
             "ip",
             "addr",
             "add",
-            &format!("{BRIDGE_IP}/24"),
+            &format!("{}/24", bridge_ip()),
             "dev",
-            BRIDGE,
+            &br,
         ]);
-        sh(&["ip", "link", "set", BRIDGE, "up"]);
+        sh(&["ip", "link", "set", &br, "up"]);
         for (ns, ip) in namespaces {
             let veth = format!("{ns}v");
             sh(&["ip", "netns", "add", ns]);
             sh(&[
                 "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ]);
-            sh(&["ip", "link", "set", &veth, "master", BRIDGE, "up"]);
+            sh(&["ip", "link", "set", &veth, "master", &br, "up"]);
             for cmd in [
                 vec!["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
                 vec!["ip", "link", "set", "eth0", "up"],
@@ -781,10 +802,8 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
     const NODES: usize = 3;
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let mut spaces: Vec<(String, String)> = (1..=NODES)
-        .map(|i| (format!("mcn{i}"), node_ip(i)))
-        .collect();
-    spaces.push(("mco".to_string(), "10.78.0.100".to_string()));
+    let mut spaces: Vec<(String, String)> = (1..=NODES).map(|i| (ns_name(i), node_ip(i))).collect();
+    spaces.push((ns_name(0), format!("10.78.{}.100", net())));
     let _net = Network::create(&spaces);
 
     // The hub and the API server, on the bridge (where pods reach them).
@@ -798,14 +817,14 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
                 .with_sha256(&sha)],
         )],
         FixtureOptions {
-            bind: BRIDGE_IP.parse().unwrap(),
+            bind: bridge_ip().parse().unwrap(),
             ..FixtureOptions::default()
         },
     )
     .unwrap();
     let api = manta_conformance::kube_fake::FakeApiServer::start_with(
         manta_conformance::kube_fake::Options {
-            listen: format!("{BRIDGE_IP}:0").parse().unwrap(),
+            listen: format!("{}:0", bridge_ip()).parse().unwrap(),
             ..Default::default()
         },
     )
@@ -903,7 +922,7 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
                 &format!("{node}-{}", init["name"].as_str().unwrap()),
                 init,
                 &vols,
-                &format!("mcn{i}"),
+                &ns_name(i),
                 &fields,
                 &[],
                 &hosts,
@@ -920,7 +939,7 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
             &format!("{node}-agent"),
             &pod_spec["containers"][0],
             &vols,
-            &format!("mcn{i}"),
+            &ns_name(i),
             &fields,
             &[],
             &hosts,
@@ -1005,7 +1024,7 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
         "operator",
         &op_container,
         &op_vols,
-        "mco",
+        &ns_name(0),
         &[
             ("metadata.namespace", "manta-system"),
             ("metadata.name", "manta-operator-0"),
@@ -1106,7 +1125,7 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
         "node-1-restore",
         init,
         vols,
-        "mcn1",
+        &ns_name(1),
         &[("spec.nodeName", "node-1"), ("status.hostIP", &node_ip(1))],
         &[],
         &hosts,

@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use manta_operator::config::Config;
 use manta_operator::inventory::AgentStates;
-use manta_operator::leader::{self, LeaderConfig};
+use manta_operator::leader::{Candidate, LeaderConfig};
 use manta_operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -112,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
     // rollout back on the replicas that do not lead.
     let leading = Arc::new(std::sync::atomic::AtomicBool::new(!args.leader_election));
     let is_leading = leading.clone();
+    // The standby's Lease readability, once a candidate exists.
+    type Readable = Arc<std::sync::Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>>;
+    let lease_readable: Readable = Arc::default();
+    let lease_readable_probe = lease_readable.clone();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     let app = axum::Router::new()
@@ -121,9 +125,21 @@ async fn main() -> anyhow::Result<()> {
             axum::routing::get(move || {
                 let states = ready.clone();
                 let leading = is_leading.clone();
+                let readable = lease_readable_probe
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 async move {
                     if !leading.load(std::sync::atomic::Ordering::Acquire) {
-                        (axum::http::StatusCode::OK, "standby")
+                        // A standby is ready while it can read the Lease (it could take over).
+                        if readable.is_some_and(|r| r.load(std::sync::atomic::Ordering::Acquire)) {
+                            (axum::http::StatusCode::OK, "standby")
+                        } else {
+                            (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                "standing by, but cannot read the lease",
+                            )
+                        }
                     } else if states.synced() {
                         (axum::http::StatusCode::OK, "ok")
                     } else {
@@ -166,20 +182,25 @@ async fn main() -> anyhow::Result<()> {
         .await;
     };
     let le = LeaderConfig::new(ns.clone(), args.leader_election_lease, identity());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let mut candidate = Candidate::new(Api::<Lease>::namespaced(client.clone(), &ns), le);
+    *lease_readable.lock().unwrap_or_else(|p| p.into_inner()) = Some(candidate.readable());
     tokio::select! {
-        _ = leader::acquire(&leases, &le) => {}
+        _ = candidate.acquire() => {}
         _ = signalled() => return Ok(()),
     }
     leading.store(true, std::sync::atomic::Ordering::Release);
+    let mut holder = Candidate::new(
+        Api::<Lease>::namespaced(client.clone(), &ns),
+        candidate.config().clone(),
+    );
     tokio::select! {
         // Returns on SIGTERM/SIGINT: give the lease up for a standby to take at once.
         r = stoppable(manta_operator::controller::run(client, cfg, metrics, states)) => {
-            leader::release(&leases, &le).await;
+            candidate.release().await;
             r?;
         }
         // Another may lead now: stop acting at once; the pod restarts as a candidate.
-        _ = leader::hold(&leases, &le) => {
+        _ = holder.hold() => {
             std::process::exit(1);
         }
     }

@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use manta_conformance::kube_fake::FakeApiServer;
-use manta_operator::leader::{release, try_acquire, LeaderConfig};
+use manta_operator::leader::{Candidate, LeaderConfig};
 
 async fn client(server: &FakeApiServer) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
@@ -46,31 +46,29 @@ fn candidate(name: &str) -> LeaderConfig {
 async fn one_candidate_holds_the_lease_until_it_expires_or_is_released() {
     let server = FakeApiServer::start().await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client(&server).await, "manta-system");
-    let (a, b) = (candidate("a"), candidate("b"));
-    assert!(try_acquire(&leases, &a).await.unwrap(), "a creates it");
-    assert!(!try_acquire(&leases, &b).await.unwrap(), "b waits");
-    assert!(try_acquire(&leases, &a).await.unwrap(), "a renews");
-    let l = leases.get("manta-operator").await.unwrap();
-    let spec = l.spec.unwrap();
+    let mut a = Candidate::new(leases.clone(), candidate("a"));
+    let mut b = Candidate::new(leases.clone(), candidate("b"));
+    assert!(a.try_acquire().await.unwrap(), "a creates it");
+    assert!(!b.try_acquire().await.unwrap(), "b waits");
+    assert!(a.try_acquire().await.unwrap(), "a renews");
+    assert!(!b.try_acquire().await.unwrap(), "b sees it renewed");
+    let spec = leases.get("manta-operator").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("a"));
     assert_eq!(spec.lease_transitions, Some(0));
 
-    // a stops renewing: after the lease's duration, b takes it.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(
-        try_acquire(&leases, &b).await.unwrap(),
-        "b takes an expired lease"
-    );
-    assert!(!try_acquire(&leases, &a).await.unwrap(), "a lost it");
+    // a stops renewing: once b has seen the same record for the lease's duration, b takes it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(b.try_acquire().await.unwrap(), "b takes an expired lease");
+    assert!(!a.try_acquire().await.unwrap(), "a lost it");
     let spec = leases.get("manta-operator").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     assert_eq!(spec.lease_transitions, Some(1));
 
     // b releases it: a takes it at once, without waiting for it to expire.
-    release(&leases, &b).await;
-    assert!(try_acquire(&leases, &a).await.unwrap());
+    b.release().await;
+    assert!(a.try_acquire().await.unwrap());
     // Releasing a lease one does not hold changes nothing.
-    release(&leases, &b).await;
+    b.release().await;
     let spec = leases.get("manta-operator").await.unwrap().spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("a"));
 }
@@ -79,8 +77,10 @@ async fn one_candidate_holds_the_lease_until_it_expires_or_is_released() {
 async fn racing_candidates_cannot_both_win() {
     let server = FakeApiServer::start().await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client(&server).await, "manta-system");
-    let all: Vec<LeaderConfig> = (0..8).map(|i| candidate(&format!("c{i}"))).collect();
-    let won = futures_util::future::join_all(all.iter().map(|c| try_acquire(&leases, c))).await;
+    let mut all: Vec<Candidate> = (0..8)
+        .map(|i| Candidate::new(leases.clone(), candidate(&format!("c{i}"))))
+        .collect();
+    let won = futures_util::future::join_all(all.iter_mut().map(|c| c.try_acquire())).await;
     let winners = won.into_iter().filter(|r| *r.as_ref().unwrap()).count();
     assert_eq!(winners, 1);
 }

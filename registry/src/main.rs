@@ -63,6 +63,19 @@ enum Command {
     Verify(manta_registry::cli::VerifyArgs),
 }
 
+/// `ip:port`, `[ipv6]:port`, or an IPv6 address and port without brackets (the last colon
+/// separates the port): what a Kubernetes `$(NODE_IP):<port>` gives on an IPv6 node.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || format!("{s:?} is not an address and port (ip:port, [ipv6]:port)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::Ipv6Addr = host.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::from((ip, port)))
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout).
@@ -71,8 +84,14 @@ struct ServeArgs {
     #[arg(long, env = "MANTA_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
     /// The cluster listener, on the node address: blob reads by digest and the operator's admin
-    /// API, for other nodes, every request carrying the cluster token [default: none].
-    #[arg(long, env = "MANTA_CLUSTER_LISTEN", requires = "cluster_token_file")]
+    /// API, for other nodes, every request carrying the cluster token [default: none]. An IPv6
+    /// address may come without brackets (`fd00::5:5001`, as `$(NODE_IP):5001` expands).
+    #[arg(
+        long,
+        env = "MANTA_CLUSTER_LISTEN",
+        requires = "cluster_token_file",
+        value_parser = parse_listen
+    )]
     cluster_listen: Option<SocketAddr>,
     /// File holding the cluster token (one per line; any is accepted, so a rotation can list the
     /// new one first, then drop the old). Re-read when it changes.
@@ -491,4 +510,28 @@ fn host_name() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_addresses_take_ipv6_with_or_without_brackets() {
+        assert_eq!(
+            parse_listen("10.0.0.5:5001").unwrap().to_string(),
+            "10.0.0.5:5001"
+        );
+        assert_eq!(
+            parse_listen("[fd00::5]:5001").unwrap().to_string(),
+            "[fd00::5]:5001"
+        );
+        assert_eq!(
+            parse_listen("fd00::5:5001").unwrap().to_string(),
+            "[fd00::5]:5001"
+        );
+        for bad in ["fd00::5", "node:5001", "10.0.0.5", "10.0.0.5:99999", ""] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -294,7 +294,21 @@ fn crio_writes_one_dropin_idempotently_and_restore_removes_it() {
     assert!(report.contains(": written"), "{report}");
     let t = toml_file(&file);
     let registries = t["registry"].as_array().unwrap();
-    let got: Vec<(String, String, Option<bool>, String, bool)> = registries
+    // Manta's own endpoint last, as Pods name it: plain HTTP, no mirror.
+    let (mirrored, own): (Vec<_>, Vec<_>) =
+        registries.iter().partition(|r| r.get("mirror").is_some());
+    let own: Vec<(&str, bool)> = own
+        .iter()
+        .map(|r| {
+            assert_eq!(r["prefix"], r["location"]);
+            (
+                r["prefix"].as_str().unwrap(),
+                r["insecure"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(own, [("localhost:5000", true), ("127.0.0.1:5000", true)]);
+    let got: Vec<(String, String, Option<bool>, String, bool)> = mirrored
         .iter()
         .map(|r| {
             let mirrors = r["mirror"].as_array().unwrap();

@@ -199,6 +199,35 @@ fn dropin(args: &CrioArgs, entries: &[Entry], mirror: &str) -> String {
             toml_str(&format!("{mirror}/{}", e.path))
         ));
     }
+    // Manta itself, as Pods name it (`localhost:5000/hf/…` in an image volume): CRI-O speaks
+    // HTTPS to every registry, localhost included, unless its table says insecure.
+    let mut own = vec![mirror.to_string()];
+    if let Ok((host, port)) = super::split_host_port(mirror) {
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            own = vec![format!("localhost{port}"), format!("127.0.0.1{port}")];
+        }
+    }
+    for o in own
+        .into_iter()
+        .filter(|o| entries.iter().all(|e| e.registry.as_str() != o))
+    {
+        s.push_str(&format!(
+            "
+# Manta's own endpoint: plain HTTP.
+[[registry]]
+prefix = {p}
+location = {p}
+insecure = true
+",
+            p = toml_str(&o)
+        ));
+    }
     s
 }
 
