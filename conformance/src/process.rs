@@ -129,3 +129,37 @@ pub fn poll_until<T>(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A binary of this workspace, next to the running test executable (`target/<profile>/`).
+/// Panics with a hint when it was not built.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "cannot find {name} near {}; build the workspace's binaries (`cargo build --workspace --bins`)",
+        exe.display()
+    );
+}
+
+/// `GET http://<addr><path>` over a plain socket (for a probe or metrics endpoint, with no
+/// client library in the way): the status and the body, `None` when nothing answered.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use manta_conformance::process::require_tool;
+use manta_conformance::process::{require_tool, workspace_bin};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -23,21 +23,6 @@ fn repo() -> PathBuf {
 
 fn chart() -> PathBuf {
     repo().join("charts/manta")
-}
-
-/// A binary of this workspace, next to the test executable's directory.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "cannot find {name} near {}; build it (`cargo build --workspace --bins`)",
-        exe.display()
-    );
 }
 
 fn go(dir: &Path, args: &[&str]) -> std::process::Output {

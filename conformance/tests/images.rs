@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use manta_conformance::process::require_tool;
+use manta_conformance::process::{http_get, require_tool};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -78,20 +78,9 @@ impl Drop for InRoot {
 }
 
 fn get(url: &str) -> Option<(u16, String)> {
-    use std::io::{Read as _, Write as _};
     let rest = url.strip_prefix("http://")?;
-    let (addr, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}")))?;
-    let mut c = std::net::TcpStream::connect(addr).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+    let (addr, path) = rest.split_once('/')?;
+    http_get(addr, &format!("/{path}"))
 }
 
 #[test]

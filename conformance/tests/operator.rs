@@ -20,7 +20,7 @@ use common::hub_agent::{client, log_tail, poll, spawn_agent};
 use manta_conformance::hub_fixture::{
     synthetic_safetensors_with_sha256, FixtureFile, FixtureOptions, FixtureRepo, HubFixture,
 };
-use manta_conformance::process::require_tool;
+use manta_conformance::process::{http_get, require_tool, workspace_bin};
 use manta_conformance::server::MantaServer;
 use serde_json::Value;
 
@@ -30,44 +30,12 @@ const REPO: &str = "e2e/model";
 const GATED: &str = "e2e/gated";
 const NS: &str = "manta-system";
 
-/// A binary of this workspace, next to the test executable's directory.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "cannot find {name} near {}; build it (`cargo build -p manta-operator -p manta-conformance --bins`)",
-        exe.display()
-    );
-}
-
 fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// `GET http://<addr><path>`: the status and the body (None: no answer).
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    let mut c = std::net::TcpStream::connect(addr).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
 }
 
 /// A child process killed on drop, its stderr in a log file.

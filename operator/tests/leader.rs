@@ -107,17 +107,7 @@ fn free_port() -> u16 {
 }
 
 fn readyz(addr: &str) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let mut c = std::net::TcpStream::connect(addr).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        c,
-        "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    c.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    manta_conformance::process::http_get(addr, "/readyz").map(|(_, body)| body)
 }
 
 fn start(dir: &std::path::Path, name: &str, kubeconfig: &std::path::Path) -> Operator {

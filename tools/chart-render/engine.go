@@ -129,20 +129,7 @@ func (e Engine) Render(templates map[string]string, top map[string]interface{}, 
 	includedNames := map[string]int{}
 	t.Funcs(funcMap())
 	t.Funcs(template.FuncMap{
-		"include": func(name string, data interface{}) (string, error) {
-			var buf strings.Builder
-			if v, ok := includedNames[name]; ok {
-				if v > recursionMaxNums {
-					return "", fmt.Errorf("rendering template has a nested reference name: %s: unable to execute template", name)
-				}
-				includedNames[name]++
-			} else {
-				includedNames[name] = 1
-			}
-			err := t.ExecuteTemplate(&buf, name, data)
-			includedNames[name]--
-			return buf.String(), err
-		},
+		"include": includeFunc(t, includedNames),
 		"tpl": func(tpl string, vals interface{}) (string, error) {
 			return e.tpl(t, tpl, vals, includedNames)
 		},
@@ -194,6 +181,25 @@ func (e Engine) Render(templates map[string]string, top map[string]interface{}, 
 	return out, nil
 }
 
+// includeFunc is Helm's include over the template set t: a named template rendered to a string
+// (so it can be piped), with Helm's limit on how deep includes may nest.
+func includeFunc(t *template.Template, includedNames map[string]int) func(string, interface{}) (string, error) {
+	return func(name string, data interface{}) (string, error) {
+		var buf strings.Builder
+		if v, ok := includedNames[name]; ok {
+			if v > recursionMaxNums {
+				return "", fmt.Errorf("rendering template has a nested reference name: %s: unable to execute template", name)
+			}
+			includedNames[name]++
+		} else {
+			includedNames[name] = 1
+		}
+		err := t.ExecuteTemplate(&buf, name, data)
+		includedNames[name]--
+		return buf.String(), err
+	}
+}
+
 // tpl renders a string as a template with every define of the chart in scope, as Helm does
 // (the text is parsed into a clone of the template set under the calling template's name).
 func (e Engine) tpl(parent *template.Template, tpl string, vals interface{}, includedNames map[string]int) (string, error) {
@@ -216,20 +222,7 @@ func (e Engine) tpl(parent *template.Template, tpl string, vals interface{}, inc
 	}
 	// include inside tpl must see the clone, where the new text is defined.
 	t.Funcs(template.FuncMap{
-		"include": func(n string, data interface{}) (string, error) {
-			var buf strings.Builder
-			if v, ok := includedNames[n]; ok {
-				if v > recursionMaxNums {
-					return "", fmt.Errorf("rendering template has a nested reference name: %s: unable to execute template", n)
-				}
-				includedNames[n]++
-			} else {
-				includedNames[n] = 1
-			}
-			err := t.ExecuteTemplate(&buf, n, data)
-			includedNames[n]--
-			return buf.String(), err
-		},
+		"include": includeFunc(t, includedNames),
 		"tpl": func(s string, v interface{}) (string, error) {
 			return e.tpl(t, s, v, includedNames)
 		},
