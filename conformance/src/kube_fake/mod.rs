@@ -92,6 +92,22 @@ pub struct FakeApiServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
+    store: Arc<Store>,
+}
+
+/// One request to a resource, as Kubernetes' authorizer sees it: who (the client's
+/// User-Agent: the fake has no authentication), the verb, and what. RBAC is not enforced here;
+/// tests check these against the Roles a chart grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub user_agent: String,
+    /// get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+    pub group: String,
+    /// The plural, with `/status` for the status subresource.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
 }
 
 impl FakeApiServer {
@@ -125,7 +141,7 @@ impl FakeApiServer {
             })?;
         let shutdown = CancellationToken::new();
         let store = Store::new(opts.history, shutdown.clone());
-        let app = router(store);
+        let app = router(store.clone());
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app)
@@ -137,7 +153,13 @@ impl FakeApiServer {
             addr,
             shutdown,
             task: Some(task),
+            store,
         })
+    }
+
+    /// Every resource request served so far, in order.
+    pub fn accesses(&self) -> Vec<Access> {
+        self.store.accesses()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -289,6 +289,33 @@ fn handle(
     };
     let def = target.def.clone();
     let ns = target.namespace.as_deref();
+    let verb = match (method.clone(), target.name.is_some()) {
+        (Method::GET, false) if truthy(param(&q, "watch")) => "watch",
+        (Method::GET, false) => "list",
+        (Method::GET, true) => "get",
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, true) => "delete",
+        (Method::DELETE, false) => "deletecollection",
+        _ => "other",
+    };
+    store.record(super::Access {
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        verb: verb.to_string(),
+        group: def.group.clone(),
+        resource: if target.status {
+            format!("{}/status", def.plural)
+        } else {
+            def.plural.clone()
+        },
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+    });
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if truthy(param(&q, "watch")) => {
             let rv = match param(&q, "resourceVersion").filter(|s| !s.is_empty()) {

@@ -61,6 +61,8 @@ pub struct State {
 pub struct Store {
     state: Mutex<State>,
     pub shutdown: CancellationToken,
+    /// Every resource request, as an authorizer would see it (for checking a Role's verbs).
+    audit: std::sync::Mutex<Vec<super::Access>>,
 }
 
 fn name_of(obj: &Value) -> String {
@@ -109,12 +111,24 @@ impl Store {
         Arc::new(Store {
             state: Mutex::new(state),
             shutdown,
+            audit: std::sync::Mutex::default(),
         })
     }
 
     /// The state, locked; a poisoned lock is recovered (every write leaves it consistent).
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, access: super::Access) {
+        self.audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(access);
+    }
+
+    pub fn accesses(&self) -> Vec<super::Access> {
+        self.audit.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
