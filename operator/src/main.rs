@@ -108,8 +108,8 @@ async fn main() -> anyhow::Result<()> {
     let registry = Arc::new(registry);
     let states: Arc<AgentStates> = Arc::default();
     let ready = states.clone();
-    // With leader election, a standby is ready (healthy, waiting): readiness must not hold a
-    // rollout back on the replicas that do not lead.
+    // With leader election, a standby is ready while it can read the Lease (it could take
+    // over): readiness must not hold a rollout back on the replicas that do not lead.
     let leading = Arc::new(std::sync::atomic::AtomicBool::new(!args.leader_election));
     let is_leading = leading.clone();
     // The standby's Lease readability, once a candidate exists.
