@@ -678,47 +678,90 @@ fn run_container(
         .unwrap()
         .to_path_buf();
     let r = root.display().to_string();
-    let mut script = String::from("set -e\n");
-    let mut mount = |src: &str, dst: &str, file: bool| {
-        let target = format!("{r}{dst}");
-        if file {
-            script.push_str(&format!("touch {}\n", shell_quote(&target)));
-        } else {
-            script.push_str(&format!("mkdir -p {}\n", shell_quote(&target)));
-        }
-        script.push_str(&format!(
-            "mount --rbind {} {}\n",
-            shell_quote(src),
-            shell_quote(&target)
-        ));
-    };
-    mount("/usr", "/usr", false);
-    mount("/dev", "/dev", false);
-    mount(&bins.display().to_string(), "/opt/manta/bin", false);
+    // What is mounted where: the host's /usr and /dev, the binaries, a few /etc files, and the
+    // rendered volumeMounts.
+    let mut mounts: Vec<(String, String, bool)> = vec![
+        ("/usr".into(), "/usr".into(), false),
+        ("/dev".into(), "/dev".into(), false),
+        (bins.display().to_string(), "/opt/manta/bin".into(), false),
+    ];
     for f in ["resolv.conf", "nsswitch.conf", "passwd", "group", "ssl"] {
         let p = Path::new("/etc").join(f);
         if p.exists() {
-            mount(&p.display().to_string(), &format!("/etc/{f}"), p.is_file());
+            mounts.push((p.display().to_string(), format!("/etc/{f}"), p.is_file()));
         }
     }
-    mount(
-        &scratch.join(format!("hosts-{name}")).display().to_string(),
-        "/etc/hosts",
+    mounts.push((
+        scratch.join(format!("hosts-{name}")).display().to_string(),
+        "/etc/hosts".into(),
         true,
-    );
+    ));
     for m in container["volumeMounts"].as_array().into_iter().flatten() {
         let dir = &vols[m["name"].as_str().unwrap()];
-        mount(
-            &dir.display().to_string(),
-            m["mountPath"].as_str().unwrap(),
+        mounts.push((
+            dir.display().to_string(),
+            m["mountPath"].as_str().unwrap().to_string(),
             false,
-        );
+        ));
+    }
+    let mut script = String::from("set -e\n");
+    // Mount points first: a read-only root takes none after.
+    for (_, dst, file) in &mounts {
+        let target = shell_quote(&format!("{r}{dst}"));
+        script.push_str(&if *file {
+            format!("touch {target}\n")
+        } else {
+            format!("mkdir -p {target}\n")
+        });
+    }
+    let sc = &container["securityContext"];
+    if sc["readOnlyRootFilesystem"] == true {
+        let q = shell_quote(&r);
+        script.push_str(&format!(
+            "mount --bind {q} {q}\nmount -o remount,bind,ro {q}\n"
+        ));
+    }
+    for (src, dst, _) in &mounts {
+        script.push_str(&format!(
+            "mount --rbind {} {}\n",
+            shell_quote(src),
+            shell_quote(&format!("{r}{dst}"))
+        ));
     }
     script.push_str(&format!(
         "mount -t proc proc {}\n",
         shell_quote(&format!("{r}/proc"))
     ));
-    script.push_str(&format!("exec chroot {} /usr/bin/env -i", shell_quote(&r)));
+    // The rendered securityContext, as the runtime applies it: user and group, no new
+    // privileges, the dropped capabilities.
+    let mut privs = String::new();
+    if let Some(uid) = sc["runAsUser"].as_u64() {
+        let gid = sc["runAsGroup"].as_u64().unwrap_or(uid);
+        privs.push_str(&format!(" --reuid={uid} --regid={gid} --clear-groups"));
+    } else {
+        assert!(
+            sc["runAsNonRoot"] != true,
+            "{name}: runAsNonRoot without a runAsUser"
+        );
+    }
+    if sc["allowPrivilegeEscalation"] == false {
+        privs.push_str(" --no-new-privs");
+    }
+    if sc["capabilities"]["drop"]
+        .as_array()
+        .is_some_and(|d| d.iter().any(|c| c == "ALL"))
+    {
+        privs.push_str(" --inh-caps=-all --bounding-set=-all");
+    }
+    let setpriv = if privs.is_empty() {
+        String::new()
+    } else {
+        format!(" /usr/bin/setpriv{privs}")
+    };
+    script.push_str(&format!(
+        "exec chroot {}{setpriv} /usr/bin/env -i",
+        shell_quote(&r)
+    ));
     for (k, v) in &env {
         script.push_str(&format!(" {}", shell_quote(&format!("{k}={v}"))));
     }
@@ -1097,6 +1140,13 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
     let mut op_vols = op_vols;
     op_vols.insert("test-kubeconfig".into(), kube_dir);
     let mut op_container = op_spec["containers"][0].clone();
+    // The pod's securityContext applies where the container's says nothing.
+    if let Some(pod_sc) = op_spec["securityContext"].as_object() {
+        let sc = op_container["securityContext"].as_object_mut().unwrap();
+        for (k, v) in pod_sc {
+            sc.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     op_container["volumeMounts"]
         .as_array_mut()
         .unwrap()
@@ -1115,6 +1165,49 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
         s,
     );
     containers.push(operator);
+
+    // The rendered securityContexts hold: the operator as 65532, every container without
+    // capabilities, on a read-only root.
+    for c in &containers {
+        let pid = c.child.id();
+        // Through `ip netns exec`, unshare, sh, chroot, setpriv and env, one pid: wait for the
+        // exec chain to reach the binary.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim().starts_with("manta"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {}",
+                c.name,
+                c.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("CapEff:"), "0000000000000000", "{}: {status}", c.name);
+        let want_uid = if c.name == "operator" { "65532" } else { "0" };
+        assert_eq!(field("Uid:"), want_uid, "{}", c.name);
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let root = mountinfo
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .unwrap_or_else(|| panic!("{}: no root in {mountinfo}", c.name));
+        assert!(
+            root.split_whitespace()
+                .nth(5)
+                .is_some_and(|o| o.split(',').any(|o| o == "ro")),
+            "{}: the root is not read-only: {root}",
+            c.name
+        );
+    }
 
     // A Torrent on the GPU nodes: Ready, pinned on exactly those, the hub read about once.
     kubectl(
