@@ -2,6 +2,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path"
@@ -27,6 +28,41 @@ type Chart struct {
 	Files Files
 	// CRDs: the files of crds/, in name order: installed as they are, never rendered.
 	CRDs []string
+}
+
+// ChartMetadata is Helm's chart.Metadata, what templates see as .Chart: a struct, so that a
+// misspelt field (`.Chart.Nmae`) fails the render as it does in Helm, rather than printing "".
+type ChartMetadata struct {
+	Name         string
+	Home         string
+	Sources      []string
+	Version      string
+	Description  string
+	Keywords     []string
+	Maintainers  []interface{}
+	Icon         string
+	APIVersion   string
+	Condition    string
+	Tags         string
+	AppVersion   string
+	Deprecated   bool
+	Annotations  map[string]string
+	KubeVersion  string
+	Dependencies []interface{}
+	Type         string
+}
+
+// metadataStruct is the Chart.yaml map as the struct templates see.
+func (c *Chart) metadataStruct() (ChartMetadata, error) {
+	var m ChartMetadata
+	data, err := json.Marshal(c.Metadata)
+	if err != nil {
+		return m, err
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, fmt.Errorf("Chart.yaml: %w", err)
+	}
+	return m, nil
 }
 
 // Chart.yaml keys and the field names of Helm's chart.Metadata, which templates use.

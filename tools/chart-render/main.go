@@ -190,13 +190,17 @@ func Template(chartDir string, o Options) (string, error) {
 		}
 	}
 	chartName, _ := c.Metadata["Name"].(string)
+	meta, err := c.metadataStruct()
+	if err != nil {
+		return "", err
+	}
 	top := map[string]interface{}{
 		"Values": values,
 		"Release": map[string]interface{}{
 			"Name": o.Name, "Namespace": o.Namespace, "IsInstall": !o.IsUpgrade,
 			"IsUpgrade": o.IsUpgrade, "Revision": 1, "Service": "Helm",
 		},
-		"Chart": c.Metadata,
+		"Chart": meta,
 		"Capabilities": map[string]interface{}{
 			"KubeVersion": kv,
 			"APIVersions": VersionSet(append(append([]string{}, defaultAPIVersions...), o.APIVersions...)),

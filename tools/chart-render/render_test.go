@@ -301,3 +301,10 @@ func TestPrintValuesIsTheCoalescedValues(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+func TestAMisspeltChartFieldFailsAsInHelm(t *testing.T) {
+	err := renderErr(t, cm("  a: {{ .Chart.Nmae }}\n"), Options{})
+	if !strings.Contains(err.Error(), "can't evaluate field Nmae") {
+		t.Fatal(err)
+	}
+}
