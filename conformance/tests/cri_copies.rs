@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use manta_conformance::hub_fixture::{
-    synthetic_safetensors_with_sha256, FixtureFile, FixtureOptions, FixtureRepo, HubFixture,
-};
+use manta_conformance::hub_fixture::{FixtureOptions, HubFixture};
 use manta_conformance::process::{require_tool, workspace_bin};
 use manta_conformance::server::MantaServer;
 
@@ -152,17 +150,12 @@ disabled_plugins = [
 #[test]
 fn a_model_pulled_through_cri_is_on_disk_three_times_or_twice_with_discard_unpacked_layers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (path, sha) = synthetic_safetensors_with_sha256(tmp.path(), 32 << 20).unwrap();
-    let size = std::fs::metadata(&path).unwrap().len();
-    let hub = HubFixture::start(
-        vec![FixtureRepo::with_main(
-            REPO,
-            vec![FixtureFile::disk("model.safetensors", &path)
-                .lfs()
-                .with_sha256(&sha)],
-        )],
-        // Rate-limited, so that building the image form (fetching and hashing the model) takes
-        // a time the pull can be compared with.
+    // Rate-limited, so that building the image form (fetching and hashing the model) takes a
+    // time the pull can be compared with.
+    let (hub, size) = HubFixture::single_model(
+        tmp.path(),
+        REPO,
+        32 << 20,
         FixtureOptions {
             rate_limit: Some(RATE),
             ..FixtureOptions::default()

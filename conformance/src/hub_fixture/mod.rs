@@ -194,6 +194,28 @@ pub struct HubFixture {
 }
 
 impl HubFixture {
+    /// A hub with one repo, `repo`@main, holding one synthetic `model.safetensors` of about
+    /// `size` bytes (an LFS file, written under `dir`); the fixture and the file's exact size.
+    pub fn single_model(
+        dir: &std::path::Path,
+        repo: &str,
+        size: u64,
+        opts: FixtureOptions,
+    ) -> Result<(Self, u64)> {
+        let (path, sha) = synthetic_safetensors_with_sha256(dir, size)?;
+        let size = std::fs::metadata(&path)?.len();
+        let hub = Self::start(
+            vec![FixtureRepo::with_main(
+                repo,
+                vec![FixtureFile::disk("model.safetensors", &path)
+                    .lfs()
+                    .with_sha256(&sha)],
+            )],
+            opts,
+        )?;
+        Ok((hub, size))
+    }
+
     /// Hash what needs hashing (streaming; LFS files given with a sha256 are not read), bind
     /// both hosts on free loopback ports and serve. Callable from sync code and from inside a
     /// tokio runtime alike (the fixture runs its own).
