@@ -200,10 +200,26 @@ impl PeerClient {
     /// Read `digest` from `addr` from byte `offset` on. The body has no overall deadline (the
     /// peer may be downloading it still); the caller bounds how long it may stall.
     pub async fn blob(&self, addr: &str, digest: &str, offset: u64) -> Result<PeerBlob, PeerError> {
+        self.blob_range(addr, digest, offset, None).await
+    }
+
+    /// Read bytes `offset..end` of `digest` from `addr` (to the end without `end`).
+    pub async fn blob_range(
+        &self,
+        addr: &str,
+        digest: &str,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<PeerBlob, PeerError> {
         let url = format!("http://{addr}/manta/v1/blobs/{digest}");
         let mut req = self.http.get(url);
-        if offset > 0 {
-            req = req.header(RANGE, format!("bytes={offset}-"));
+        match end {
+            Some(end) if end > offset => {
+                req = req.header(RANGE, format!("bytes={offset}-{}", end - 1));
+            }
+            Some(_) => return Err(PeerError::Malformed(addr.into(), "an empty range".into())),
+            None if offset > 0 => req = req.header(RANGE, format!("bytes={offset}-")),
+            None => {}
         }
         // A peer whose own fetch is starting answers once its source has (it waits for up to
         // its upstream timeout): wait longer than that before giving up on it, and count a

@@ -6,6 +6,7 @@
 //! - [`tracker`]: what an owner knows of its digests, and the routing rule that answers
 //!   `locate` so that nodes pulling together read from each other and the origin once.
 //! - [`pieces`]: the units blobs are checked in while they move between peers.
+//! - [`schedule`]: which piece to read next, and from which peer, when reading from several.
 //! - [`proto`] and [`client`]: the wire protocol on the cluster listener.
 //! - [`PeerRouter`]: all of it for one node.
 //!
@@ -19,6 +20,7 @@ pub mod proto;
 pub mod rate;
 pub mod ring;
 mod router;
+pub mod schedule;
 pub mod tracker;
 
 pub use client::{PeerBlob, PeerClient, Timeouts, TokenSource};

@@ -58,9 +58,21 @@ pub enum LocateReply {
         /// Piece hashes known so far, to check what `from` sends.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pieces: Option<Pieces>,
+        /// Other nodes the asker may read pieces from at the same time, within what each
+        /// holds (`from` stays the one it follows past that).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<Holding>,
     },
     /// No node has or is fetching it: the asker is now the one fetching it from the origin.
     Fetch,
+}
+
+/// A node that holds a blob, or the first `have` bytes of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub addr: String,
+    pub have: u64,
+    pub complete: bool,
 }
 
 /// `POST /manta/v1/peer/announce`, to each of a digest's owners.

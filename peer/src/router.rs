@@ -9,7 +9,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::client::{PeerClient, Timeouts, TokenSource};
 use crate::members::{Membership, Seeds};
-use crate::proto::{Announce, Event, Fetching, Hello, LocateReply, LocateRequest, Pieces, Status};
+use crate::proto::{
+    Announce, Event, Fetching, Hello, Holding, LocateReply, LocateRequest, Pieces, Status,
+};
 use crate::rate::RateLimit;
 use crate::tracker::{Tracker, TrackerOptions};
 use crate::{ring, PeerError};
@@ -38,6 +40,8 @@ pub enum Route {
         addr: String,
         complete: bool,
         pieces: Option<Pieces>,
+        /// Other holders to read pieces from at the same time.
+        also: Vec<Holding>,
     },
     /// From the origin: this node is the cluster's fetcher of the blob.
     Origin,
@@ -185,11 +189,13 @@ impl PeerRouter {
                     from,
                     complete,
                     pieces,
+                    also,
                 } => {
                     return Route::Peer {
                         addr: from,
                         complete,
                         pieces,
+                        also,
                     }
                 }
                 LocateReply::Fetch => {
@@ -241,6 +247,33 @@ impl PeerRouter {
 
     /// Tell `digest`'s owners what this node has of it (in the background; an owner that does
     /// not answer is backed off).
+    /// Tell `digest`'s owners at once (in the background) to name `bad` to nobody: it failed
+    /// this node for the blob (broke, or sent a bad piece). A probe: nothing else is recorded.
+    pub fn report(self: &Arc<Self>, digest: &str, bad: &str) {
+        let req = LocateRequest {
+            digest: digest.to_string(),
+            node: self.self_addr(),
+            have: 0,
+            exclude: vec![bad.to_string()],
+            avoid: Vec::new(),
+            probe: true,
+        };
+        for owner in self.owners(digest) {
+            if Some(&owner) == req.node.as_ref() {
+                self.handle_locate(&req);
+                continue;
+            }
+            let (me, req) = (self.clone(), req.clone());
+            tokio::spawn(async move {
+                match me.client.locate(&owner, &req).await {
+                    Ok(_) => me.members.succeeded(&owner),
+                    Err(e) if e.is_unreachable() => me.members.failed(&owner, &e),
+                    Err(e) => tracing::debug!(owner, error = %e, "a report was refused"),
+                }
+            });
+        }
+    }
+
     pub fn announce(self: &Arc<Self>, digest: &str, event: Event, pieces: Option<Pieces>) {
         let Some(node) = self.self_addr() else { return };
         {

@@ -10,7 +10,10 @@
 //!    asker's offset, then the furthest along — so nodes that arrive together form a pipeline,
 //!    each reading from the one before while it downloads, and a later node reads from an idle
 //!    complete copy;
-//! 4. no candidate: the asker fetches from the origin, and is named to everyone who asks next.
+//! 4. no candidate: the asker fetches from the origin, and is named to everyone who asks next;
+//! 5. with a candidate, also name up to four others with upload to spare — complete copies, and
+//!    fetches nobody reads from that are a piece or more ahead of the asker — for the asker to
+//!    read pieces from in parallel ([`crate::schedule`]).
 //!
 //! When the origin fetcher dies, its readers ask again; the furthest-along survivor is offered
 //! to the others, and finds no candidate itself (everyone else reads from it), so it resumes
@@ -20,12 +23,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::pieces::piece_count;
-use crate::proto::{Announce, Event, LocateReply, LocateRequest, Pieces};
+use crate::proto::{Announce, Event, Holding, LocateReply, LocateRequest, Pieces};
 
 /// How far past the known piece hashes an announcement may start.
 const MAX_PIECE_GAP: u64 = 4096;
 /// Longest chain of readers an owner builds before it starts a branch.
 const MAX_CHAIN: usize = 16;
+/// Most other holders named in one `Follow` to read pieces from in parallel.
+const MAX_ALSO: usize = 4;
 /// Most nodes tracked per digest (a cluster's worth).
 const MAX_HOLDERS: usize = 10_000;
 /// The largest blob size believed (16 TiB).
@@ -240,11 +245,45 @@ impl Tracker {
             })
             .map(|(n, h)| (n.clone(), h.complete));
         let reply = match best {
-            Some((from, complete)) => LocateReply::Follow {
-                pieces: e.pieces_from(0),
-                from,
-                complete,
-            },
+            Some((from, complete)) => {
+                // Others to read pieces from at the same time: copies with upload to spare
+                // (complete ones, or a fetch nobody reads from that is ahead of the asker).
+                // Not nodes that read from the asker, and not the links of a pipeline, whose
+                // upload the next node down needs whole.
+                let piece = e.size.map_or(u64::MAX, crate::pieces::piece_size);
+                let mut also: Vec<(&String, &Holder)> = e
+                    .holders
+                    .iter()
+                    .filter(|(n, _)| usable(n) && **n != from && !below.contains(n.as_str()))
+                    .filter(|(n, h)| {
+                        h.complete
+                            || (!readers.contains_key(n.as_str())
+                                && h.have >= req.have.saturating_add(piece))
+                    })
+                    .collect();
+                also.sort_by_key(|(n, h)| {
+                    (
+                        !h.complete,
+                        readers.get(n.as_str()).map_or(0, Vec::len),
+                        std::cmp::Reverse(h.have),
+                        n.as_str(),
+                    )
+                });
+                LocateReply::Follow {
+                    pieces: e.pieces_from(0),
+                    also: also
+                        .into_iter()
+                        .take(MAX_ALSO)
+                        .map(|(n, h)| Holding {
+                            addr: n.clone(),
+                            have: h.have,
+                            complete: h.complete,
+                        })
+                        .collect(),
+                    from,
+                    complete,
+                }
+            }
             None => LocateReply::Fetch,
         };
         if let (Some(a), false) = (asker, req.probe) {
@@ -453,6 +492,58 @@ mod tests {
             .map(|n| from(&ask(&mut t, n, 0, &[], now)).to_string())
             .collect();
         assert_eq!(order, ["origin", "a", "b", "c"]);
+    }
+
+    fn also(r: &LocateReply) -> Vec<(&str, u64, bool)> {
+        match r {
+            LocateReply::Follow { also, .. } => also
+                .iter()
+                .map(|h| (h.addr.as_str(), h.have, h.complete))
+                .collect(),
+            LocateReply::Fetch => vec![],
+        }
+    }
+
+    fn complete(t: &mut Tracker, node: &str, now: Instant) {
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: node.into(),
+                event: Event::Complete { size: 100 },
+                pieces: None,
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn a_pipeline_names_no_second_source_and_idle_copies_are_named_for_pieces() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        // Nodes that pull together: every link's upload is its reader's; nobody else is named.
+        for n in ["a", "b", "c"] {
+            let r = ask(&mut t, n, 0, &[], now);
+            assert!(also(&r).is_empty(), "{n}: {r:?}");
+        }
+        // c, the end of the pipeline, reads from nobody's upload but its own source's; a node
+        // far behind it may read pieces from it within what it has.
+        progress(&mut t, "c", 60, false, now);
+        let r = ask(&mut t, "d", 0, &[], now);
+        assert_eq!(from(&r), "c", "the fewest readers first");
+        assert!(also(&r).is_empty(), "c is the one followed");
+        // Complete copies are named besides the one followed, complete first, up to four.
+        for n in ["e", "f", "g", "h", "i"] {
+            complete(&mut t, n, now);
+        }
+        let r = ask(&mut t, "j", 0, &[], now);
+        let named = also(&r);
+        assert_eq!(named.len(), MAX_ALSO);
+        assert!(named
+            .iter()
+            .all(|(n, have, c)| *c && *have == 100 && *n != from(&r)));
+        // Never a node downstream of the asker.
+        let r = ask(&mut t, "c", 60, &[], now);
+        assert!(also(&r).iter().all(|(n, ..)| *n != "d"), "{r:?}");
     }
 
     #[test]

@@ -150,6 +150,10 @@ pub struct Metrics {
     pub peer_locates: Family<LocateLabels, Counter>,
     /// A fetch moved from one source to another mid-blob (a peer failed, stalled or lied).
     pub peer_switches: Counter,
+    /// Pieces asked of another peer after their first was late, failed or lied.
+    pub peer_pieces_retried: Counter,
+    /// Blob bytes sent to peers on the cluster listener.
+    pub peer_uploaded_bytes: Counter,
     /// Pieces a peer sent that did not match their hash.
     pub peer_pieces_rejected: Counter,
     /// Peers dropped for a digest (unreachable, busy, broken or lying).
@@ -184,6 +188,8 @@ impl Metrics {
             fetched_bytes: Family::default(),
             peer_locates: Family::default(),
             peer_switches: Counter::default(),
+            peer_pieces_retried: Counter::default(),
+            peer_uploaded_bytes: Counter::default(),
             peer_pieces_rejected: Counter::default(),
             peer_bans: Counter::default(),
             peer_announcements: Counter::default(),
@@ -276,6 +282,16 @@ impl Metrics {
             "manta_peer_source_switches",
             "Fetches that moved to another source mid-blob (a peer failed, stalled or sent a bad piece)",
             m.peer_switches.clone(),
+        );
+        registry.register(
+            "manta_peer_pieces_retried",
+            "Pieces read from several peers at once that were asked of another peer (the first was late, failed or sent a bad piece)",
+            m.peer_pieces_retried.clone(),
+        );
+        registry.register(
+            "manta_peer_uploaded_bytes",
+            "Blob bytes sent to peers (complete blobs, and blobs this node is still fetching)",
+            m.peer_uploaded_bytes.clone(),
         );
         registry.register(
             "manta_peer_pieces_rejected",

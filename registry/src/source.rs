@@ -35,6 +35,16 @@ pub enum SourceError {
     Peer(#[from] manta_peer::PeerError),
 }
 
+impl SourceError {
+    /// What a client is told: an origin's error as it is; a peer's, as a malformed answer.
+    pub fn into_origin(self) -> UpstreamError {
+        match self {
+            SourceError::Origin(e) => e,
+            SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
+        }
+    }
+}
+
 /// The bytes of a blob as its source sends them: the whole blob's size, then the body from the
 /// offset asked for.
 pub struct Download {

@@ -244,7 +244,10 @@ async fn blob(
         serve_held(&st, &digest, &head).await?
     };
     Ok(match slot {
-        Some((peers, slot)) => resp.map(|body| upload_body(body, peers, slot)),
+        Some((peers, slot)) => {
+            let sent = st.metrics.peer_uploaded_bytes.clone();
+            resp.map(|body| upload_body(body, peers, slot, sent))
+        }
         None => resp,
     })
 }
@@ -254,6 +257,7 @@ fn upload_body(
     body: axum::body::Body,
     peers: Arc<manta_peer::PeerRouter>,
     slot: tokio::sync::OwnedSemaphorePermit,
+    sent: prometheus_client::metrics::counter::Counter,
 ) -> axum::body::Body {
     use futures_util::StreamExt;
     let stream = body.into_data_stream();
@@ -276,6 +280,9 @@ fn upload_body(
     // The slot is given back when the body is dropped: sent, or cut.
     let stream = stream.map(move |chunk| {
         let _held = &slot;
+        if let Ok(c) = &chunk {
+            sent.inc_by(c.len() as u64);
+        }
         chunk
     });
     axum::body::Body::from_stream(stream)

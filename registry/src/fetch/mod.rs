@@ -22,6 +22,7 @@
 
 mod follow;
 pub mod pass;
+mod pieces;
 mod route;
 
 use std::collections::HashMap;
@@ -40,11 +41,11 @@ use tokio::sync::watch;
 use crate::digest;
 use crate::metrics::Metrics;
 use crate::source::{BlobSource, Download, SourceError};
-use crate::store::{Origin, RecipeRecord, Store};
+use crate::store::{Checkpoint, Origin, RecipeRecord, Reservation, Store, TempWriter};
 use crate::upstream::UpstreamError;
 pub use follow::{follow, IfPassedThrough};
 pub use pass::PassSource;
-use route::{Reading, Routing};
+use route::{Opened, Reading, Routing};
 
 /// The leader makes written bytes visible to followers at least this often...
 const PUBLISH_BYTES: u64 = 256 << 10;
@@ -295,23 +296,20 @@ impl Fetcher {
         let store_err = UpstreamError::Local;
         // Held against eviction from the first byte to the index (and by each reader after).
         let _lease = self.store.lease(fetch.digest.as_ref());
-        let (dl, mut reading) = route.open(origin, 0, None).await?;
-        let size = dl.size;
+        let mut opened = route.open(origin, 0, None).await?;
+        let size = opened.size();
         // The whole size is promised before a byte is written. A blob that cannot fit is not
         // cached: it streams through.
-        let mut room = match self.store.reserve(size).await {
+        let room = match self.store.reserve(size).await {
             Ok(r) => r,
             Err(e) if e.is_no_space() => {
                 // Passed-through bytes are read from the origin only (a peer's are checked a
                 // piece at a time, which only a kept blob can do).
-                let dl = match reading {
-                    Reading::Origin => dl,
-                    Reading::Peer(_) => {
-                        drop(dl);
-                        origin.open(0).await.map_err(|e| match e {
-                            SourceError::Origin(e) => e,
-                            SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
-                        })?
+                let dl = match opened {
+                    Opened::Stream(dl, Reading::Origin) => dl,
+                    other => {
+                        drop(other);
+                        origin.open(0).await.map_err(SourceError::into_origin)?
                     }
                 };
                 return self
@@ -320,181 +318,53 @@ impl Fetcher {
             }
             Err(e) => return Err(store_err(e)),
         };
-        let mut body = dl.body;
-        let mut w = self
+        let w = self
             .store
             .files()
             .temp_writer(digest::algorithm_of(&fetch.digest))
             .await
             .map_err(store_err)?;
-        let path = Arc::new(w.path().to_path_buf());
-        let mut tar_hasher = tar.as_ref().map(|t| {
+        let tar_hasher = tar.as_ref().map(|t| {
             let mut h = Sha256::new();
             h.update(&t.prefix);
             h
         });
+        let mut p = Progress::new(size, w, room, tar_hasher);
         fetch.state.send_replace(FetchState::Streaming {
             size,
             written: 0,
             checked: 0,
-            path: path.clone(),
+            path: p.path.clone(),
         });
-        // Bytes from a peer are trusted a piece at a time, once the piece matches the hash
-        // the origin fetcher published; until then this node's own clients do not see them
-        // (its peers do, and check every piece themselves), and a piece that fails is cut off
-        // the file and fetched elsewhere.
-        let mut pieces = PieceHasher::new(size, 0);
-        let mut hashes: Vec<String> = Vec::new();
-        let mut trusted = 0u64;
-        let mut at_trusted = (w.checkpoint(), tar_hasher.clone(), pieces.clone());
-        // Bytes kept that came from peers (what a source sent after the last trusted piece is
-        // its own, and is what a rollback takes back).
-        let mut from_peers = 0u64;
-        route.announce(progress(0, size, &reading), None);
-        route.note(&reading, 0, size);
-        let (mut published, mut last, mut announced) = (0u64, Instant::now(), Instant::now());
-        let mut pub_written = 0u64;
         loop {
-            // What went wrong with the current source, if anything.
-            // A peer that sends nothing for a while is left for another source well before a
-            // client following this fetch would give up on it.
-            let stall = match reading {
-                Reading::Origin => idle,
-                // (A peer may itself be waiting on its source: give it half the upstream's time.)
-                Reading::Peer(_) => (idle / 2).max(PEER_STALL),
-            };
-            let broken: SourceError = match tokio::time::timeout(stall, body.next()).await {
-                Err(_) => UpstreamError::Timeout("blob body").into(),
-                Ok(None) if w.len() == size => break,
-                Ok(None) => UpstreamError::Malformed(format!(
-                    "blob ended after {} of {size} bytes",
-                    w.len()
-                ))
-                .into(),
-                Ok(Some(Err(e))) => e,
-                Ok(Some(Ok(chunk))) if w.len() + chunk.len() as u64 > size => {
-                    UpstreamError::Malformed(format!("blob longer than the announced {size} bytes"))
-                        .into()
+            let reading = opened.reading();
+            route.announce(progress(p.trusted, size, &reading), None);
+            route.note(&reading, p.trusted, size);
+            match opened {
+                Opened::Stream(dl, reading) => {
+                    self.lead_stream(fetch, &mut p, route, dl.body, reading, origin, idle)
+                        .await?
                 }
-                Ok(Some(Ok(mut chunk))) => {
-                    if let Reading::Peer(_) = reading {
-                        route.throttle(chunk.len()).await;
-                    }
-                    let mut bad_piece = None;
-                    // Written a piece at a time, so each piece boundary is a checkpoint.
-                    while !chunk.is_empty() {
-                        let (_, end) = piece_range(size, pieces.current());
-                        let part = chunk.split_to(((end - w.len()) as usize).min(chunk.len()));
-                        w.write(&part).await.map_err(store_err)?;
-                        room.written(part.len() as u64);
-                        if let Some(h) = tar_hasher.as_mut() {
-                            h.update(&part);
-                        }
-                        self.metrics
-                            .fetched(reading.kind(origin.as_ref()), part.len() as u64);
-                        if let Reading::Peer(_) = reading {
-                            from_peers += part.len() as u64;
-                        }
-                        if reading == Reading::Origin {
-                            trusted = w.len();
-                        }
-                        let Some((i, hash)) = pieces.update(&part).pop() else {
-                            continue;
-                        };
-                        if let Reading::Peer(_) = reading {
-                            match route.expected(i, size).await {
-                                Some(want) if want != hash => {
-                                    bad_piece = Some(i);
-                                    break;
-                                }
-                                _ => trusted = w.len(),
-                            }
-                        }
-                        hashes.push(hash.clone());
-                        at_trusted = (w.checkpoint(), tar_hasher.clone(), pieces.clone());
-                        // The origin fetcher publishes each piece's hash as it has it.
-                        let published_hash = (reading == Reading::Origin).then(|| Pieces {
-                            size,
-                            first: i,
-                            hashes: vec![hash],
-                        });
-                        route.announce(progress(trusted, size, &reading), published_hash);
-                        announced = Instant::now();
-                    }
-                    // Peers reading from this node see every byte as it lands (they check each
-                    // piece themselves, so a chain of nodes costs no piece of delay per hop);
-                    // this node's own clients see checked bytes only.
-                    let more = w.len() > pub_written || trusted > published;
-                    if more
-                        && (pub_written == 0
-                            || w.len() - pub_written >= PUBLISH_BYTES
-                            || trusted - published >= PUBLISH_BYTES
-                            || last.elapsed() >= PUBLISH_EVERY)
-                    {
-                        w.flush().await.map_err(store_err)?;
-                        (published, pub_written) = (trusted, w.len());
-                        last = Instant::now();
-                        fetch.state.send_replace(FetchState::Streaming {
-                            size,
-                            written: pub_written,
-                            checked: published,
-                            path: path.clone(),
-                        });
-                        route.note(&reading, published, size);
-                    }
-                    // Heard from between pieces too, or the owners would take a slow fetch
-                    // for a dead one.
-                    if announced.elapsed() >= ANNOUNCE_EVERY {
-                        route.announce(progress(trusted, size, &reading), None);
-                        announced = Instant::now();
-                    }
-                    match bad_piece {
-                        None => continue,
-                        Some(i) => {
-                            self.metrics.peer_pieces_rejected.inc();
-                            manta_peer::PeerError::BadPiece(reading.describe().to_string(), i)
-                                .into()
-                        }
-                    }
+                Opened::Pieces { sources, .. } => {
+                    self.lead_pieces(fetch, &mut p, route, sources, idle)
+                        .await?
                 }
-            };
-            // The origin failing fails the fetch; a peer failing costs what it sent since the
-            // last trusted piece, and the fetch goes on from there elsewhere.
-            let Reading::Peer(addr) = &reading else {
-                return Err(match broken {
-                    SourceError::Origin(e) => e,
-                    SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
-                });
-            };
-            // Every byte is here and checked: whatever the peer did after does not matter.
-            if trusted == size && w.len() == size {
+            }
+            if p.trusted == size && p.w.len() == size {
                 break;
             }
-            route.lost(&addr.clone(), &broken);
-            self.metrics.peer_switches.inc();
-            let (cp, tar_at, pieces_at) = at_trusted.clone();
-            from_peers -= w.len() - cp.len();
-            w.rollback(&cp).await.map_err(store_err)?;
-            room.shrink_written_to(cp.len());
-            // Peers reading past the cut wait for the bytes that replace what was cut (and the
-            // piece checks of their own reject what they already took of it).
-            pub_written = cp.len();
-            fetch.state.send_replace(FetchState::Streaming {
-                size,
-                written: pub_written,
-                checked: published,
-                path: path.clone(),
-            });
-            tar_hasher = tar_at;
-            pieces = pieces_at;
-            hashes.truncate(pieces.current() as usize);
-            let (dl, r) = route.open(origin, cp.len(), Some(size)).await?;
-            tracing::info!(digest = %fetch.digest, from = r.describe(), offset = cp.len(),
-                "blob fetch goes on from another source");
-            body = dl.body;
-            reading = r;
-            route.announce(progress(cp.len(), size, &reading), None);
+            opened = route.open(origin, p.w.len(), Some(size)).await?;
+            tracing::info!(digest = %fetch.digest, from = opened.reading().describe(),
+                offset = p.w.len(), "blob fetch goes on from another source");
         }
+        let Progress {
+            w,
+            tar: tar_hasher,
+            hashes,
+            from_peers,
+            path,
+            ..
+        } = p;
         let (blob, actual) = w.finish_unsynced().await.map_err(store_err)?;
         if actual != fetch.digest {
             // `blob` is dropped: its temp file goes; followers fail on the state below.
@@ -536,6 +406,116 @@ impl Fetcher {
         Ok(Outcome::Stored(size))
     }
 
+    /// Read one source's bytes in order into the temp file, until the blob is all there, or
+    /// a peer failed (its bytes since the last trusted piece are then cut off again, and the
+    /// caller finds another source). The origin failing fails the fetch.
+    #[allow(clippy::too_many_arguments)]
+    async fn lead_stream(
+        &self,
+        fetch: &Fetch,
+        p: &mut Progress,
+        route: &mut Routing,
+        mut body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, SourceError>>,
+        reading: Reading,
+        origin: &Arc<dyn BlobSource>,
+        idle: Duration,
+    ) -> Result<(), UpstreamError> {
+        let store_err = UpstreamError::Local;
+        let size = p.size;
+        // A peer that sends nothing for a while is left for another source well before a
+        // client following this fetch would give up on it. (A peer may itself be waiting on
+        // its source: give it half the upstream's time.)
+        let stall = match reading {
+            Reading::Origin => idle,
+            Reading::Peer(_) => (idle / 2).max(PEER_STALL),
+        };
+        let peer = matches!(reading, Reading::Peer(_));
+        loop {
+            // What went wrong with the source, if anything.
+            let broken: SourceError = match tokio::time::timeout(stall, body.next()).await {
+                Err(_) => UpstreamError::Timeout("blob body").into(),
+                Ok(None) if p.w.len() == size => return Ok(()),
+                Ok(None) => UpstreamError::Malformed(format!(
+                    "blob ended after {} of {size} bytes",
+                    p.w.len()
+                ))
+                .into(),
+                Ok(Some(Err(e))) => e,
+                Ok(Some(Ok(chunk))) if p.w.len() + chunk.len() as u64 > size => {
+                    UpstreamError::Malformed(format!("blob longer than the announced {size} bytes"))
+                        .into()
+                }
+                Ok(Some(Ok(mut chunk))) => {
+                    if peer {
+                        route.throttle(chunk.len()).await;
+                    }
+                    let mut bad_piece = None;
+                    // Written a piece at a time, so each piece boundary is a checkpoint.
+                    while !chunk.is_empty() {
+                        let (_, end) = piece_range(size, p.pieces.current());
+                        let part = chunk.split_to(((end - p.w.len()) as usize).min(chunk.len()));
+                        p.w.write(&part).await.map_err(store_err)?;
+                        p.room.written(part.len() as u64);
+                        if let Some(h) = p.tar.as_mut() {
+                            h.update(&part);
+                        }
+                        self.metrics
+                            .fetched(reading.kind(origin.as_ref()), part.len() as u64);
+                        if peer {
+                            p.from_peers += part.len() as u64;
+                        } else {
+                            p.trusted = p.w.len();
+                        }
+                        let Some((i, hash)) = p.pieces.update(&part).pop() else {
+                            continue;
+                        };
+                        if peer {
+                            match route.expected(i, size).await {
+                                Some(want) if want != hash => {
+                                    bad_piece = Some(i);
+                                    break;
+                                }
+                                _ => p.trusted = p.w.len(),
+                            }
+                        }
+                        p.hashes.push(hash.clone());
+                        p.mark_trusted();
+                        // The origin fetcher publishes each piece's hash as it has it.
+                        let published_hash = (!peer).then(|| Pieces {
+                            size,
+                            first: i,
+                            hashes: vec![hash],
+                        });
+                        route.announce(progress(p.trusted, size, &reading), published_hash);
+                        p.announced = Instant::now();
+                    }
+                    p.publish_due(fetch, route, &reading).await?;
+                    match bad_piece {
+                        None => continue,
+                        Some(i) => {
+                            self.metrics.peer_pieces_rejected.inc();
+                            manta_peer::PeerError::BadPiece(reading.describe().to_string(), i)
+                                .into()
+                        }
+                    }
+                }
+            };
+            // The origin failing fails the fetch; a peer failing costs what it sent since the
+            // last trusted piece, and the fetch goes on from there elsewhere.
+            let Reading::Peer(addr) = &reading else {
+                return Err(broken.into_origin());
+            };
+            // Every byte is here and checked: whatever the peer did after does not matter.
+            if p.trusted == size && p.w.len() == size {
+                return Ok(());
+            }
+            route.lost(addr, &broken);
+            self.metrics.peer_switches.inc();
+            p.rollback(fetch).await?;
+            return Ok(());
+        }
+    }
+
     /// No room for the blob: hand the source to the followers (the leader's own response to
     /// the first). With a [`TarHash`], first read the response through, verifying the digest
     /// and recording the layer's recipe, while the followers open their own.
@@ -571,10 +551,7 @@ impl Fetcher {
             .await
             .map_err(|_| UpstreamError::Timeout("blob body"))?
         {
-            let chunk = chunk.map_err(|e| match e {
-                SourceError::Origin(e) => e,
-                SourceError::Peer(e) => UpstreamError::Malformed(e.to_string()),
-            })?;
+            let chunk = chunk.map_err(SourceError::into_origin)?;
             len += chunk.len() as u64;
             if len > size {
                 return Err(UpstreamError::Malformed(format!(
@@ -621,6 +598,123 @@ impl Fetcher {
             .blocking(move |idx| idx.put_recipe(&tar_digest, &t.path, &recipe))
             .await
             .map_err(UpstreamError::Local)
+    }
+}
+
+/// A kept fetch's temp file, and what is known of the bytes in it.
+struct Progress {
+    size: u64,
+    path: Arc<PathBuf>,
+    w: TempWriter,
+    room: Reservation,
+    /// The image-form tar layer's hash, when one is wanted.
+    tar: Option<Sha256>,
+    /// Hashes the pieces after the writer's position as they are written in order.
+    pieces: PieceHasher,
+    /// The hashes of the pieces written so far.
+    hashes: Vec<String>,
+    /// Bytes from the origin or in pieces that passed their checks.
+    trusted: u64,
+    /// The writer, tar hash and piece hasher at `trusted`, to come back to.
+    at_trusted: (Checkpoint, Option<Sha256>, PieceHasher),
+    /// Bytes kept that came from peers (what a source sent after the last trusted piece is
+    /// its own, and is what a rollback takes back).
+    from_peers: u64,
+    /// What followers were last told: checked bytes (this node's clients) and written bytes
+    /// (peers, which check each piece themselves).
+    published: u64,
+    pub_written: u64,
+    last: Instant,
+    announced: Instant,
+}
+
+impl Progress {
+    fn new(size: u64, w: TempWriter, room: Reservation, tar: Option<Sha256>) -> Self {
+        let path = Arc::new(w.path().to_path_buf());
+        let pieces = PieceHasher::new(size, 0);
+        Self {
+            size,
+            path,
+            at_trusted: (w.checkpoint(), tar.clone(), pieces.clone()),
+            w,
+            room,
+            tar,
+            pieces,
+            hashes: Vec::new(),
+            trusted: 0,
+            from_peers: 0,
+            published: 0,
+            pub_written: 0,
+            last: Instant::now(),
+            announced: Instant::now(),
+        }
+    }
+
+    /// Everything written so far is trusted: the point to come back to.
+    fn mark_trusted(&mut self) {
+        self.at_trusted = (self.w.checkpoint(), self.tar.clone(), self.pieces.clone());
+    }
+
+    /// Tell followers how far the file is written and checked.
+    fn publish(&mut self, fetch: &Fetch) {
+        (self.published, self.pub_written) = (self.trusted, self.w.len());
+        self.last = Instant::now();
+        fetch.state.send_replace(FetchState::Streaming {
+            size: self.size,
+            written: self.pub_written,
+            checked: self.published,
+            path: self.path.clone(),
+        });
+    }
+
+    /// Publish when enough is new or enough time passed, and tell the owners between pieces
+    /// too (or they would take a slow fetch for a dead one).
+    async fn publish_due(
+        &mut self,
+        fetch: &Fetch,
+        route: &Routing,
+        reading: &Reading,
+    ) -> Result<(), UpstreamError> {
+        // Peers reading from this node see every byte as it lands (they check each piece
+        // themselves, so a chain of nodes costs no piece of delay per hop); this node's own
+        // clients see checked bytes only.
+        let more = self.w.len() > self.pub_written || self.trusted > self.published;
+        if more
+            && (self.pub_written == 0
+                || self.w.len() - self.pub_written >= PUBLISH_BYTES
+                || self.trusted - self.published >= PUBLISH_BYTES
+                || self.last.elapsed() >= PUBLISH_EVERY)
+        {
+            self.w.flush().await.map_err(UpstreamError::Local)?;
+            self.publish(fetch);
+            route.note(reading, self.published, self.size);
+        }
+        if self.announced.elapsed() >= ANNOUNCE_EVERY {
+            route.announce(progress(self.trusted, self.size, reading), None);
+            self.announced = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Cut the file back to the last trusted piece (a peer broke or lied after it).
+    async fn rollback(&mut self, fetch: &Fetch) -> Result<(), UpstreamError> {
+        let (cp, tar_at, pieces_at) = self.at_trusted.clone();
+        self.from_peers -= self.w.len() - cp.len();
+        self.w.rollback(&cp).await.map_err(UpstreamError::Local)?;
+        self.room.shrink_written_to(cp.len());
+        // Peers reading past the cut wait for the bytes that replace what was cut (and the
+        // piece checks of their own reject what they already took of it).
+        self.pub_written = cp.len();
+        fetch.state.send_replace(FetchState::Streaming {
+            size: self.size,
+            written: self.pub_written,
+            checked: self.published,
+            path: self.path.clone(),
+        });
+        self.tar = tar_at;
+        self.pieces = pieces_at;
+        self.hashes.truncate(self.pieces.current() as usize);
+        Ok(())
     }
 }
 

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use manta_peer::pieces::piece_count;
-use manta_peer::proto::{Event, Pieces};
+use manta_peer::pieces::{piece_count, piece_size};
+use manta_peer::proto::{Event, Holding, Pieces};
+use manta_peer::schedule::SourceSpec;
 use manta_peer::{PeerRouter, Route};
 
 use crate::metrics::{LocateResult, Metrics};
@@ -38,6 +39,32 @@ impl Reading {
         match self {
             Reading::Origin => "origin",
             Reading::Peer(a) => a,
+        }
+    }
+}
+
+/// What [`Routing::open`] found.
+pub enum Opened {
+    /// One source's bytes, in order.
+    Stream(Download, Reading),
+    /// Pieces to read from several peers at once (the first is the node the owners named,
+    /// which may still be fetching it).
+    Pieces { sources: Vec<SourceSpec>, size: u64 },
+}
+
+impl Opened {
+    /// Where the bytes come from (for pieces: the node followed).
+    pub fn reading(&self) -> Reading {
+        match self {
+            Opened::Stream(_, r) => r.clone(),
+            Opened::Pieces { sources, .. } => Reading::Peer(sources[0].addr.clone()),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Opened::Stream(dl, _) => dl.size,
+            Opened::Pieces { size, .. } => *size,
         }
     }
 }
@@ -86,8 +113,17 @@ impl Routing {
         }
     }
 
+    /// This node's peers, when it has any.
+    pub fn peers(&self) -> Option<&Arc<PeerRouter>> {
+        self.peers.as_ref()
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Stop using `addr` for this blob, without telling the owners.
-    fn ban_here(&mut self, addr: &str, why: &dyn std::fmt::Display) {
+    pub fn ban_here(&mut self, addr: &str, why: &dyn std::fmt::Display) {
         tracing::info!(digest = %self.digest, peer = addr, reason = %why,
             "reading this blob elsewhere");
         self.metrics.peer_bans.inc();
@@ -100,6 +136,11 @@ impl Routing {
             "not reading this blob from the peer again");
         self.metrics.peer_bans.inc();
         self.banned.push(addr.to_string());
+        // Now, not at this fetch's next locate: a fetch reading pieces from others may never
+        // ask again.
+        if let Some(p) = &self.peers {
+            p.report(&self.digest, addr);
+        }
     }
 
     /// A peer's stream broke: back the peer off if it became unreachable, and stop using it.
@@ -107,7 +148,9 @@ impl Routing {
     /// without being reported: the owners keep it, and the readers of a slow branch do not all
     /// erase it at once.
     pub fn lost(&mut self, addr: &str, e: &SourceError) {
-        if let SourceError::Origin(UpstreamError::Timeout(_)) = e {
+        if let SourceError::Origin(UpstreamError::Timeout(_))
+        | SourceError::Peer(manta_peer::PeerError::Busy(_)) = e
+        {
             self.ban_here(addr, e);
             return;
         }
@@ -119,14 +162,51 @@ impl Routing {
         self.ban(addr, e);
     }
 
-    /// Open the blob from `offset`: from the peer the owners name, else from the origin.
-    /// `size`, once known, is what every source must agree on.
+    /// The other holders the owners named that this fetch may read pieces from alongside
+    /// `addr`, from `offset` of a blob of `size` bytes: members not dropped, and only when
+    /// there are two pieces or more left.
+    fn alongside(
+        &self,
+        peers: &PeerRouter,
+        addr: &str,
+        also: &[Holding],
+        offset: u64,
+        size: u64,
+    ) -> Vec<SourceSpec> {
+        let piece = piece_size(size);
+        if offset % piece != 0 || size.saturating_sub(offset) <= piece {
+            return Vec::new();
+        }
+        let others: Vec<SourceSpec> = also
+            .iter()
+            .filter(|h| h.addr != addr && peers.members().is_member(&h.addr))
+            .filter(|h| !self.banned.contains(&h.addr) && !self.busy.contains(&h.addr))
+            .filter(|h| h.complete || h.have > offset)
+            .map(|h| SourceSpec {
+                addr: h.addr.clone(),
+                upto: (!h.complete).then_some(h.have.min(size)),
+            })
+            .collect();
+        if others.is_empty() {
+            return others;
+        }
+        let mut all = vec![SourceSpec {
+            addr: addr.to_string(),
+            upto: None,
+        }];
+        all.extend(others);
+        all
+    }
+
+    /// Open the blob from `offset`: from the peer the owners name (with pieces from other
+    /// holders they name alongside it), else from the origin. `size`, once known, is what
+    /// every source must agree on.
     pub async fn open(
         &mut self,
         origin: &Arc<dyn BlobSource>,
         offset: u64,
         size: Option<u64>,
-    ) -> Result<(Download, Reading), UpstreamError> {
+    ) -> Result<Opened, UpstreamError> {
         // Whatever a peer says, the size is the origin's when it is known beforehand.
         let size = size.or(origin.size());
         if let Some(peers) = self.peers.clone() {
@@ -143,6 +223,7 @@ impl Routing {
                         addr,
                         pieces,
                         complete,
+                        also,
                     } => {
                         self.metrics.located(LocateResult::peer);
                         // A complete copy whose piece hashes the owners lost (they restarted
@@ -157,6 +238,12 @@ impl Routing {
                         }
                         // Or the size the origin fetcher published with its piece hashes.
                         let size = size.or(pieces.as_ref().map(|p| p.size));
+                        if let Some(size) = size {
+                            let sources = self.alongside(&peers, &addr, &also, offset, size);
+                            if !sources.is_empty() {
+                                return Ok(Opened::Pieces { sources, size });
+                            }
+                        }
                         let src = PeerBlob {
                             client: peers.client().clone(),
                             addr: addr.clone(),
@@ -165,7 +252,7 @@ impl Routing {
                         match src.open(offset).await {
                             Ok(dl) if size.is_none_or(|s| s == dl.size) => {
                                 peers.members().succeeded(&addr);
-                                return Ok((dl, Reading::Peer(addr)));
+                                return Ok(Opened::Stream(dl, Reading::Peer(addr)));
                             }
                             Ok(dl) => {
                                 let why = format!("says {} bytes, not {size:?}", dl.size);
@@ -197,13 +284,12 @@ impl Routing {
             }
         }
         match origin.open(offset).await {
-            Ok(dl) if size.is_none_or(|s| s == dl.size) => Ok((dl, Reading::Origin)),
+            Ok(dl) if size.is_none_or(|s| s == dl.size) => Ok(Opened::Stream(dl, Reading::Origin)),
             Ok(dl) => Err(UpstreamError::Malformed(format!(
                 "the blob is {} bytes now, {size:?} a moment ago",
                 dl.size
             ))),
-            Err(SourceError::Origin(e)) => Err(e),
-            Err(SourceError::Peer(e)) => Err(UpstreamError::Malformed(e.to_string())),
+            Err(e) => Err(e.into_origin()),
         }
     }
 
@@ -256,6 +342,17 @@ impl Routing {
     pub fn note(&self, reading: &Reading, have: u64, size: u64) {
         if let Some(p) = &self.peers {
             p.note_fetching(&self.digest, reading.describe(), have, size);
+        }
+    }
+
+    /// Say (in `manta peers`) that pieces come from the sources of `sched`.
+    pub fn note_pieces(&self, sched: &manta_peer::schedule::Schedule, have: u64, size: u64) {
+        if let Some(p) = &self.peers {
+            let from: Vec<String> = sched
+                .served()
+                .map(|(addr, n)| format!("{addr} ({n} pieces)"))
+                .collect();
+            p.note_fetching(&self.digest, &from.join(", "), have, size);
         }
     }
 

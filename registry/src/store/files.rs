@@ -306,6 +306,21 @@ impl TempWriter {
         self.blob.len == 0
     }
 
+    /// Take `chunk`, which is already in the file at the writer's position (written there out
+    /// of order, by position): hash it and move past it.
+    pub async fn adopt(&mut self, chunk: &[u8]) -> Result<()> {
+        use tokio::io::AsyncSeekExt;
+        self.hasher.update(chunk);
+        self.blob.len += chunk.len() as u64;
+        let path = self.blob.path.clone().unwrap_or_default();
+        // (A BufWriter writes out what it holds before it seeks.)
+        self.file
+            .seek(std::io::SeekFrom::Start(self.blob.len))
+            .await
+            .map_err(StoreError::io("seek", &path))?;
+        Ok(())
+    }
+
     /// Where the writer stands now, to come back to with [`Self::rollback`].
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {

@@ -1,0 +1,391 @@
+//! Reading one blob's pieces from several peers at once, as [`manta_peer::schedule`] decides.
+//!
+//! Each piece is a ranged read of one peer, written at its offset in the temp file as it
+//! arrives. When a piece is all there, the leader reads it back and checks it against the hash
+//! the owners published; a bad one is asked of another peer, and its sender is banned for the
+//! digest. Checked pieces join the blob's digest (and tar hash) in order, as the contiguous
+//! prefix grows, so this node's clients and its peers still see one ordered stream. A piece
+//! that is late is asked of another peer; a peer that fails mid-piece costs that piece only.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use manta_peer::pieces::{piece_range, PieceHasher};
+use manta_peer::schedule::{Assignment, Limits, Schedule, SourceSpec};
+use manta_peer::{PeerError, PeerRouter};
+use sha2::{Digest as _, Sha256};
+use tokio::task::JoinSet;
+
+use super::route::{Reading, Routing};
+use super::{progress, Fetch, Fetcher, Progress, ANNOUNCE_EVERY, PEER_STALL};
+use crate::metrics::{Metrics, SourceKind};
+use crate::source::SourceError;
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// A piece is written to the file in runs of at most this much...
+const WRITE_RUN: usize = 1 << 20;
+/// ...and read back in runs of this much.
+const READ_RUN: u64 = 1 << 20;
+/// How often the leader looks for late pieces.
+const TICK: Duration = Duration::from_millis(200);
+
+/// The temp file as piece reads write it. A write lands only while its attempt still owns the
+/// piece, so a read taken back (late, or the fetch moved on) never writes again, not even a
+/// write already under way.
+struct PieceFile {
+    file: File,
+    /// Piece → the attempt that owns it; `None` once the fetch stopped reading pieces.
+    owners: Mutex<Option<HashMap<u64, u64>>>,
+}
+
+impl PieceFile {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?,
+            owners: Mutex::new(Some(HashMap::new())),
+        })
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, Option<HashMap<u64, u64>>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn own(&self, piece: u64, attempt: u64) {
+        if let Some(o) = self.owners().as_mut() {
+            o.insert(piece, attempt);
+        }
+    }
+
+    fn release(&self, piece: u64, attempt: u64) {
+        if let Some(o) = self.owners().as_mut() {
+            if o.get(&piece) == Some(&attempt) {
+                o.remove(&piece);
+            }
+        }
+    }
+
+    fn close(&self) {
+        *self.owners() = None;
+    }
+
+    /// Write `data` at `offset` for `attempt` at `piece`; `false`: the attempt no longer owns
+    /// it, and nothing was written. (Blocking.)
+    fn write(&self, piece: u64, attempt: u64, offset: u64, data: &[u8]) -> std::io::Result<bool> {
+        let owners = self.owners();
+        if owners.as_ref().and_then(|o| o.get(&piece)) != Some(&attempt) {
+            return Ok(false);
+        }
+        self.file.write_all_at(data, offset)?;
+        Ok(true)
+    }
+
+    /// Bytes `offset..offset + len`. (Blocking.)
+    fn read(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; len as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, UpstreamError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| UpstreamError::Internal("a piece file task failed"))?
+        .map_err(|e| UpstreamError::Local(StoreError::io("piece io", path)(e)))
+}
+
+/// Why a piece read ended without the piece.
+enum PieceError {
+    /// The peer failed.
+    Source(SourceError),
+    /// This node's disk failed.
+    Local(UpstreamError),
+    /// The piece was taken back from this read.
+    Taken,
+}
+
+impl From<PeerError> for PieceError {
+    fn from(e: PeerError) -> Self {
+        PieceError::Source(e.into())
+    }
+}
+
+/// What a piece read needs.
+struct PieceRead {
+    peers: Arc<PeerRouter>,
+    addr: String,
+    digest: String,
+    size: u64,
+    file: Arc<PieceFile>,
+    path: Arc<std::path::PathBuf>,
+    metrics: Arc<Metrics>,
+    stall: Duration,
+}
+
+impl PieceRead {
+    /// Read piece `a` and write it at its offset.
+    async fn run(self, a: Assignment) -> Result<(), PieceError> {
+        let addr = self.addr.clone();
+        let b = self
+            .peers
+            .client()
+            .blob_range(&addr, &self.digest, a.start, Some(a.end))
+            .await?;
+        if b.size != self.size {
+            return Err(PeerError::Malformed(
+                addr,
+                format!("says {} bytes, not {}", b.size, self.size),
+            )
+            .into());
+        }
+        let mut body = b.body;
+        let (mut pos, mut buf) = (a.start, BytesMut::new());
+        loop {
+            let next = tokio::time::timeout(self.stall, body.next())
+                .await
+                .map_err(|_| PeerError::Timeout(addr.clone()))?;
+            let last = match next {
+                None => true,
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    if pos + (buf.len() + chunk.len()) as u64 > a.end {
+                        return Err(PeerError::Malformed(
+                            addr,
+                            format!("sent more than bytes {}-{}", a.start, a.end - 1),
+                        )
+                        .into());
+                    }
+                    if let Some(limit) = self.peers.download_limit() {
+                        limit.take(chunk.len()).await;
+                    }
+                    self.metrics.fetched(SourceKind::peer, chunk.len() as u64);
+                    buf.extend_from_slice(&chunk);
+                    false
+                }
+            };
+            if buf.len() >= WRITE_RUN || (last && !buf.is_empty()) {
+                let data = buf.split().freeze();
+                let (file, at) = (self.file.clone(), pos);
+                pos += data.len() as u64;
+                let wrote = blocking(&self.path, move || {
+                    file.write(a.piece, a.attempt, at, &data)
+                })
+                .await
+                .map_err(PieceError::Local)?;
+                if !wrote {
+                    return Err(PieceError::Taken);
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        if pos != a.end {
+            return Err(PeerError::Malformed(
+                addr,
+                format!(
+                    "ended after {} of bytes {}-{}",
+                    pos - a.start,
+                    a.start,
+                    a.end - 1
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+}
+
+impl Fetcher {
+    /// Read the rest of the blob as pieces from `sources` at once, into `p` from its writer's
+    /// position (a piece boundary). Returns when every piece is in, or when what is left has
+    /// no source here any more (the caller then finds another).
+    pub(super) async fn lead_pieces(
+        &self,
+        fetch: &Fetch,
+        p: &mut Progress,
+        route: &mut Routing,
+        sources: Vec<SourceSpec>,
+        idle: Duration,
+    ) -> Result<(), UpstreamError> {
+        let Some(peers) = route.peers().cloned() else {
+            return Ok(());
+        };
+        let size = p.size;
+        // What the writer holds goes out first: pieces land beyond it.
+        p.w.flush().await.map_err(UpstreamError::Local)?;
+        let path = p.path.clone();
+        let file = Arc::new(
+            PieceFile::open(&path)
+                .map_err(|e| UpstreamError::Local(StoreError::io("open", &path)(e)))?,
+        );
+        let mut sched = Schedule::new(size, p.w.len(), sources, Limits::default());
+        let primary = Reading::Peer(sched.addr(0).to_string());
+        tracing::info!(digest = %fetch.digest, peers = sched.live(), offset = p.w.len(),
+            "reading the blob's pieces from several peers");
+        route.note_pieces(&sched, p.trusted, size);
+        let mut tasks = JoinSet::new();
+        let mut reads: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+        // Checked pieces not yet in the digest (they wait for the ones before them).
+        let mut checked: HashMap<u64, String> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let outcome = loop {
+            while let Some(a) = sched.next(std::time::Instant::now()) {
+                file.own(a.piece, a.attempt);
+                let read = PieceRead {
+                    peers: peers.clone(),
+                    addr: sched.addr(a.source).to_string(),
+                    digest: route.digest().to_string(),
+                    size,
+                    file: file.clone(),
+                    path: path.clone(),
+                    metrics: self.metrics.clone(),
+                    stall: (idle / 2).max(PEER_STALL),
+                };
+                let (piece, attempt, source) = (a.piece, a.attempt, a.source);
+                let h = tasks.spawn(async move { (piece, attempt, source, read.run(a).await) });
+                reads.insert(attempt, h);
+            }
+            if sched.finished() || sched.stuck() {
+                break Ok(());
+            }
+            tokio::select! {
+                Some(joined) = tasks.join_next() => {
+                    // (A read taken back was aborted, and its piece asked of another peer.)
+                    let Ok((piece, attempt, src, result)) = joined else {
+                        continue;
+                    };
+                    reads.remove(&attempt);
+                    file.release(piece, attempt);
+                    if !sched.current(piece, attempt) {
+                        continue;
+                    }
+                    let addr = sched.addr(src).to_string();
+                    match result {
+                        Ok(()) => {
+                            let (start, end) = piece_range(size, piece);
+                            let hash = {
+                                let file = file.clone();
+                                blocking(&path, move || hash_range(&file, start, end)).await?
+                            };
+                            match route.expected(piece, size).await {
+                                Some(want) if want != hash => {
+                                    self.metrics.peer_pieces_rejected.inc();
+                                    self.metrics.peer_pieces_retried.inc();
+                                    route.ban(&addr, &PeerError::BadPiece(addr.clone(), piece));
+                                    sched.failed(piece, attempt, true);
+                                }
+                                _ => {
+                                    sched.done(piece, attempt, std::time::Instant::now());
+                                    checked.insert(piece, hash);
+                                    self.adopt(fetch, p, &file, &mut checked, route, &primary)
+                                        .await?;
+                                }
+                            }
+                        }
+                        Err(PieceError::Source(e)) => {
+                            self.metrics.peer_pieces_retried.inc();
+                            route.lost(&addr, &e);
+                            sched.failed(piece, attempt, true);
+                        }
+                        Err(PieceError::Local(e)) => break Err(e),
+                        Err(PieceError::Taken) => {}
+                    }
+                    route.note_pieces(&sched, p.trusted, size);
+                }
+                _ = tick.tick() => {
+                    for (piece, attempt, src) in sched.overdue(std::time::Instant::now()) {
+                        if let Some(h) = reads.remove(&attempt) {
+                            h.abort();
+                        }
+                        file.release(piece, attempt);
+                        self.metrics.peer_pieces_retried.inc();
+                        let addr = sched.addr(src).to_string();
+                        tracing::info!(digest = %fetch.digest, peer = addr, piece,
+                            "piece late: asking another peer");
+                        if sched.dropped(src) {
+                            route.ban_here(&addr, &"late with two pieces");
+                        }
+                    }
+                    if p.announced.elapsed() >= ANNOUNCE_EVERY {
+                        route.announce(progress(p.trusted, size, &primary), None);
+                        p.announced = std::time::Instant::now();
+                    }
+                }
+            }
+        };
+        // No read writes again, whatever it is doing now.
+        file.close();
+        tasks.shutdown().await;
+        outcome
+    }
+
+    /// Take the checked pieces at the writer's position into the blob, in order.
+    async fn adopt(
+        &self,
+        fetch: &Fetch,
+        p: &mut Progress,
+        file: &Arc<PieceFile>,
+        checked: &mut HashMap<u64, String>,
+        route: &Routing,
+        primary: &Reading,
+    ) -> Result<(), UpstreamError> {
+        let size = p.size;
+        let mut moved = false;
+        while let Some(hash) = checked.remove(&p.pieces.current()) {
+            let (start, end) = piece_range(size, p.pieces.current());
+            let mut pos = start;
+            while pos < end {
+                let n = (end - pos).min(READ_RUN);
+                let data = {
+                    let file = file.clone();
+                    blocking(&p.path, move || file.read(pos, n)).await?
+                };
+                p.w.adopt(&data).await.map_err(UpstreamError::Local)?;
+                if let Some(h) = p.tar.as_mut() {
+                    h.update(&data);
+                }
+                pos += n;
+            }
+            p.room.written(end - start);
+            p.from_peers += end - start;
+            p.trusted = end;
+            p.hashes.push(hash);
+            p.pieces = PieceHasher::new(size, end);
+            p.mark_trusted();
+            moved = true;
+        }
+        if moved {
+            p.publish(fetch);
+            route.announce(progress(p.trusted, size, primary), None);
+            p.announced = std::time::Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// The hex sha256 of bytes `start..end` of the file. (Blocking.)
+fn hash_range(file: &PieceFile, start: u64, end: u64) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut pos = start;
+    while pos < end {
+        let n = (end - pos).min(READ_RUN);
+        h.update(file.read(pos, n)?);
+        pos += n;
+    }
+    Ok(hex::encode(h.finalize()))
+}
