@@ -48,6 +48,10 @@ pub struct Args {
     /// Skip the run with peers off (every node from the origin: slow by design).
     #[arg(long)]
     skip_off: bool,
+    /// After the pull with peers, cut every holder's upload to 1/N of its link and time one
+    /// more node pulling the file from them (pieces from several holders at once). 0: skip.
+    #[arg(long, default_value_t = 4)]
+    late_share: u64,
     /// Where the file and the agents' data go.
     #[arg(long, default_value = "/var/tmp")]
     work_dir: PathBuf,
@@ -167,6 +171,16 @@ struct Run {
     /// Per agent: peak RSS (bytes) and CPU seconds.
     rss: Vec<u64>,
     cpu: Vec<f64>,
+    late: Option<Late>,
+}
+
+/// One more node, pulling from the holders once their uploads were cut.
+struct Late {
+    secs: f64,
+    origin_bytes: u64,
+    /// Bytes each holder uploaded meanwhile.
+    uploaded: Vec<u64>,
+    rss: u64,
 }
 
 impl Run {
@@ -185,6 +199,7 @@ async fn run_once(
     peers: bool,
     digest: &str,
     size: u64,
+    late: Option<(u64, u64)>,
 ) -> Result<Run> {
     let dir = tempfile::tempdir_in(work)?;
     let token = dir.path().join("token");
@@ -268,13 +283,150 @@ async fn run_once(
         .zip(&cpu0)
         .map(|(a, c0)| a.pid().and_then(rss::cpu_seconds).unwrap_or(0.0) - c0)
         .collect();
+    let late = match late {
+        Some((link_mbit, share)) if peers => {
+            let holders: Vec<String> = agents.iter().map(|a| a.addr().to_string()).collect();
+            let a = Late::spawn(
+                bin,
+                dir.path(),
+                &hub_url,
+                &token.to_string_lossy(),
+                n,
+                &members,
+            )?;
+            Some(Late::run(a, hub, &holders, n, link_mbit, share, digest, size).await?)
+        }
+        _ => None,
+    };
     drop(agents);
     Ok(Run {
         times,
         origin_bytes,
         rss,
         cpu,
+        late,
     })
+}
+
+impl Late {
+    /// The extra agent, in namespace `n`, listing the `n` holders and itself.
+    fn spawn(
+        bin: &Path,
+        dir: &Path,
+        hub_url: &str,
+        token: &str,
+        n: usize,
+        members: &str,
+    ) -> Result<MantaServer> {
+        let cluster = format!("{}:{CLUSTER_PORT}", Net::ip(n));
+        let members = format!("{members},{cluster}");
+        let args = [
+            "--hf-endpoint",
+            hub_url,
+            "--hf-token",
+            "",
+            "--cluster-listen",
+            &cluster,
+            "--cluster-token-file",
+            token,
+            "--node-name",
+            "late",
+            "--peers",
+            &members,
+        ];
+        MantaServer::spawn_under(
+            &["ip", "netns", "exec", &Net::ns(n)],
+            bin,
+            &dir.join("late"),
+            &args,
+        )
+    }
+
+    /// Cut each holder's upload to 1/`share` of its link, then pull the file on `a`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        a: MantaServer,
+        hub: &HubFixture,
+        holders: &[String],
+        n: usize,
+        link_mbit: u64,
+        share: u64,
+        digest: &str,
+        size: u64,
+    ) -> Result<Late> {
+        let rate = format!("{}mbit", (link_mbit / share).max(1));
+        let burst = format!("{}", (link_mbit * 1_000_000 / 8 / 100).max(64 << 10));
+        for i in 0..n {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &Net::ns(i),
+                "tc",
+                "qdisc",
+                "change",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                &rate,
+                "burst",
+                &burst,
+                "latency",
+                "50ms",
+            ])?;
+        }
+        let ns = Net::ns(n);
+        wait_formed(&ns, a.addr(), n + 1).await?;
+        curl(
+            &ns,
+            &format!("http://{}/v2/hf-raw/{REPO}/manifests/main", a.addr()),
+            true,
+        )
+        .await?;
+        let mut up0 = Vec::new();
+        for (i, h) in holders.iter().enumerate() {
+            up0.push(uploaded(&Net::ns(i), h).await?);
+        }
+        let before = hub.bytes_served();
+        let start = Instant::now();
+        let url = format!("http://{}/v2/hf-raw/{REPO}/blobs/{digest}", a.addr());
+        let got = curl_size(&ns, &url).await?;
+        let secs = start.elapsed().as_secs_f64();
+        ensure!(got == size, "the late node got {got} bytes of {size}");
+        let origin_bytes = hub.bytes_served() - before;
+        let mut up = Vec::new();
+        for (i, h) in holders.iter().enumerate() {
+            up.push(uploaded(&Net::ns(i), h).await? - up0[i]);
+        }
+        let rss = a
+            .pid()
+            .and_then(|p| rss::status_field(p, "VmHWM"))
+            .unwrap_or(0);
+        Ok(Late {
+            secs,
+            origin_bytes,
+            uploaded: up,
+            rss,
+        })
+    }
+}
+
+/// `manta_peer_uploaded_bytes_total` of the agent at `addr` in `ns`.
+async fn uploaded(ns: &str, addr: &str) -> Result<u64> {
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sf"])
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .await?;
+    ensure!(out.status.success(), "metrics of {addr}: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("manta_peer_uploaded_bytes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64)
 }
 
 /// `curl` inside namespace `ns`; the body is dropped. `manifest` asks for a manifest.
@@ -346,7 +498,8 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let size = std::fs::metadata(&path)?.len();
     let digest = format!("sha256:{sha}");
-    let net = Net::create(args.nodes, args.link_mbit)?;
+    // One namespace more for the late node.
+    let net = Net::create(args.nodes + 1, args.link_mbit)?;
     let hub = HubFixture::start(
         vec![FixtureRepo::with_main(
             REPO,
@@ -362,14 +515,15 @@ pub async fn run(args: Args) -> Result<()> {
     )?;
     let work = args.work_dir.clone();
     eprintln!("one node alone…");
-    let alone = run_once(&bin, &work, &hub, 1, false, &digest, size).await?;
+    let alone = run_once(&bin, &work, &hub, 1, false, &digest, size, None).await?;
     eprintln!("{} nodes with peers…", args.nodes);
-    let with = run_once(&bin, &work, &hub, args.nodes, true, &digest, size).await?;
+    let late = (args.late_share > 0).then_some((args.link_mbit, args.late_share));
+    let with = run_once(&bin, &work, &hub, args.nodes, true, &digest, size, late).await?;
     let off = if args.skip_off {
         None
     } else {
         eprintln!("{} nodes with peers off…", args.nodes);
-        Some(run_once(&bin, &work, &hub, args.nodes, false, &digest, size).await?)
+        Some(run_once(&bin, &work, &hub, args.nodes, false, &digest, size, None).await?)
     };
     drop(hub);
     drop(net);
@@ -441,10 +595,36 @@ fn report(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(l) = &with.late {
+        let share = args.late_share;
+        let _ = writeln!(
+            s,
+            "\n### A late node, with every holder's upload cut to 1/{share} of its link\n\n\
+             | late node done (s) | ÷ one node alone | one holder alone would take (s) | origin bytes | holders that sent a piece or more | peak RSS (MiB) |\n\
+             |---|---|---|---|---|---|\n\
+             | {:.1} | {:.2} | {:.1} | {} | {} of {} | {:.1} |",
+            l.secs,
+            l.secs / alone.last(),
+            size as f64 * 8.0 / ((args.link_mbit / share).max(1) as f64 * 1e6),
+            l.origin_bytes,
+            l.uploaded.iter().filter(|b| **b >= 4 << 20).count(),
+            l.uploaded.len(),
+            mib(l.rss),
+        );
+        let _ = writeln!(
+            s,
+            "Bytes each holder sent (MiB): {}",
+            l.uploaded
+                .iter()
+                .map(|b| format!("{:.0}", mib(*b)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(
         s,
-        "\nCommand: `manta-bench peers --nodes {} --size-mib {} --link-mbit {} --origin-mbit {origin_mbit}` (root; iproute2 and curl).",
-        args.nodes, args.size_mib, args.link_mbit
+        "\nCommand: `manta-bench peers --nodes {} --size-mib {} --link-mbit {} --origin-mbit {origin_mbit} --late-share {}` (root; iproute2 and curl).",
+        args.nodes, args.size_mib, args.link_mbit, args.late_share
     );
     s
 }

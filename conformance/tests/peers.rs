@@ -553,8 +553,8 @@ async fn a_late_agent_reads_pieces_from_every_holder_at_once_and_a_holder_that_d
     );
 }
 
-/// A node on the peer list that serves a blob with one piece's bytes flipped, and says it
-/// holds the whole blob.
+/// A node on the peer list that serves a blob with the bytes of `bad` flipped (none, with an
+/// empty range), at `rate` bytes/s if given, and says it holds the whole blob.
 struct Liar {
     addr: String,
     served: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -563,13 +563,18 @@ struct Liar {
 
 impl Liar {
     async fn start(ip: &str, file: PathBuf, bad_piece: (u64, u64)) -> Self {
+        Self::start_at(ip, file, bad_piece, None).await
+    }
+
+    async fn start_at(ip: &str, file: PathBuf, bad_piece: (u64, u64), rate: Option<u64>) -> Self {
         use axum::extract::{Path as P, State};
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
+        use futures_util::StreamExt;
         use std::sync::atomic::{AtomicU64, Ordering};
-        type St = (PathBuf, (u64, u64), std::sync::Arc<AtomicU64>);
+        type St = (PathBuf, (u64, u64), std::sync::Arc<AtomicU64>, Option<u64>);
         async fn blob(
-            State((file, bad, served)): State<St>,
+            State((file, bad, served, rate)): State<St>,
             P(_d): P<String>,
             headers: HeaderMap,
         ) -> axum::response::Response {
@@ -596,11 +601,25 @@ impl Liar {
                     *b = !*b;
                 }
             }
-            served.fetch_add(body.len() as u64, Ordering::Relaxed);
+            let range = [("content-range", format!("bytes {start}-{}/{size}", end - 1))];
+            let Some(rate) = rate else {
+                served.fetch_add(body.len() as u64, Ordering::Relaxed);
+                return (StatusCode::PARTIAL_CONTENT, range, body).into_response();
+            };
+            // Slowly: 64 KiB at a time, counted as it goes.
+            let chunks: Vec<Vec<u8>> = body.chunks(64 << 10).map(<[u8]>::to_vec).collect();
+            let stream = futures_util::stream::iter(chunks).then(move |c| {
+                let served = served.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs_f64(c.len() as f64 / rate as f64)).await;
+                    served.fetch_add(c.len() as u64, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(c)
+                }
+            });
             (
                 StatusCode::PARTIAL_CONTENT,
-                [("content-range", format!("bytes {start}-{}/{size}", end - 1))],
-                body,
+                range,
+                axum::body::Body::from_stream(stream),
             )
                 .into_response()
         }
@@ -613,7 +632,7 @@ impl Liar {
                 }),
             )
             .route("/manta/v1/blobs/{digest}", axum::routing::get(blob))
-            .with_state((file, bad_piece, served.clone()));
+            .with_state((file, bad_piece, served.clone(), rate));
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let task = tokio::spawn(async move {
@@ -742,6 +761,85 @@ async fn a_lying_peer_is_caught_at_the_piece_and_banned_and_nothing_corrupt_is_s
         metric(&cluster, 3, "manta_peer_pieces_rejected_total").await,
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_holder_s_pieces_are_asked_of_another_after_their_deadline() {
+    let files = tempfile::tempdir().unwrap();
+    let (hub, sha, size) = weights_hub(files.path(), 40 * MIB, 400 * MIB);
+    let weights = walk_one(files.path());
+    // A true copy, sent at 256 KiB/s: a 4 MiB piece from it would take 16 s.
+    let slow = Liar::start_at("127.0.22.1", weights, (0, 0), Some(256 << 10)).await;
+    let mut cluster = Cluster::new(&hub.url(), 22, 3, &[]);
+    cluster.addrs[0] = slow.addr.clone();
+    cluster.start(1);
+    cluster.start(2);
+    let c = client();
+    let digest = format!("sha256:{sha}");
+    let url = |i: usize| format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i));
+    for i in 1..3 {
+        poll(
+            "the peers to find each other",
+            Duration::from_secs(30),
+            || {
+                let cluster = &cluster;
+                async move {
+                    let s = cluster.status(i).await;
+                    let ok = s["addr"].is_string()
+                        && s["members"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|m| m["healthy"] == true);
+                    Ok(ok.then_some(()))
+                }
+            },
+        )
+        .await;
+    }
+    manifest_ok(&c, &cluster.url(1), &format!("hf-raw/{REPO}"), "main").await;
+    let s = stream_get(&c, &url(1), &[], None).await;
+    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+    // The slow node says it holds the blob: node 2 reads pieces from it and from node 1.
+    for i in 1..3 {
+        let r = c
+            .post(format!(
+                "{}/manta/v1/peer/announce",
+                cluster.node(i).cluster_url().unwrap()
+            ))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({
+                "digest": digest, "node": slow.addr, "event": {"kind": "complete", "size": size}
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    manifest_ok(&c, &cluster.url(2), &format!("hf-raw/{REPO}"), "main").await;
+    let s = stream_get(&c, &url(2), &[], None).await;
+    assert!(
+        s.complete(),
+        "{:?} {}\n{}",
+        s.error,
+        s.error_body,
+        cluster.logs()
+    );
+    assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
+    let served = slow.served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        served > 0,
+        "the slow node was never read from: the test proves nothing"
+    );
+    // Its pieces were taken back at their deadline (well before it could finish one) and read
+    // from node 1; late twice, it was asked for nothing more.
+    assert!(
+        served < 4 * MIB,
+        "the slow node sent {served} bytes: a whole piece was waited for"
+    );
+    let retried = metric(&cluster, 2, "manta_peer_pieces_retried_total").await;
+    assert!(retried >= 1.0, "no piece was asked again");
+    assert_eq!(hub.downloads(REPO, "model.safetensors"), 1);
 }
 
 /// The one file under `dir`.

@@ -92,9 +92,7 @@ impl PeerClient {
             .await
             .map_err(|e| PeerError::request(addr, e))?;
         let resp = check(addr, resp)?;
-        resp.json()
-            .await
-            .map_err(|e| PeerError::Malformed(addr.to_string(), e.to_string()))
+        json_body(addr, resp).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
@@ -131,10 +129,7 @@ impl PeerClient {
             return Ok(None);
         }
         let resp = check(addr, resp)?;
-        resp.json()
-            .await
-            .map(Some)
-            .map_err(|e| PeerError::Malformed(addr.to_string(), e.to_string()))
+        json_body(addr, resp).await.map(Some)
     }
 
     pub async fn status(&self, addr: &str) -> Result<Status, PeerError> {
@@ -191,10 +186,7 @@ impl PeerClient {
             return Ok(None);
         }
         let resp = check(owner, resp)?;
-        resp.json()
-            .await
-            .map(Some)
-            .map_err(|e| PeerError::Malformed(owner.to_string(), e.to_string()))
+        json_body(owner, resp).await.map(Some)
     }
 
     /// Read `digest` from `addr` from byte `offset` on. The body has no overall deadline (the
@@ -248,6 +240,32 @@ impl PeerClient {
             .boxed();
         Ok(PeerBlob { size, body })
     }
+}
+
+/// The most a peer's JSON answer may hold (a 100 GB blob's piece hashes are about 100 KiB).
+const MAX_REPLY: usize = 8 << 20;
+
+/// A peer's JSON answer, read to at most [`MAX_REPLY`] bytes.
+async fn json_body<T: DeserializeOwned>(
+    addr: &str,
+    mut resp: reqwest::Response,
+) -> Result<T, PeerError> {
+    let too_big = || PeerError::Malformed(addr.into(), format!("an answer over {MAX_REPLY} bytes"));
+    if resp.content_length().is_some_and(|n| n > MAX_REPLY as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| PeerError::request(addr, e))?
+    {
+        if body.len() + chunk.len() > MAX_REPLY {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| PeerError::Malformed(addr.into(), e.to_string()))
 }
 
 fn check(addr: &str, resp: reqwest::Response) -> Result<reqwest::Response, PeerError> {

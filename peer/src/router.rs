@@ -49,6 +49,25 @@ pub enum Route {
     Alone,
 }
 
+impl Route {
+    fn follow(reply: LocateReply) -> Option<Route> {
+        match reply {
+            LocateReply::Follow {
+                from,
+                complete,
+                pieces,
+                also,
+            } => Some(Route::Peer {
+                addr: from,
+                complete,
+                pieces,
+                also,
+            }),
+            LocateReply::Fetch => None,
+        }
+    }
+}
+
 pub struct PeerRouter {
     me: Hello,
     owners_k: usize,
@@ -163,51 +182,46 @@ impl PeerRouter {
         };
         // The first owner that answers decides; if it grants this node the origin fetch, the
         // other owners are still asked who has the blob (the first may have just joined and
-        // know less than they do).
-        let mut granted = false;
-        for owner in self.owners(digest) {
-            let reply = if Some(&owner) == me.as_ref() {
-                self.handle_locate(&req)
-            } else {
-                match self.client.locate(&owner, &req).await {
-                    Ok(r) => {
-                        self.members.succeeded(&owner);
-                        r
-                    }
-                    Err(e) => {
-                        if e.is_unreachable() {
-                            self.members.failed(&owner, &e);
-                        } else {
-                            tracing::debug!(owner, error = %e, "owner did not answer a locate");
-                        }
-                        continue;
-                    }
-                }
-            };
-            match reply {
-                LocateReply::Follow {
-                    from,
-                    complete,
-                    pieces,
-                    also,
-                } => {
-                    return Route::Peer {
-                        addr: from,
-                        complete,
-                        pieces,
-                        also,
-                    }
-                }
-                LocateReply::Fetch => {
-                    granted = true;
+        // know less than they do), all at once: a hung owner costs one timeout, not one each.
+        let owners = self.owners(digest);
+        for (k, owner) in owners.iter().enumerate() {
+            match self.ask(owner, &req).await {
+                Some(LocateReply::Fetch) => {
                     req.probe = true;
+                    let probes = owners[k + 1..].iter().map(|o| self.ask(o, &req));
+                    let replies = futures_util::future::join_all(probes).await;
+                    return replies
+                        .into_iter()
+                        .flatten()
+                        .find_map(Route::follow)
+                        .unwrap_or(Route::Origin);
                 }
+                Some(reply) => return Route::follow(reply).unwrap_or(Route::Alone),
+                None => continue,
             }
         }
-        if granted {
-            Route::Origin
-        } else {
-            Route::Alone
+        Route::Alone
+    }
+
+    /// One owner's answer to a locate (this node's own, when it is the owner); `None` when it
+    /// gave none.
+    async fn ask(&self, owner: &str, req: &LocateRequest) -> Option<LocateReply> {
+        if Some(owner) == req.node.as_deref() {
+            return Some(self.handle_locate(req));
+        }
+        match self.client.locate(owner, req).await {
+            Ok(r) => {
+                self.members.succeeded(owner);
+                Some(r)
+            }
+            Err(e) => {
+                if e.is_unreachable() {
+                    self.members.failed(owner, &e);
+                } else {
+                    tracing::debug!(owner, error = %e, "owner did not answer a locate");
+                }
+                None
+            }
         }
     }
 

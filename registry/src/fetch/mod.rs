@@ -431,8 +431,23 @@ impl Fetcher {
         };
         let peer = matches!(reading, Reading::Peer(_));
         loop {
-            // What went wrong with the source, if anything.
-            let broken: SourceError = match tokio::time::timeout(stall, body.next()).await {
+            // What went wrong with the source, if anything. While nothing comes, the owners
+            // still hear from this fetch (or they would forget it, and with it who reads from
+            // whom).
+            let next = {
+                let deadline = tokio::time::Instant::now() + stall;
+                loop {
+                    let wait = deadline.min(tokio::time::Instant::now() + ANNOUNCE_EVERY);
+                    match tokio::time::timeout_at(wait, body.next()).await {
+                        Err(_) if wait < deadline => {
+                            route.announce(progress(p.trusted, size, &reading), None);
+                            p.announced = Instant::now();
+                        }
+                        r => break r,
+                    }
+                }
+            };
+            let broken: SourceError = match next {
                 Err(_) => UpstreamError::Timeout("blob body").into(),
                 Ok(None) if p.w.len() == size => return Ok(()),
                 Ok(None) => UpstreamError::Malformed(format!(

@@ -389,3 +389,34 @@ fn hash_range(file: &PieceFile, start: u64, end: u64) -> std::io::Result<String>
     }
     Ok(hex::encode(h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_taken_back_never_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![0u8; 16]).unwrap();
+        let f = PieceFile::open(&path).unwrap();
+        f.own(0, 1);
+        assert!(f.write(0, 1, 0, b"aaaa").unwrap());
+        // Taken back and asked again: the first attempt's late write is dropped.
+        f.release(0, 1);
+        f.own(0, 2);
+        assert!(!f.write(0, 1, 4, b"bbbb").unwrap());
+        assert!(f.write(0, 2, 4, b"cccc").unwrap());
+        // Released by another attempt than its owner: nothing changes.
+        f.release(0, 1);
+        assert!(f.write(0, 2, 8, b"dddd").unwrap());
+        // Closed: nobody writes.
+        f.close();
+        assert!(!f.write(0, 2, 12, b"eeee").unwrap());
+        assert_eq!(f.read(0, 16).unwrap(), b"aaaaccccdddd\0\0\0\0");
+        assert_eq!(
+            hash_range(&f, 0, 4).unwrap(),
+            hex::encode(Sha256::digest(b"aaaa"))
+        );
+    }
+}
