@@ -359,6 +359,9 @@ struct Outcome {
     probes: u64,
     /// Probes that sent the asker to a peer after all.
     probe_follows: u64,
+    /// Answers that also named other holders to read pieces from at once (the agent would;
+    /// the simulator reads from the followed node only).
+    also_named: u64,
     /// Origin reads without the owners' grant: no owner answered, or the peer tries ran out.
     alone: u64,
     gave_up: u64,
@@ -860,9 +863,12 @@ impl Sim {
                 self.out.probes += 1;
             }
             match r {
-                LocateReply::Follow { from, .. } => {
+                LocateReply::Follow { from, also, .. } => {
                     if req.probe {
                         self.out.probe_follows += 1;
+                    }
+                    if !also.is_empty() {
+                        self.out.also_named += 1;
                     }
                     return match self.index.get(&from) {
                         Some(&j) if j != i => Src::Peer(j),
@@ -925,9 +931,11 @@ impl Sim {
     }
 
     fn relocate(&mut self, i: usize, exclude: usize) {
-        // The agent bans a peer each time it fails it (the same one twice counts twice).
+        // The agent bans a peer once per fetch (a peer it failed before counts once).
         let addr = self.nodes[exclude].addr.clone();
-        self.nodes[i].exclude.push(addr);
+        if !self.nodes[i].exclude.contains(&addr) {
+            self.nodes[i].exclude.push(addr);
+        }
         self.out.relocates += 1;
         self.locate(i);
     }
@@ -1372,12 +1380,13 @@ fn row(p: &Params, o: &Outcome) -> String {
         ),
         unfinished,
         format_args!(
-            "{} ({} stalls); {} busy; {} probes, {} → peer; {} unasked origin; {} in cycles",
+            "{} ({} stalls); {} busy; {} probes, {} → peer; {} named others; {} unasked origin; {} in cycles",
             o.relocates,
             o.stalls,
             o.busy,
             o.probes,
             o.probe_follows,
+            o.also_named,
             o.alone + o.gave_up,
             o.cycles
         ),
@@ -1497,7 +1506,9 @@ fn main() -> Result<()> {
          never finished). Chain depth / fan-out: longest chain of peer reads, most readers of \
          one node. Re-routes: locates after the first (stalls: peers given up for sending \
          nothing for the stall limit); busy: peers that answered 429 (each one more locate); \
-         probes: locates asked of the other owners after the first granted the origin fetch; \
+         probes: locates asked of the other owners after the first granted the origin fetch; named \
+         others: answers that also named holders to read pieces from at once (the simulator \
+         reads from the followed node only); \
          unasked origin: origin reads after the peer tries ran out or with no owner.\n",
         fmt_bytes(first.size),
         first.size.div_ceil(piece),

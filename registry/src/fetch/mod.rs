@@ -485,7 +485,8 @@ impl Fetcher {
                             continue;
                         };
                         if peer {
-                            match route.expected(i, size).await {
+                            let alive = progress(p.trusted, size, &reading);
+                            match route.expected(i, size, &alive).await {
                                 Some(want) if want != hash => {
                                     bad_piece = Some(i);
                                     break;

@@ -107,10 +107,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| UpstreamError::Local(StoreError::io("piece io", path)(e)))
 }
 
+/// Closes the piece file when dropped.
+struct Closed(Arc<PieceFile>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Why a piece read ended without the piece.
 enum PieceError {
     /// The peer failed.
     Source(SourceError),
+    /// The peer sent nothing for the stall limit.
+    Stalled,
+    /// The read's task ended abnormally.
+    Failed,
     /// This node's disk failed.
     Local(UpstreamError),
     /// The piece was taken back from this read.
@@ -156,7 +169,7 @@ impl PieceRead {
         loop {
             let next = tokio::time::timeout(self.stall, body.next())
                 .await
-                .map_err(|_| PeerError::Timeout(addr.clone()))?;
+                .map_err(|_| PieceError::Stalled)?;
             let last = match next {
                 None => true,
                 Some(chunk) => {
@@ -232,13 +245,18 @@ impl Fetcher {
             PieceFile::open(&path)
                 .map_err(|e| UpstreamError::Local(StoreError::io("open", &path)(e)))?,
         );
+        // However this ends, no read writes again (dropping the tasks aborts them, and a write
+        // under way finishes before the file is closed).
+        let _closed = Closed(file.clone());
         let mut sched = Schedule::new(size, p.w.len(), sources, Limits::default());
         let primary = Reading::Peer(sched.addr(0).to_string());
         tracing::info!(digest = %fetch.digest, peers = sched.live(), offset = p.w.len(),
             "reading the blob's pieces from several peers");
         route.note_pieces(&sched, p.trusted, size);
         let mut tasks = JoinSet::new();
-        let mut reads: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+        // The reads in flight: by task, what each is for; by attempt, how to stop it.
+        let mut reads: HashMap<tokio::task::Id, (u64, u64, usize)> = HashMap::new();
+        let mut aborts: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
         // Checked pieces not yet in the digest (they wait for the ones before them).
         let mut checked: HashMap<u64, String> = HashMap::new();
         let mut tick = tokio::time::interval(TICK);
@@ -257,19 +275,25 @@ impl Fetcher {
                     stall: (idle / 2).max(PEER_STALL),
                 };
                 let (piece, attempt, source) = (a.piece, a.attempt, a.source);
-                let h = tasks.spawn(async move { (piece, attempt, source, read.run(a).await) });
-                reads.insert(attempt, h);
+                let h = tasks.spawn(read.run(a));
+                reads.insert(h.id(), (piece, attempt, source));
+                aborts.insert(attempt, h);
             }
             if sched.finished() || sched.stuck() {
                 break Ok(());
             }
             tokio::select! {
-                Some(joined) = tasks.join_next() => {
-                    // (A read taken back was aborted, and its piece asked of another peer.)
-                    let Ok((piece, attempt, src, result)) = joined else {
+                Some(joined) = tasks.join_next_with_id() => {
+                    let (id, result) = match joined {
+                        Ok((id, r)) => (id, r),
+                        // Aborted (taken back, and asked of another peer already), or
+                        // panicked (asked again below).
+                        Err(e) => (e.id(), Err(PieceError::Failed)),
+                    };
+                    let Some((piece, attempt, src)) = reads.remove(&id) else {
                         continue;
                     };
-                    reads.remove(&attempt);
+                    aborts.remove(&attempt);
                     file.release(piece, attempt);
                     if !sched.current(piece, attempt) {
                         continue;
@@ -282,7 +306,8 @@ impl Fetcher {
                                 let file = file.clone();
                                 blocking(&path, move || hash_range(&file, start, end)).await?
                             };
-                            match route.expected(piece, size).await {
+                            let alive = progress(p.trusted, size, &primary);
+                            match route.expected(piece, size, &alive).await {
                                 Some(want) if want != hash => {
                                     self.metrics.peer_pieces_rejected.inc();
                                     self.metrics.peer_pieces_retried.inc();
@@ -302,14 +327,25 @@ impl Fetcher {
                             route.lost(&addr, &e);
                             sched.failed(piece, attempt, true);
                         }
+                        // A peer that sent nothing for a while may be waiting on its own
+                        // source: read elsewhere, without reporting it.
+                        Err(PieceError::Stalled) => {
+                            self.metrics.peer_pieces_retried.inc();
+                            route.ban_here(&addr, &"sent nothing for the stall limit");
+                            sched.failed(piece, attempt, true);
+                        }
+                        Err(PieceError::Failed | PieceError::Taken) => {
+                            self.metrics.peer_pieces_retried.inc();
+                            sched.failed(piece, attempt, false);
+                        }
                         Err(PieceError::Local(e)) => break Err(e),
-                        Err(PieceError::Taken) => {}
                     }
                     route.note_pieces(&sched, p.trusted, size);
                 }
                 _ = tick.tick() => {
                     for (piece, attempt, src) in sched.overdue(std::time::Instant::now()) {
-                        if let Some(h) = reads.remove(&attempt) {
+                        if let Some(h) = aborts.remove(&attempt) {
+                            reads.remove(&h.id());
                             h.abort();
                         }
                         file.release(piece, attempt);
@@ -328,8 +364,6 @@ impl Fetcher {
                 }
             }
         };
-        // No read writes again, whatever it is doing now.
-        file.close();
         tasks.shutdown().await;
         outcome
     }

@@ -113,6 +113,11 @@ impl Routing {
         }
     }
 
+    /// Whether this fetch no longer uses `addr` (banned, or avoided as busy or slow).
+    fn dropped(&self, addr: &str) -> bool {
+        self.banned.iter().chain(&self.busy).any(|b| b == addr)
+    }
+
     /// This node's peers, when it has any.
     pub fn peers(&self) -> Option<&Arc<PeerRouter>> {
         self.peers.as_ref()
@@ -124,6 +129,9 @@ impl Routing {
 
     /// Stop using `addr` for this blob, without telling the owners.
     pub fn ban_here(&mut self, addr: &str, why: &dyn std::fmt::Display) {
+        if self.dropped(addr) {
+            return;
+        }
         tracing::info!(digest = %self.digest, peer = addr, reason = %why,
             "reading this blob elsewhere");
         self.metrics.peer_bans.inc();
@@ -132,9 +140,13 @@ impl Routing {
 
     /// Stop using `addr` for this blob, and tell the owners not to send anyone to it.
     pub fn ban(&mut self, addr: &str, why: &dyn std::fmt::Display) {
+        if self.banned.iter().any(|b| b == addr) {
+            return;
+        }
         tracing::warn!(digest = %self.digest, peer = addr, reason = %why,
             "not reading this blob from the peer again");
         self.metrics.peer_bans.inc();
+        self.busy.retain(|b| b != addr);
         self.banned.push(addr.to_string());
         // Now, not at this fetch's next locate: a fetch reading pieces from others may never
         // ask again.
@@ -296,7 +308,10 @@ impl Routing {
     /// The expected hash of piece `i` of a blob of `size` bytes, asking the owners (and
     /// waiting for the origin fetcher to publish it) when it is not known yet. `None`: no
     /// owner published it in time; the piece is then taken on the whole digest's word.
-    pub async fn expected(&mut self, i: u64, size: u64) -> Option<String> {
+    ///
+    /// While it waits, `alive` (this fetch's progress) is announced every 2 s, so the owners
+    /// do not take the fetch for a dead one.
+    pub async fn expected(&mut self, i: u64, size: u64, alive: &Event) -> Option<String> {
         if let Some(Some(h)) = self.hashes.get(i as usize) {
             return Some(h.clone());
         }
@@ -305,7 +320,12 @@ impl Routing {
         }
         let peers = self.peers.clone()?;
         let deadline = tokio::time::Instant::now() + PIECE_HASH_WAIT;
+        let mut announced = tokio::time::Instant::now();
         while tokio::time::Instant::now() < deadline && i < piece_count(size) {
+            if announced.elapsed() >= super::ANNOUNCE_EVERY {
+                self.announce(alive.clone(), None);
+                announced = tokio::time::Instant::now();
+            }
             let got = peers
                 .pieces(&self.digest, i, Duration::from_secs(5))
                 .await
