@@ -600,11 +600,12 @@ fn report(
         let _ = writeln!(
             s,
             "\n### A late node, with every holder's upload cut to 1/{share} of its link\n\n\
-             | late node done (s) | ÷ one node alone | one holder alone would take (s) | origin bytes | holders that sent a piece or more | peak RSS (MiB) |\n\
-             |---|---|---|---|---|---|\n\
-             | {:.1} | {:.2} | {:.1} | {} | {} of {} | {:.1} |",
+             | late node done (s) | ÷ one node alone | ÷ its own link's time (S/B) | one holder alone would take (s) | origin bytes | holders that sent a piece or more | peak RSS (MiB) |\n\
+             |---|---|---|---|---|---|---|\n\
+             | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} of {} | {:.1} |",
             l.secs,
             l.secs / alone.last(),
+            l.secs / (size as f64 * 8.0 / (args.link_mbit as f64 * 1e6)),
             size as f64 * 8.0 / ((args.link_mbit / share).max(1) as f64 * 1e6),
             l.origin_bytes,
             l.uploaded.iter().filter(|b| **b >= 4 << 20).count(),
