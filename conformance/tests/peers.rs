@@ -901,6 +901,33 @@ async fn the_peer_protocol_needs_the_cluster_token() {
             .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
     }
+    // So are announcements naming a malformed node, or too many, as read from.
+    let progress = |also: Vec<String>| {
+        serde_json::json!({"digest": digest, "node": "127.0.0.9:1", "event": {
+            "kind": "progress", "have": 0, "size": 10, "origin": false,
+            "from": "127.0.0.8:1", "also": also}})
+    };
+    for bad in [
+        progress(vec!["no-port".into()]),
+        progress((1..=9).map(|i| format!("127.0.0.{i}:1")).collect()),
+    ] {
+        let r = c
+            .post(format!("{base}/manta/v1/peer/announce"))
+            .bearer_auth(TOKEN)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = c
+        .post(format!("{base}/manta/v1/peer/announce"))
+        .bearer_auth(TOKEN)
+        .json(&progress(vec!["127.0.0.7:1".into()]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
 }
 
 /// Accepts connections and never answers (a peer that hangs), counting them.

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The path prefix of the protocol on the cluster listener.
 pub const PREFIX: &str = "/manta/v1/peer";
 
+/// Most nodes one announcement may name as read from besides `from`.
+pub const MAX_ALSO: usize = 8;
+
 /// Most announcements in one `POST /manta/v1/peer/announce-batch`.
 pub const MAX_BATCH: usize = 1000;
 
@@ -99,6 +102,9 @@ pub enum Event {
         origin: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<String>,
+        /// Other nodes it reads pieces from besides `from` (their upload is in use).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<String>,
     },
     /// Holds the whole blob, verified.
     Complete { size: u64 },

@@ -314,6 +314,16 @@ impl Schedule {
             .map(|s| (s.spec.addr.as_str(), s.served))
     }
 
+    /// The sources still asked besides the first (the node followed).
+    pub fn others(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .skip(1)
+            .filter(|s| !s.out)
+            .map(|s| s.spec.addr.clone())
+            .collect()
+    }
+
     /// Whether nothing more is asked of `src`.
     pub fn dropped(&self, src: usize) -> bool {
         self.sources[src].out

@@ -13,7 +13,9 @@
 //! 4. no candidate: the asker fetches from the origin, and is named to everyone who asks next;
 //! 5. with a candidate, also name up to four others with upload to spare — complete copies, and
 //!    fetches nobody reads from that are a piece or more ahead of the asker — for the asker to
-//!    read pieces from in parallel ([`crate::schedule`]).
+//!    read pieces from in parallel ([`crate::schedule`]). A node announces those it reads
+//!    pieces from, and they count as its sources' readers in rules 3 and 5 (not for cycles: a
+//!    node reads pieces only from what a holder already has, so it never waits on it).
 //!
 //! When the origin fetcher dies, its readers ask again; the furthest-along survivor is offered
 //! to the others, and finds no candidate itself (everyone else reads from it), so it resumes
@@ -60,6 +62,8 @@ struct Holder {
     have: u64,
     /// The node it reads from.
     source: Option<String>,
+    /// Nodes it reads pieces from besides its source.
+    also: Vec<String>,
     seen: Instant,
 }
 
@@ -173,14 +177,22 @@ impl Tracker {
             // Asking again: whatever it read from before is over.
             if let Some(h) = e.holders.get_mut(a) {
                 h.source = None;
+                h.also.clear();
             }
         }
         // Readers per node, and everyone reading from the asker down any chain, in one pass
         // each: a locate is linear in the holders, so N nodes asking at once cost O(N²).
         let mut readers: HashMap<&str, Vec<&str>> = HashMap::new();
+        // (Whose upload is in use: readers that follow a node, and those that read pieces from
+        // it besides; only the first can wait on it, so only they count for cycles and depth.)
+        let mut load: HashMap<&str, usize> = HashMap::new();
         for (n, h) in &e.holders {
             if let Some(src) = h.source.as_deref() {
                 readers.entry(src).or_default().push(n.as_str());
+                *load.entry(src).or_default() += 1;
+            }
+            for x in &h.also {
+                *load.entry(x.as_str()).or_default() += 1;
             }
         }
         let mut below: std::collections::HashSet<&str> = std::collections::HashSet::new();
@@ -236,7 +248,7 @@ impl Tracker {
             .filter(|(n, _)| !any_shallow || shallow(n))
             .min_by_key(|(n, h)| {
                 (
-                    readers.get(n.as_str()).map_or(0, Vec::len),
+                    load.get(n.as_str()).copied().unwrap_or(0),
                     !h.complete,
                     h.have < req.have,
                     std::cmp::Reverse(h.have),
@@ -257,14 +269,14 @@ impl Tracker {
                     .filter(|(n, _)| usable(n) && **n != from && !below.contains(n.as_str()))
                     .filter(|(n, h)| {
                         h.complete
-                            || (!readers.contains_key(n.as_str())
+                            || (!load.contains_key(n.as_str())
                                 && h.have >= req.have.saturating_add(piece))
                     })
                     .collect();
                 also.sort_by_key(|(n, h)| {
                     (
                         !h.complete,
-                        readers.get(n.as_str()).map_or(0, Vec::len),
+                        load.get(n.as_str()).copied().unwrap_or(0),
                         std::cmp::Reverse(h.have),
                         n.as_str(),
                     )
@@ -295,6 +307,7 @@ impl Tracker {
                 complete: false,
                 have: req.have,
                 source: None,
+                also: Vec::new(),
                 seen: now,
             });
             h.have = h.have.max(req.have);
@@ -322,6 +335,7 @@ impl Tracker {
                 size,
                 origin,
                 ref from,
+                ref also,
             } => {
                 if e.size.is_some_and(|s| s != size) || size > MAX_SIZE {
                     return;
@@ -334,6 +348,7 @@ impl Tracker {
                     complete: false,
                     have,
                     source: None,
+                    also: Vec::new(),
                     seen: now,
                 });
                 h.have = have;
@@ -343,6 +358,12 @@ impl Tracker {
                 } else if from.is_some() && from.as_deref() != Some(a.node.as_str()) {
                     h.source.clone_from(from);
                 }
+                h.also = also
+                    .iter()
+                    .filter(|n| **n != a.node)
+                    .take(crate::proto::MAX_ALSO)
+                    .cloned()
+                    .collect();
                 origin
             }
             Event::Complete { size } => {
@@ -365,6 +386,7 @@ impl Tracker {
                         complete: true,
                         have: size,
                         source: None,
+                        also: Vec::new(),
                         seen: now,
                     },
                 );
@@ -476,6 +498,7 @@ mod tests {
                     size: 100,
                     origin,
                     from: None,
+                    also: vec![],
                 },
                 pieces: None,
             },
@@ -544,6 +567,43 @@ mod tests {
         // Never a node downstream of the asker.
         let r = ask(&mut t, "c", 60, &[], now);
         assert!(also(&r).iter().all(|(n, ..)| *n != "d"), "{r:?}");
+    }
+
+    #[test]
+    fn holders_read_for_pieces_count_as_busy_for_the_next_asker() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        for n in ["e", "f", "g", "h", "i", "j"] {
+            complete(&mut t, n, now);
+        }
+        let r = ask(&mut t, "x", 0, &[], now);
+        assert_eq!(from(&r), "e");
+        let named: Vec<String> = also(&r).iter().map(|(n, ..)| n.to_string()).collect();
+        assert_eq!(named, ["f", "g", "h", "i"]);
+        // x reads pieces from all of them, and says so.
+        t.announce(
+            &Announce {
+                digest: "sha256:x".into(),
+                node: "x".into(),
+                event: Event::Progress {
+                    have: 0,
+                    size: 100,
+                    origin: false,
+                    from: Some("e".into()),
+                    also: named.clone(),
+                },
+                pieces: None,
+            },
+            now,
+        );
+        // The next asker follows the copy nobody reads, and is named the busy ones after it.
+        let r = ask(&mut t, "y", 0, &[], now);
+        assert_eq!(from(&r), "j");
+        assert_eq!(also(&r).len(), MAX_ALSO);
+        // Asking again, x reads from nothing it read before.
+        ask(&mut t, "x", 0, &["e", "f", "g", "h", "i"], now);
+        let r = ask(&mut t, "z", 0, &[], now);
+        assert_eq!(from(&r), "x", "j is read by y, x by nobody");
     }
 
     #[test]
@@ -681,6 +741,7 @@ mod tests {
                         size: 100,
                         origin: false,
                         from: Some(from.into()),
+                        also: vec![],
                     },
                     pieces: None,
                 },
@@ -733,6 +794,7 @@ mod tests {
                     size: 12 << 20,
                     origin: false,
                     from: None,
+                    also: vec![],
                 },
                 pieces: Some(pieces(&["bad"])),
             },
@@ -748,6 +810,7 @@ mod tests {
                     size: 12 << 20,
                     origin: true,
                     from: None,
+                    also: vec![],
                 },
                 pieces: Some(pieces(&["p0", "p1"])),
             },
@@ -797,6 +860,7 @@ mod tests {
             size,
             origin: true,
             from: None,
+            also: vec![],
         };
         // The origin sent a's fetch a corrupt piece 1: its digest failed, and it says so.
         say(&mut t, "a", progress.clone(), &["p0", "bad"]);

@@ -829,6 +829,7 @@ impl Sim {
                 size: self.p.size,
                 origin,
                 from: source,
+                also: Vec::new(),
             },
             pieces,
         );

@@ -188,8 +188,16 @@ async fn announce_batch(
 fn check_announce(a: &Announce) -> ApiResult<()> {
     check_digest(&a.digest)?;
     check_addr(&a.node)?;
-    if let manta_peer::proto::Event::Progress { from: Some(f), .. } = &a.event {
-        check_addr(f)?;
+    if let manta_peer::proto::Event::Progress { from, also, .. } = &a.event {
+        if also.len() > manta_peer::proto::MAX_ALSO {
+            return Err(ApiError::Unsupported(format!(
+                "at most {} nodes read from besides `from`",
+                manta_peer::proto::MAX_ALSO
+            )));
+        }
+        for x in from.iter().chain(also) {
+            check_addr(x)?;
+        }
     }
     if let Some(p) = &a.pieces {
         if p.hashes

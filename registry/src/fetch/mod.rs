@@ -57,6 +57,11 @@ const PEER_STALL: Duration = Duration::from_secs(10);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 
 fn progress(have: u64, size: u64, reading: &Reading) -> Event {
+    progress_with(have, size, reading, Vec::new())
+}
+
+/// Progress, reading pieces from the peers `also` besides.
+fn progress_with(have: u64, size: u64, reading: &Reading, also: Vec<String>) -> Event {
     Event::Progress {
         have,
         size,
@@ -65,6 +70,7 @@ fn progress(have: u64, size: u64, reading: &Reading) -> Event {
             Reading::Origin => None,
             Reading::Peer(a) => Some(a.clone()),
         },
+        also,
     }
 }
 

@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 
 use super::route::{Reading, Routing};
-use super::{progress, Fetch, Fetcher, Progress, ANNOUNCE_EVERY, PEER_STALL};
+use super::{progress_with, Fetch, Fetcher, Progress, ANNOUNCE_EVERY, PEER_STALL};
 use crate::metrics::{Metrics, SourceKind};
 use crate::source::SourceError;
 use crate::store::StoreError;
@@ -306,7 +306,7 @@ impl Fetcher {
                                 let file = file.clone();
                                 blocking(&path, move || hash_range(&file, start, end)).await?
                             };
-                            let alive = progress(p.trusted, size, &primary);
+                            let alive = progress_with(p.trusted, size, &primary, sched.others());
                             match route.expected(piece, size, &alive).await {
                                 Some(want) if want != hash => {
                                     self.metrics.peer_pieces_rejected.inc();
@@ -317,7 +317,8 @@ impl Fetcher {
                                 _ => {
                                     sched.done(piece, attempt, std::time::Instant::now());
                                     checked.insert(piece, hash);
-                                    self.adopt(fetch, p, &file, &mut checked, route, &primary)
+                                    let alive = progress_with(0, size, &primary, sched.others());
+                                    self.adopt(fetch, p, &file, &mut checked, route, alive)
                                         .await?;
                                 }
                             }
@@ -358,7 +359,8 @@ impl Fetcher {
                         }
                     }
                     if p.announced.elapsed() >= ANNOUNCE_EVERY {
-                        route.announce(progress(p.trusted, size, &primary), None);
+                        let also = sched.others();
+                        route.announce(progress_with(p.trusted, size, &primary, also), None);
                         p.announced = std::time::Instant::now();
                     }
                 }
@@ -376,7 +378,8 @@ impl Fetcher {
         file: &Arc<PieceFile>,
         checked: &mut HashMap<u64, String>,
         route: &Routing,
-        primary: &Reading,
+        // What to announce (its `have` is set here).
+        mut alive: manta_peer::proto::Event,
     ) -> Result<(), UpstreamError> {
         let size = p.size;
         let mut moved = false;
@@ -405,7 +408,10 @@ impl Fetcher {
         }
         if moved {
             p.publish(fetch);
-            route.announce(progress(p.trusted, size, primary), None);
+            if let manta_peer::proto::Event::Progress { have, .. } = &mut alive {
+                *have = p.trusted;
+            }
+            route.announce(alive, None);
             p.announced = std::time::Instant::now();
         }
         Ok(())
