@@ -415,6 +415,10 @@ impl Fetcher {
     /// Read one source's bytes in order into the temp file, until the blob is all there, or
     /// a peer failed (its bytes since the last trusted piece are then cut off again, and the
     /// caller finds another source). The origin failing fails the fetch.
+    ///
+    /// Bytes from a peer are trusted a piece at a time, once the piece matches the hash the
+    /// origin fetcher published; until then this node's own clients do not see them (its peers
+    /// do, and check every piece themselves).
     #[allow(clippy::too_many_arguments)]
     async fn lead_stream(
         &self,
