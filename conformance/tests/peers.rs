@@ -149,6 +149,97 @@ impl Cluster {
         }
     }
 
+    /// Agents 1..`n` on `127.0.<net>.x`, with the node at `fake` (a test's own server) in place
+    /// of node 0, once every agent has found itself and sees every member healthy.
+    async fn with_fake(endpoint: &str, net: u8, n: usize, fake: &str) -> Self {
+        let mut c = Self::new(endpoint, net, n, &[]);
+        c.addrs[0] = fake.to_string();
+        for i in 1..n {
+            c.start(i);
+        }
+        for i in 1..n {
+            poll(
+                "the peers to find each other",
+                Duration::from_secs(30),
+                || {
+                    let c = &c;
+                    async move {
+                        let s = c.status(i).await;
+                        let ok = s["addr"].is_string()
+                            && s["members"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .all(|m| m["healthy"] == true);
+                        Ok(ok.then_some(()))
+                    }
+                },
+            )
+            .await;
+        }
+        c
+    }
+
+    /// Tell nodes `nodes` (the digest's owners among them) that `holder` holds all of `digest`.
+    async fn claim_complete(
+        &self,
+        nodes: std::ops::Range<usize>,
+        holder: &str,
+        digest: &str,
+        size: u64,
+    ) {
+        for i in nodes {
+            let r = client()
+                .post(format!(
+                    "{}/manta/v1/peer/announce",
+                    self.node(i).cluster_url().unwrap()
+                ))
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({
+                    "digest": digest, "node": holder, "event": {"kind": "complete", "size": size}
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 204);
+        }
+    }
+
+    /// Node `i` resolves the model's raw form and its client pulls `digest` whole: `size`
+    /// bytes that hash to `sha`.
+    async fn pull_true(&self, i: usize, digest: &str, size: u64, sha: &str) {
+        let c = client();
+        manifest_ok(&c, &self.url(i), &format!("hf-raw/{REPO}"), "main").await;
+        let url = format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", self.url(i));
+        let s = stream_get(&c, &url, &[], None).await;
+        assert!(
+            s.complete(),
+            "node {i}: {:?} {}\n{}",
+            s.error,
+            s.error_body,
+            self.logs()
+        );
+        assert_eq!((s.len, s.sha256.as_str()), (size, sha), "node {i}");
+    }
+
+    /// Wait until node `i` installed `digest`, and check the file hashes to `sha`.
+    async fn stored_true(&self, i: usize, digest: &str, sha: &str) {
+        let stored = common::hub_agent::blob_file(self.node(i).data_dir(), digest);
+        poll(
+            &format!("node {i} to install the blob"),
+            Duration::from_secs(30),
+            || {
+                let stored = stored.clone();
+                async move { Ok(stored.exists().then_some(())) }
+            },
+        )
+        .await;
+        assert_eq!(
+            common::hub_agent::sha256_hex(&std::fs::read(stored).unwrap()),
+            sha
+        );
+    }
+
     fn logs(&self) -> String {
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -366,6 +457,11 @@ fn image_and_raw_files(
 
 /// `name` summed over its label sets in node `i`'s /metrics (0 when absent).
 async fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
+    metric_of(cluster, i, name, &[]).await
+}
+
+/// The sum of node `i`'s series `name` with `labels`.
+async fn metric_of(cluster: &Cluster, i: usize, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = client()
         .get(format!("{}/metrics", cluster.url(i)))
         .send()
@@ -374,7 +470,7 @@ async fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    common::metric_sum(&text, name, &[]).unwrap_or(0.0)
+    common::metric_sum(&text, name, labels).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -513,44 +609,19 @@ async fn a_late_agent_reads_pieces_from_every_holder_at_once_and_a_holder_that_d
         assert!(up >= piece, "holder {i} sent node 3 only {up} bytes");
     }
     // The dead holder cost the pieces it had in flight (at most two), not the rest of the blob.
-    let text = client()
-        .get(format!("{}/metrics", cluster.url(3)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let received = common::metric_sum(
-        &text,
-        "manta_source_fetched_bytes_total",
-        &[("source", "peer")],
-    )
-    .unwrap_or(0.0);
+    let peer = [("source", "peer")];
+    let received = metric_of(&cluster, 3, "manta_source_fetched_bytes_total", &peer).await;
     assert!(
         received <= size as f64 + 2.0 * piece,
         "node 3 took {received} bytes from peers for a {size}-byte blob"
     );
-    let retried = common::metric_sum(&text, "manta_peer_pieces_retried_total", &[]).unwrap_or(0.0);
+    let retried = metric(&cluster, 3, "manta_peer_pieces_retried_total").await;
     assert!(
         retried >= 1.0,
         "no piece was asked again after the holder died"
     );
     // Stored, and true.
-    let stored = common::hub_agent::blob_file(cluster.node(3).data_dir(), &digest);
-    poll(
-        "node 3 to install the blob",
-        Duration::from_secs(30),
-        || {
-            let stored = stored.clone();
-            async move { Ok(stored.exists().then_some(())) }
-        },
-    )
-    .await;
-    assert_eq!(
-        common::hub_agent::sha256_hex(&std::fs::read(stored).unwrap()),
-        sha
-    );
+    cluster.stored_true(3, &digest, &sha).await;
 }
 
 /// A node on the peer list that serves a blob with the bytes of `bad` flipped (none, with an
@@ -657,66 +728,19 @@ async fn a_lying_peer_is_caught_at_the_piece_and_banned_and_nothing_corrupt_is_s
     // send the next reader to it (and name node 1 beside it, to read pieces from both). Every
     // byte it sends is wrong, so whichever piece it serves first is caught.
     let liar = Liar::start("127.0.14.1", weights, (0, size)).await;
-    let mut cluster = Cluster::new(&hub.url(), 14, 4, &[]);
-    cluster.addrs[0] = liar.addr.clone();
-    for i in 1..4 {
-        cluster.start(i);
-    }
+    // Formed: the three agents see each other and the liar.
+    let cluster = Cluster::with_fake(&hub.url(), 14, 4, &liar.addr).await;
     let c = client();
     let digest = format!("sha256:{sha}");
-    // Formed: the three agents see each other and the liar.
-    for i in 1..4 {
-        poll(
-            "the peers to find each other",
-            Duration::from_secs(30),
-            || {
-                let cluster = &cluster;
-                async move {
-                    let s = cluster.status(i).await;
-                    let ok = s["addr"].is_string()
-                        && s["members"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .all(|m| m["healthy"] == true);
-                    Ok(ok.then_some(()))
-                }
-            },
-        )
-        .await;
-    }
     // Node 1 pulls from the hub; it holds the blob and its pieces' hashes are published.
-    manifest_ok(&c, &cluster.url(1), &format!("hf-raw/{REPO}"), "main").await;
+    cluster.pull_true(1, &digest, size, &sha).await;
     let url = |i: usize| format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i));
-    let s = stream_get(&c, &url(1), &[], None).await;
-    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
     // The liar claims the whole blob, to every agent.
-    for i in 1..4 {
-        let r = c
-            .post(format!(
-                "{}/manta/v1/peer/announce",
-                cluster.node(i).cluster_url().unwrap()
-            ))
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({
-                "digest": digest, "node": liar.addr, "event": {"kind": "complete", "size": size}
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
-    }
-    manifest_ok(&c, &cluster.url(2), &format!("hf-raw/{REPO}"), "main").await;
+    cluster
+        .claim_complete(1..4, &liar.addr, &digest, size)
+        .await;
     let hub_before = hub.downloads(REPO, "model.safetensors");
-    let s = stream_get(&c, &url(2), &[], None).await;
-    assert!(
-        s.complete(),
-        "{:?} {}\n{}",
-        s.error,
-        s.error_body,
-        cluster.logs()
-    );
-    assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
+    cluster.pull_true(2, &digest, size, &sha).await;
     assert!(
         liar.served.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "the liar was never read from: the test proves nothing"
@@ -734,20 +758,7 @@ async fn a_lying_peer_is_caught_at_the_piece_and_banned_and_nothing_corrupt_is_s
         "the rest came from node 1"
     );
     // What node 2 stored is the true blob (installed just after its last byte was released).
-    let stored = common::hub_agent::blob_file(cluster.node(2).data_dir(), &digest);
-    poll(
-        "node 2 to install the blob",
-        Duration::from_secs(30),
-        || {
-            let stored = stored.clone();
-            async move { Ok(stored.exists().then_some(())) }
-        },
-    )
-    .await;
-    assert_eq!(
-        common::hub_agent::sha256_hex(&std::fs::read(stored).unwrap()),
-        sha
-    );
+    cluster.stored_true(2, &digest, &sha).await;
     // The owners forgot the liar: node 3 is not sent to it.
     let served = liar.served.load(std::sync::atomic::Ordering::Relaxed);
     manifest_ok(&c, &cluster.url(3), &format!("hf-raw/{REPO}"), "main").await;
@@ -770,62 +781,14 @@ async fn a_slow_holder_s_pieces_are_asked_of_another_after_their_deadline() {
     let weights = walk_one(files.path());
     // A true copy, sent at 256 KiB/s: a 4 MiB piece from it would take 16 s.
     let slow = Liar::start_at("127.0.22.1", weights, (0, 0), Some(256 << 10)).await;
-    let mut cluster = Cluster::new(&hub.url(), 22, 3, &[]);
-    cluster.addrs[0] = slow.addr.clone();
-    cluster.start(1);
-    cluster.start(2);
-    let c = client();
+    let cluster = Cluster::with_fake(&hub.url(), 22, 3, &slow.addr).await;
     let digest = format!("sha256:{sha}");
-    let url = |i: usize| format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i));
-    for i in 1..3 {
-        poll(
-            "the peers to find each other",
-            Duration::from_secs(30),
-            || {
-                let cluster = &cluster;
-                async move {
-                    let s = cluster.status(i).await;
-                    let ok = s["addr"].is_string()
-                        && s["members"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .all(|m| m["healthy"] == true);
-                    Ok(ok.then_some(()))
-                }
-            },
-        )
-        .await;
-    }
-    manifest_ok(&c, &cluster.url(1), &format!("hf-raw/{REPO}"), "main").await;
-    let s = stream_get(&c, &url(1), &[], None).await;
-    assert!(s.complete() && s.sha256 == sha, "{:?}", s.error);
+    cluster.pull_true(1, &digest, size, &sha).await;
     // The slow node says it holds the blob: node 2 reads pieces from it and from node 1.
-    for i in 1..3 {
-        let r = c
-            .post(format!(
-                "{}/manta/v1/peer/announce",
-                cluster.node(i).cluster_url().unwrap()
-            ))
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({
-                "digest": digest, "node": slow.addr, "event": {"kind": "complete", "size": size}
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
-    }
-    manifest_ok(&c, &cluster.url(2), &format!("hf-raw/{REPO}"), "main").await;
-    let s = stream_get(&c, &url(2), &[], None).await;
-    assert!(
-        s.complete(),
-        "{:?} {}\n{}",
-        s.error,
-        s.error_body,
-        cluster.logs()
-    );
-    assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
+    cluster
+        .claim_complete(1..3, &slow.addr, &digest, size)
+        .await;
+    cluster.pull_true(2, &digest, size, &sha).await;
     let served = slow.served.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         served > 0,
@@ -886,39 +849,37 @@ async fn the_peer_protocol_needs_the_cluster_token() {
         .await
         .unwrap();
     assert_eq!(r["action"], "fetch");
-    // Malformed asks are refused, and change nothing.
-    for bad in [
-        serde_json::json!({"digest": "sha256:short"}),
-        serde_json::json!({"digest": digest, "node": "no-port"}),
-        serde_json::json!({"digest": digest, "node": "a/b:1"}),
-    ] {
-        let r = c
-            .post(format!("{base}/manta/v1/peer/locate"))
-            .bearer_auth(TOKEN)
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{bad}");
-    }
-    // So are announcements naming a malformed node, or too many, as read from.
+    // Malformed asks are refused, and change nothing; so are announcements naming a malformed
+    // node, or too many, as read from.
     let progress = |also: Vec<String>| {
         serde_json::json!({"digest": digest, "node": "127.0.0.9:1", "event": {
             "kind": "progress", "have": 0, "size": 10, "origin": false,
             "from": "127.0.0.8:1", "also": also}})
     };
-    for bad in [
-        progress(vec!["no-port".into()]),
-        progress((1..=9).map(|i| format!("127.0.0.{i}:1")).collect()),
+    for (path, bad) in [
+        ("locate", serde_json::json!({"digest": "sha256:short"})),
+        (
+            "locate",
+            serde_json::json!({"digest": digest, "node": "no-port"}),
+        ),
+        (
+            "locate",
+            serde_json::json!({"digest": digest, "node": "a/b:1"}),
+        ),
+        ("announce", progress(vec!["no-port".into()])),
+        (
+            "announce",
+            progress((1..=9).map(|i| format!("127.0.0.{i}:1")).collect()),
+        ),
     ] {
         let r = c
-            .post(format!("{base}/manta/v1/peer/announce"))
+            .post(format!("{base}/manta/v1/peer/{path}"))
             .bearer_auth(TOKEN)
             .json(&bad)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(r.status(), 400, "{path} {bad}");
     }
     let r = c
         .post(format!("{base}/manta/v1/peer/announce"))
