@@ -47,6 +47,21 @@ pub struct LocateRequest {
     /// and knows less than they do.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// Locate one stripe of the blob's pieces (pieces `i` with `i % count == index`), whose
+    /// readers form a tree of their own (see [`crate::tracker`]). The digest is then the
+    /// stripe's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<Stripe>,
+}
+
+/// One stripe of a blob's pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stripe {
+    pub index: u32,
+    pub count: u32,
+    /// The stripe in which the asker takes readers (its place in the sorted membership,
+    /// modulo `count`, so each stripe has a fair share of the nodes).
+    pub home: u32,
 }
 
 /// What an owner tells an asker to do.

@@ -5,7 +5,7 @@
 use sha2::{Digest as _, Sha256};
 
 /// The weight of `node` for `key`: the first 8 bytes of sha256(key ‖ 0 ‖ node).
-fn weight(key: &str, node: &str) -> u64 {
+pub(crate) fn weight(key: &str, node: &str) -> u64 {
     let mut h = Sha256::new();
     h.update(key.as_bytes());
     h.update([0]);

@@ -179,6 +179,7 @@ impl PeerRouter {
             exclude: exclude.to_vec(),
             avoid: avoid.to_vec(),
             probe: false,
+            stripe: None,
         };
         // The first owner that answers decides; if it grants this node the origin fetch, the
         // other owners are still asked who has the blob (the first may have just joined and
@@ -236,6 +237,7 @@ impl PeerRouter {
             exclude: Vec::new(),
             avoid: Vec::new(),
             probe: true,
+            stripe: None,
         };
         for owner in self.owners(digest) {
             let reply = if Some(&owner) == me.as_ref() {
@@ -271,6 +273,7 @@ impl PeerRouter {
             exclude: vec![bad.to_string()],
             avoid: Vec::new(),
             probe: true,
+            stripe: None,
         };
         for owner in self.owners(digest) {
             if Some(&owner) == req.node.as_ref() {

@@ -17,6 +17,13 @@
 //!    pieces from, and they count as its sources' readers in rules 3 and 5 (not for cycles: a
 //!    node reads pieces only from what a holder already has, so it never waits on it).
 //!
+//! A locate for one *stripe* of a blob's pieces (`LocateRequest::stripe`, under the stripe's own
+//! key) follows another rule, SplitStream's: the origin fetcher takes one reader, a node whose
+//! home stripe it is (as it said when it asked) up to `count`, other nodes none; the shallowest
+//! with room is named, else the least loaded home node. So each stripe spreads down a tree about
+//! log_count(N) deep, and each node's upload serves one stripe only. The swarm simulator drives
+//! this rule (`--stripes`); the agent does not stripe yet.
+//!
 //! When the origin fetcher dies, its readers ask again; the furthest-along survivor is offered
 //! to the others, and finds no candidate itself (everyone else reads from it), so it resumes
 //! the origin download from its own offset: the origin is asked only for what no survivor has.
@@ -64,6 +71,8 @@ struct Holder {
     source: Option<String>,
     /// Nodes it reads pieces from besides its source.
     also: Vec<String>,
+    /// The stripe it takes readers in, as it said when it asked.
+    home: Option<u32>,
     seen: Instant,
 }
 
@@ -123,6 +132,11 @@ impl Entry {
             hashes,
         })
     }
+}
+
+/// The stripe in which `node` takes readers (of `count`).
+pub fn home(node: &str, count: u32) -> u32 {
+    (crate::ring::weight("stripe", node) % u64::from(count.max(1))) as u32
 }
 
 /// An owner's table of the digests it owns.
@@ -236,6 +250,71 @@ impl Tracker {
         }
         let shallow = |n: &str| depth.get(n).copied().unwrap_or(0) < MAX_CHAIN;
         let usable = |n: &String| Some(n.as_str()) != asker && !req.avoid.contains(n);
+        if let Some(st) = req.stripe.filter(|st| st.count > 1 && st.index < st.count) {
+            // A stripe: the origin fetcher takes one reader, a node whose home stripe this is
+            // takes up to `count`, complete copies as many; the shallowest first, so the tree
+            // is about log(count) of the nodes deep and every node's upload goes to one stripe.
+            let k = st.count as usize;
+            let cap = |n: &str, h: &Holder| {
+                if !h.complete && h.source.is_none() {
+                    1
+                } else if h.home.unwrap_or_else(|| home(n, st.count)) == st.index {
+                    k
+                } else {
+                    0
+                }
+            };
+            let load_of = |n: &str| load.get(n).copied().unwrap_or(0);
+            let candidates = || {
+                e.holders
+                    .iter()
+                    .filter(|(n, _)| usable(n) && !below.contains(n.as_str()))
+            };
+            let best = candidates()
+                .filter(|(n, h)| load_of(n) < cap(n, h))
+                .min_by_key(|(n, _)| {
+                    (
+                        depth.get(n.as_str()).copied().unwrap_or(0),
+                        load_of(n),
+                        n.as_str(),
+                    )
+                })
+                // None has room: the least loaded of the nodes whose home stripe this is (the
+                // origin fetcher keeps its one reader: the whole stripe flows through it), and
+                // only then anyone.
+                .or_else(|| {
+                    candidates()
+                        .filter(|(n, h)| cap(n, h) > 1)
+                        .min_by_key(|(n, _)| {
+                            (
+                                load_of(n),
+                                depth.get(n.as_str()).copied().unwrap_or(0),
+                                n.as_str(),
+                            )
+                        })
+                })
+                .or_else(|| {
+                    candidates().min_by_key(|(n, _)| {
+                        (
+                            load_of(n),
+                            depth.get(n.as_str()).copied().unwrap_or(0),
+                            n.as_str(),
+                        )
+                    })
+                })
+                .map(|(n, h)| (n.clone(), h.complete));
+            let reply = match best {
+                Some((from, complete)) => LocateReply::Follow {
+                    pieces: None,
+                    also: Vec::new(),
+                    from,
+                    complete,
+                },
+                None => LocateReply::Fetch,
+            };
+            self.record(req, &reply, now);
+            return reply;
+        }
         let any_shallow = e
             .holders
             .keys()
@@ -298,8 +377,18 @@ impl Tracker {
             }
             None => LocateReply::Fetch,
         };
-        if let (Some(a), false) = (asker, req.probe) {
-            let source = match &reply {
+        self.record(req, &reply, now);
+        reply
+    }
+
+    /// Record what the asker of `req` will do after `reply`.
+    fn record(&mut self, req: &LocateRequest, reply: &LocateReply, now: Instant) {
+        if let (Some(a), false, Some(e)) = (
+            req.node.as_deref(),
+            req.probe,
+            self.entries.get_mut(&req.digest),
+        ) {
+            let source = match reply {
                 LocateReply::Follow { from, .. } => Some(from.clone()),
                 LocateReply::Fetch => None,
             };
@@ -308,14 +397,17 @@ impl Tracker {
                 have: req.have,
                 source: None,
                 also: Vec::new(),
+                home: None,
                 seen: now,
             });
             h.have = h.have.max(req.have);
             h.source = source;
             h.seen = now;
+            if let Some(st) = req.stripe {
+                h.home = Some(st.home);
+            }
         }
         self.trim();
-        reply
     }
 
     /// Record what a node says about a digest.
@@ -349,6 +441,7 @@ impl Tracker {
                     have,
                     source: None,
                     also: Vec::new(),
+                    home: None,
                     seen: now,
                 });
                 h.have = have;
@@ -387,6 +480,7 @@ impl Tracker {
                         have: size,
                         source: None,
                         also: Vec::new(),
+                        home: None,
                         seen: now,
                     },
                 );
@@ -476,6 +570,7 @@ mod tests {
                 exclude: exclude.iter().map(|s| s.to_string()).collect(),
                 avoid: vec![],
                 probe: false,
+                stripe: None,
             },
             now,
         )
@@ -607,6 +702,64 @@ mod tests {
     }
 
     #[test]
+    fn a_stripe_is_a_tree_of_the_nodes_whose_home_it_is() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let ask_stripe = |t: &mut Tracker, node: &str, home: u32| {
+            t.locate(
+                &LocateRequest {
+                    digest: "sha256:x#0".into(),
+                    node: Some(node.into()),
+                    have: 0,
+                    exclude: vec![],
+                    avoid: vec![],
+                    probe: false,
+                    stripe: Some(crate::proto::Stripe {
+                        index: 0,
+                        count: 2,
+                        home,
+                    }),
+                },
+                now,
+            )
+        };
+        // The first asker fetches from the origin and takes one reader in the stripe.
+        assert_eq!(ask_stripe(&mut t, "root", 1), LocateReply::Fetch);
+        let mut parent: HashMap<&str, String> = HashMap::new();
+        // Nodes at home in stripe 0 ask first, then the others.
+        for (n, home) in [
+            ("h1", 0),
+            ("h2", 0),
+            ("h3", 0),
+            ("o1", 1),
+            ("o2", 1),
+            ("o3", 1),
+        ] {
+            parent.insert(n, from(&ask_stripe(&mut t, n, home)).to_string());
+        }
+        assert_eq!(parent["h1"], "root", "the stripe's head");
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for p in parent.values() {
+            *readers.entry(p.as_str()).or_default() += 1;
+        }
+        assert_eq!(
+            readers.get("root"),
+            Some(&1),
+            "the origin fetcher takes one reader"
+        );
+        for (n, r) in &readers {
+            assert!(
+                n.starts_with('h') || *n == "root",
+                "{n} is not at home here: {r} readers"
+            );
+            assert!(*r <= 2, "{n} has {r} readers, more than the stripe count");
+        }
+        // Shallowest first: h2 and h3 hang under h1, the others under h2 and h3.
+        assert_eq!((parent["h2"].as_str(), parent["h3"].as_str()), ("h1", "h1"));
+        assert!(["h2", "h3"].contains(&parent["o1"].as_str()));
+    }
+
+    #[test]
     fn a_probe_records_nothing_and_grants_nothing() {
         let mut t = Tracker::default();
         let now = Instant::now();
@@ -619,6 +772,7 @@ mod tests {
                     exclude: vec![],
                     avoid: vec![],
                     probe: true,
+                    stripe: None,
                 },
                 now,
             )
@@ -909,6 +1063,7 @@ mod tests {
                     exclude: vec![],
                     avoid: vec![],
                     probe: false,
+                    stripe: None,
                 },
                 now + Duration::from_millis(i),
             );

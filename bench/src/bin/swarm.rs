@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use manta_peer::pieces::piece_size;
-use manta_peer::proto::{Announce, Event, LocateReply, LocateRequest, Pieces};
+use manta_peer::proto::{Announce, Event, LocateReply, LocateRequest, Pieces, Stripe};
 use manta_peer::ring;
 use manta_peer::tracker::{Tracker, TrackerOptions};
 
@@ -98,6 +98,14 @@ struct Args {
     /// Every node fetches from the origin alone (no peers, no tracker): the comparison.
     #[arg(long)]
     peers_off: bool,
+    /// A design study, not what the agent does yet: the pieces cut into this many stripes
+    /// (piece i in stripe i mod k), each spread by a tree of its own (the `Tracker`'s stripe
+    /// rule: the origin fetcher takes one reader per stripe, a node whose home stripe it is up
+    /// to k, others none), readers seeing a parent's pieces once checked. Each node's download
+    /// is split evenly between the stripes, its upload goes to its home stripe (the origin
+    /// fetcher's, a k-th to each). 0: off.
+    #[arg(long, default_value_t = 0)]
+    stripes: u32,
     /// Seed of the digest name, the jitter and the choice of the dead.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -240,6 +248,12 @@ struct Params {
     /// Seconds.
     max_time: f64,
     trace: bool,
+    /// Striped (`--stripes`): the stripes, and which one this run is (its `size` is then the
+    /// stripe's bytes).
+    stripes: u32,
+    stripe: Option<u32>,
+    /// The whole blob's size (pieces are cut from it).
+    full_size: u64,
 }
 
 impl Params {
@@ -342,6 +356,10 @@ struct Node {
     stalled_since: Option<f64>,
     stall_ver: u64,
     from_origin: f64,
+    /// Has read from the origin in this run (striped: a root, a k-th of its upload here)...
+    was_origin: bool,
+    /// ...from its start.
+    first_origin: bool,
     dirty: bool,
 }
 
@@ -400,6 +418,8 @@ struct Sim {
     now: f64,
     nodes: Vec<Node>,
     index: HashMap<String, usize>,
+    /// Striped: each node's home stripe, its place in the sorted membership modulo k.
+    home: Vec<u32>,
     trackers: Vec<Option<Tracker>>,
     /// The digest's owners over the current membership, first first.
     owners: Vec<usize>,
@@ -428,9 +448,14 @@ impl Sim {
             rng.next(),
             rng.next()
         );
-        let piece = piece_size(p.size) as f64;
+        // A stripe is routed under a key of its own.
+        let digest = match p.stripe {
+            Some(s) => format!("{digest}#{s}"),
+            None => digest,
+        };
+        let piece = piece_size(p.full_size) as f64;
         let size = p.size as f64;
-        let n_pieces = p.size.div_ceil(piece_size(p.size));
+        let n_pieces = p.size.div_ceil(piece_size(p.full_size));
         let nodes: Vec<Node> = (0..p.n)
             .map(|i| Node {
                 addr: format!("10.{}.{}.{}:5001", i >> 16, (i >> 8) & 255, i & 255),
@@ -451,6 +476,8 @@ impl Sim {
                 stalled_since: None,
                 stall_ver: 0,
                 from_origin: 0.0,
+                was_origin: false,
+                first_origin: false,
                 dirty: false,
             })
             .collect();
@@ -462,7 +489,18 @@ impl Sim {
             .enumerate()
             .map(|(i, n)| (n.addr.clone(), i))
             .collect();
+        let mut sorted: Vec<(&str, usize)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.addr.as_str(), i))
+            .collect();
+        sorted.sort();
+        let mut home = vec![0u32; nodes.len()];
+        for (rank, (_, i)) in sorted.iter().enumerate() {
+            home[*i] = (rank as u32) % p.stripes.max(1);
+        }
         let mut sim = Self {
+            home,
             size,
             piece,
             n_pieces,
@@ -510,6 +548,33 @@ impl Sim {
 
     fn boundary(&self, k: u64) -> f64 {
         (k as f64 * self.piece).min(self.size)
+    }
+
+    /// What `j` can upload in this run: its link; striped, all of it in its home stripe, a
+    /// k-th in each stripe if it reads the origin, nothing elsewhere.
+    fn up(&self, j: usize) -> f64 {
+        let n = &self.nodes[j];
+        if !n.alive {
+            return 0.0;
+        }
+        // (The first origin fetcher gives each stripe a k-th; a node that took the origin
+        // fetch over keeps the readers of its home stripe.)
+        let k = f64::from(self.p.stripes);
+        match self.p.stripe {
+            None => self.p.bw,
+            Some(_) if n.was_origin && n.first_origin => self.p.bw / k,
+            Some(s) if self.home[j] == s => self.p.bw,
+            Some(_) if n.was_origin => self.p.bw / k,
+            Some(_) => 0.0,
+        }
+    }
+
+    /// What a node can download in this run: its link, or a k-th of it per stripe.
+    fn down(&self) -> f64 {
+        match self.p.stripe {
+            None => self.p.bw,
+            Some(_) => self.p.bw / f64::from(self.p.stripes),
+        }
     }
 
     /// Whether `i`'s readers see its bytes as they land (so they can follow it closely).
@@ -621,10 +686,7 @@ impl Sim {
     fn realloc(&mut self, u: Up) {
         let (list, total) = match u {
             Up::Origin => (self.origin_fetchers.clone(), self.p.origin_rate),
-            Up::Node(j) => (
-                self.nodes[j].readers.clone(),
-                if self.nodes[j].alive { self.p.bw } else { 0.0 },
-            ),
+            Up::Node(j) => (self.nodes[j].readers.clone(), self.up(j)),
         };
         if list.is_empty() {
             return;
@@ -632,19 +694,20 @@ impl Sim {
         let mut caps: Vec<(f64, usize)> = Vec::with_capacity(list.len());
         for &r in &list {
             self.settle(r);
+            let down = self.down();
             let cap = match u {
-                Up::Origin => self.p.bw,
+                Up::Origin => down,
                 Up::Node(j) => {
                     let src = &self.nodes[j];
                     let avail = self.vis(j) - self.nodes[r].recv;
                     if !src.alive {
                         0.0
                     } else if avail > EPS || src.done.is_some() {
-                        self.p.bw
+                        down
                     } else if avail >= -EPS && self.streams(j) && self.grounded(r, j) {
                         // Caught up with a node whose bytes it sees as they land: as fast as
                         // they arrive.
-                        self.p.bw.min(src.rate)
+                        down.min(src.rate)
                     } else {
                         0.0
                     }
@@ -761,7 +824,13 @@ impl Sim {
         self.set_stalled(i, false);
         match src {
             Src::Idle => {}
-            Src::Origin | Src::Alone => self.origin_fetchers.push(i),
+            Src::Origin | Src::Alone => {
+                if !self.nodes[i].was_origin && self.nodes[i].recv == 0.0 {
+                    self.nodes[i].first_origin = true;
+                }
+                self.nodes[i].was_origin = true;
+                self.origin_fetchers.push(i);
+            }
             Src::Peer(j) => {
                 self.nodes[j].readers.push(i);
                 if !self.nodes[j].alive {
@@ -846,6 +915,11 @@ impl Sim {
             exclude: self.nodes[i].exclude.clone(),
             avoid: self.nodes[i].avoid.clone(),
             probe: false,
+            stripe: self.p.stripe.map(|index| Stripe {
+                index,
+                count: self.p.stripes,
+                home: self.home[i],
+            }),
         };
         let now = self.instant();
         let mut granted = false;
@@ -1179,13 +1253,20 @@ impl Sim {
 
     fn run(mut self) -> Outcome {
         let wall = Instant::now();
-        for i in 0..self.p.n {
-            let t = if self.p.jitter > 0.0 {
-                self.rng.unit() * self.p.jitter
-            } else {
-                0.0
-            };
-            self.push(t, Ev::Start(i));
+        // Striped, a node asks for its home stripe first: at the same moment, the first node
+        // (the origin fetcher), then the nodes whose home stripe this is, then the others.
+        let mut order: Vec<usize> = (0..self.p.n).collect();
+        if let Some(s) = self.p.stripe {
+            order.sort_by_key(|&i| (i != 0 && self.home[i] != s, i));
+        }
+        let mut starts = vec![0.0; self.p.n];
+        for t in starts.iter_mut() {
+            if self.p.jitter > 0.0 {
+                *t = self.rng.unit() * self.p.jitter;
+            }
+        }
+        for i in order {
+            self.push(starts[i], Ev::Start(i));
         }
         if self.p.failures() {
             self.push(self.p.fail_at, Ev::Fail);
@@ -1267,6 +1348,68 @@ impl Sim {
         self.out.wall = wall.elapsed();
         self.out
     }
+}
+
+/// One run: the blob at once, or (`--stripes k`) each stripe as a swarm of its own, a node
+/// done when it has every stripe.
+fn simulate(p: &Params) -> Outcome {
+    if p.stripes < 2 || p.peers_off {
+        return Sim::new(p.clone()).run();
+    }
+    let k = u64::from(p.stripes);
+    let piece = piece_size(p.size);
+    let pieces = p.size.div_ceil(piece);
+    let mut all: Option<Outcome> = None;
+    for s in 0..k {
+        let size: u64 = (s..pieces)
+            .step_by(k as usize)
+            .map(|i| (p.size - i * piece).min(piece))
+            .sum();
+        if size == 0 {
+            continue;
+        }
+        let sub = Params {
+            size,
+            stripe: Some(s as u32),
+            origin_rate: p.origin_rate / k as f64,
+            landed: false,
+            ..p.clone()
+        };
+        let o = Sim::new(sub).run();
+        all = Some(match all {
+            None => o,
+            Some(mut a) => {
+                // The same nodes die in every stripe (the same seed draws them).
+                for (t, u) in a.times.iter_mut().zip(&o.times) {
+                    *t = match (*t, *u) {
+                        (Some(x), Some(y)) => Some(x.max(y)),
+                        _ => None,
+                    };
+                }
+                a.origin_bytes += o.origin_bytes;
+                a.locates += o.locates;
+                a.probes += o.probes;
+                a.probe_follows += o.probe_follows;
+                a.also_named += o.also_named;
+                a.alone += o.alone;
+                a.gave_up += o.gave_up;
+                a.busy += o.busy;
+                a.relocates += o.relocates;
+                a.stalls += o.stalls;
+                a.max_depth = a.max_depth.max(o.max_depth);
+                a.max_fanout = a.max_fanout.max(o.max_fanout);
+                a.cycles += o.cycles;
+                a.announces += o.announces;
+                a.tracker_cpu += o.tracker_cpu;
+                a.slowest_locate = a.slowest_locate.max(o.slowest_locate);
+                a.sim_end = a.sim_end.max(o.sim_end);
+                a.events += o.events;
+                a.wall += o.wall;
+                a
+            }
+        });
+    }
+    all.unwrap_or_default()
 }
 
 /// Nearest rank; `None` (unfinished) sorts last.
@@ -1449,6 +1592,9 @@ fn plan(args: &Args) -> Result<Vec<Params>> {
                 seed: args.seed,
                 max_time,
                 trace: args.trace,
+                stripes: args.stripes,
+                stripe: None,
+                full_size: args.size,
             });
         }
     }
@@ -1477,7 +1623,7 @@ fn main() -> Result<()> {
                     p.n,
                     scenario(p)
                 );
-                let o = Sim::new(p.clone()).run();
+                let o = simulate(p);
                 eprintln!(
                     "swarm: run {}/{} done in {:.1} s ({} events, {:.0} simulated s)\n{}",
                     k + 1,
