@@ -20,7 +20,8 @@
 //! A locate for one *stripe* of a blob's pieces (`LocateRequest::stripe`, under the stripe's own
 //! key) follows another rule, SplitStream's: the origin fetcher takes one reader, a node whose
 //! home stripe it is (as it said when it asked) up to `count`, other nodes none; the shallowest
-//! with room is named, else the least loaded home node. So each stripe spreads down a tree about
+//! with room is named, else the least loaded home node (the deepest for a node starting, the
+//! shallowest for one that lost its parent). So each stripe spreads down a tree about
 //! log_count(N) deep, and each node's upload serves one stripe only. The swarm simulator drives
 //! this rule (`--stripes`); the agent does not stripe yet.
 //!
@@ -281,14 +282,18 @@ impl Tracker {
                 })
                 // None has room: the least loaded of the nodes whose home stripe this is (the
                 // origin fetcher keeps its one reader: the whole stripe flows through it), and
-                // only then anyone.
+                // only then anyone. A node starting goes deepest (an extra reader slows the
+                // subtree below it: let it be small); a node that lost its parent shallowest
+                // (deep nodes are behind it, and it would wait for them).
                 .or_else(|| {
+                    let resuming = req.have > 0;
                     candidates()
                         .filter(|(n, h)| cap(n, h) > 1)
                         .min_by_key(|(n, _)| {
+                            let d = depth.get(n.as_str()).copied().unwrap_or(0);
                             (
                                 load_of(n),
-                                depth.get(n.as_str()).copied().unwrap_or(0),
+                                if resuming { d as isize } else { -(d as isize) },
                                 n.as_str(),
                             )
                         })
