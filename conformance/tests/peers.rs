@@ -779,16 +779,63 @@ async fn a_slow_holder_s_pieces_are_asked_of_another_after_their_deadline() {
     let files = tempfile::tempdir().unwrap();
     let (hub, sha, size) = weights_hub(files.path(), 40 * MIB, 400 * MIB);
     let weights = walk_one(files.path());
+    let data = std::fs::read(&weights).unwrap();
     // A true copy, sent at 256 KiB/s: a 4 MiB piece from it would take 16 s.
     let slow = Liar::start_at("127.0.22.1", weights, (0, 0), Some(256 << 10)).await;
     let cluster = Cluster::with_fake(&hub.url(), 22, 3, &slow.addr).await;
     let digest = format!("sha256:{sha}");
     cluster.pull_true(1, &digest, size, &sha).await;
-    // The slow node says it holds the blob: node 2 reads pieces from it and from node 1.
+    // The slow node says it holds the blob: node 2 reads pieces from it (the first, which sorts
+    // first among equals: pieces 0 and 2) and from node 1 (the others).
     cluster
         .claim_complete(1..3, &slow.addr, &digest, size)
         .await;
-    cluster.pull_true(2, &digest, size, &sha).await;
+    let pull = {
+        let (cluster, digest, sha) = (&cluster, digest.clone(), sha.clone());
+        async move { cluster.pull_true(2, &digest, size, &sha).await }
+    };
+    // While its prefix waits for piece 0, node 2 serves a peer piece 3, checked already.
+    let ahead = async {
+        poll(
+            "node 2 to read pieces from both holders",
+            Duration::from_secs(30),
+            || {
+                let cluster = &cluster;
+                async move {
+                    let s = cluster.status(2).await;
+                    let from = s["fetching"][0]["from"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    Ok(
+                        (from.contains(&cluster.addrs[0]) && from.contains(&cluster.addrs[1]))
+                            .then_some(()),
+                    )
+                }
+            },
+        )
+        .await;
+        let (start, end) = (12 * MIB, 16 * MIB);
+        let r = client()
+            .get(format!(
+                "{}/manta/v1/blobs/{digest}",
+                cluster.node(2).cluster_url().unwrap()
+            ))
+            .bearer_auth(TOKEN)
+            .header("range", format!("bytes={start}-{}", end - 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        let body = r.bytes().await.unwrap();
+        let have = cluster.status(2).await["fetching"][0]["have"].as_u64();
+        assert!(
+            body[..] == data[start as usize..end as usize],
+            "piece 3 as node 2 served it is not the blob's"
+        );
+        assert_eq!(have, Some(0), "served only once the prefix got there");
+    };
+    tokio::join!(pull, ahead);
     let served = slow.served.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         served > 0,

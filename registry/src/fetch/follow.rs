@@ -76,10 +76,15 @@ impl Follower {
                     written,
                     checked,
                     path,
+                    ahead,
                 } => {
-                    // A peer checks each piece itself: it may read what is not checked here yet.
+                    // A peer checks each piece itself: it may read what is not checked here yet,
+                    // and the checked pieces past the prefix.
                     let readable = if self.if_passed == IfPassedThrough::Fail {
-                        written
+                        ahead
+                            .iter()
+                            .find(|(start, end)| *start <= self.pos && self.pos < *end)
+                            .map_or(written, |(_, end)| (*end).max(written))
                     } else {
                         checked
                     };

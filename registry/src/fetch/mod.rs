@@ -89,6 +89,10 @@ pub enum FetchState {
         written: u64,
         checked: u64,
         path: Arc<PathBuf>,
+        /// Byte ranges `[start, end)` past `written`, in order, of pieces read from several
+        /// peers that are in `path` and checked already: peers may read them before the prefix
+        /// reaches them.
+        ahead: Arc<Vec<(u64, u64)>>,
     },
     /// All `size` bytes are in `path` and match the digest; being made durable and indexed.
     Verified {
@@ -341,6 +345,7 @@ impl Fetcher {
             written: 0,
             checked: 0,
             path: p.path.clone(),
+            ahead: Arc::default(),
         });
         loop {
             let reading = opened.reading();
@@ -650,6 +655,8 @@ struct Progress {
     /// (peers, which check each piece themselves).
     published: u64,
     pub_written: u64,
+    /// Checked pieces past the prefix, for peers (see [`FetchState::Streaming`]).
+    ahead: Arc<Vec<(u64, u64)>>,
     last: Instant,
     announced: Instant,
 }
@@ -671,6 +678,7 @@ impl Progress {
             from_peers: 0,
             published: 0,
             pub_written: 0,
+            ahead: Arc::default(),
             last: Instant::now(),
             announced: Instant::now(),
         }
@@ -690,6 +698,7 @@ impl Progress {
             written: self.pub_written,
             checked: self.published,
             path: self.path.clone(),
+            ahead: self.ahead.clone(),
         });
     }
 
@@ -731,11 +740,13 @@ impl Progress {
         // Peers reading past the cut wait for the bytes that replace what was cut (and the
         // piece checks of their own reject what they already took of it).
         self.pub_written = cp.len();
+        self.ahead = Arc::default();
         fetch.state.send_replace(FetchState::Streaming {
             size: self.size,
             written: self.pub_written,
             checked: self.published,
             path: self.path.clone(),
+            ahead: Arc::default(),
         });
         self.tar = tar_at;
         self.pieces = pieces_at;

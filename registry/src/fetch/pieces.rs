@@ -320,6 +320,9 @@ impl Fetcher {
                                     let alive = progress_with(0, size, &primary, sched.others());
                                     self.adopt(fetch, p, &file, &mut checked, route, alive)
                                         .await?;
+                                    // Peers may read the checked pieces past the prefix now.
+                                    p.ahead = Arc::new(ranges(size, &checked));
+                                    p.publish(fetch);
                                 }
                             }
                         }
@@ -367,6 +370,11 @@ impl Fetcher {
             }
         };
         tasks.shutdown().await;
+        // What lies past the prefix may be written again by another source.
+        if !p.ahead.is_empty() {
+            p.ahead = Arc::default();
+            p.publish(fetch);
+        }
         outcome
     }
 
@@ -416,6 +424,21 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// The byte ranges of the pieces in `checked`, in order, neighbours merged.
+fn ranges(size: u64, checked: &HashMap<u64, String>) -> Vec<(u64, u64)> {
+    let mut pieces: Vec<u64> = checked.keys().copied().collect();
+    pieces.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for i in pieces {
+        let (start, end) = piece_range(size, i);
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => out.push((start, end)),
+        }
+    }
+    out
 }
 
 /// The hex sha256 of bytes `start..end` of the file. (Blocking.)
