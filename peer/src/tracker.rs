@@ -253,8 +253,9 @@ impl Tracker {
         let usable = |n: &String| Some(n.as_str()) != asker && !req.avoid.contains(n);
         if let Some(st) = req.stripe.filter(|st| st.count > 1 && st.index < st.count) {
             // A stripe: the origin fetcher takes one reader, a node whose home stripe this is
-            // takes up to `count`, complete copies as many; the shallowest first, so the tree
-            // is about log(count) of the nodes deep and every node's upload goes to one stripe.
+            // (complete or not) up to `count`, other nodes none; the shallowest first, so the
+            // tree is about log(count) of the nodes deep and every node's upload goes to one
+            // stripe.
             let k = st.count as usize;
             let cap = |n: &str, h: &Holder| {
                 if !h.complete && h.source.is_none() {
