@@ -479,6 +479,8 @@ impl Tracker {
                     return;
                 }
                 e.size = Some(size);
+                // (The stripe it takes readers in stays what it said.)
+                let home = e.holders.get(&a.node).and_then(|h| h.home);
                 e.holders.insert(
                     a.node.clone(),
                     Holder {
@@ -486,7 +488,7 @@ impl Tracker {
                         have: size,
                         source: None,
                         also: Vec::new(),
-                        home: None,
+                        home,
                         seen: now,
                     },
                 );
@@ -763,6 +765,17 @@ mod tests {
         // Shallowest first: h2 and h3 hang under h1, the others under h2 and h3.
         assert_eq!((parent["h2"].as_str(), parent["h3"].as_str()), ("h1", "h1"));
         assert!(["h2", "h3"].contains(&parent["o1"].as_str()));
+        // A node at home elsewhere that completes the stripe still takes no reader in it.
+        t.announce(
+            &Announce {
+                digest: "sha256:x#0".into(),
+                node: "o1".into(),
+                event: Event::Complete { size: 100 },
+                pieces: None,
+            },
+            now,
+        );
+        assert_ne!(from(&ask_stripe(&mut t, "late", 1)), "o1");
     }
 
     #[test]

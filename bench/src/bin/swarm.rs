@@ -254,6 +254,8 @@ struct Params {
     stripe: Option<u32>,
     /// The whole blob's size (pieces are cut from it).
     full_size: u64,
+    /// Striped: the nodes the first stripe's run killed, killed in the others too.
+    kill: Option<Vec<usize>>,
 }
 
 impl Params {
@@ -370,6 +372,8 @@ struct Outcome {
     times: Vec<Option<f64>>,
     dead: usize,
     owners_dead: usize,
+    /// The nodes killed.
+    killed: Vec<usize>,
     origin_bytes: f64,
     /// `PeerRouter::locate`s (a node asking where to read).
     locates: u64,
@@ -1110,11 +1114,13 @@ impl Sim {
         } else {
             0
         };
-        let mut chosen: Vec<usize> = Vec::new();
-        if self.p.kill_origin_fetcher && self.p.fail_frac > 0.0 && !self.p.peers_off {
+        let mut chosen: Vec<usize> = self.p.kill.clone().unwrap_or_default();
+        if self.p.kill.is_some() {
+            // The nodes another stripe's run killed.
+        } else if self.p.kill_origin_fetcher && self.p.fail_frac > 0.0 && !self.p.peers_off {
             chosen.extend(self.origin_fetchers.iter().copied());
         }
-        if self.p.kill_first_owner {
+        if self.p.kill_first_owner && self.p.kill.is_none() {
             if let Some(&o) = self.owners.first() {
                 chosen.push(o);
             }
@@ -1122,12 +1128,13 @@ impl Sim {
         let mut pool: Vec<usize> = (0..self.p.n)
             .filter(|&i| self.nodes[i].alive && !chosen.contains(&i))
             .collect();
-        while chosen.len() < count && !pool.is_empty() {
+        while self.p.kill.is_none() && chosen.len() < count && !pool.is_empty() {
             let k = self.rng.below(pool.len());
             chosen.push(pool.swap_remove(k));
         }
         chosen.sort_unstable();
         chosen.dedup();
+        self.out.killed.clone_from(&chosen);
         for d in chosen {
             self.kill(d);
         }
@@ -1368,11 +1375,13 @@ fn simulate(p: &Params) -> Outcome {
         if size == 0 {
             continue;
         }
+        // Every stripe loses the same nodes: those the first stripe's run chose.
         let sub = Params {
             size,
             stripe: Some(s as u32),
             origin_rate: p.origin_rate / k as f64,
             landed: false,
+            kill: all.as_ref().map(|a| a.killed.clone()),
             ..p.clone()
         };
         let o = Sim::new(sub).run();
@@ -1595,6 +1604,7 @@ fn plan(args: &Args) -> Result<Vec<Params>> {
                 stripes: args.stripes,
                 stripe: None,
                 full_size: args.size,
+                kill: None,
             });
         }
     }

@@ -61,15 +61,20 @@ fn progress(have: u64, size: u64, reading: &Reading) -> Event {
 }
 
 /// Progress, reading pieces from the peers `also` besides.
-fn progress_with(have: u64, size: u64, reading: &Reading, also: Vec<String>) -> Event {
+fn progress_with(have: u64, size: u64, reading: &Reading, mut also: Vec<String>) -> Event {
+    let from = match reading {
+        Reading::Origin => None,
+        Reading::Peer(a) => Some(a.clone()),
+    };
+    // As many as an owner accepts, each once, and not the one followed.
+    also.retain(|a| Some(a) != from.as_ref());
+    also.dedup();
+    also.truncate(manta_peer::proto::MAX_ALSO);
     Event::Progress {
         have,
         size,
         origin: *reading == Reading::Origin,
-        from: match reading {
-            Reading::Origin => None,
-            Reading::Peer(a) => Some(a.clone()),
-        },
+        from,
         also,
     }
 }
