@@ -90,6 +90,27 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> 
 /// How long a client command may take by default.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Run `go <args>` in `dir` with Debian's Go packages (GOPATH mode, no modules, nothing
+/// fetched: the packages `install_hint` names provide the imports); panics unless it succeeds.
+pub fn go(dir: &std::path::Path, args: &[&str], install_hint: &str) -> std::process::Output {
+    let go = require_tool("go", install_hint);
+    let out = Command::new(go)
+        .args(args)
+        .current_dir(dir)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOFLAGS", "")
+        .output()
+        .unwrap_or_else(|e| panic!("go {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "go {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The path of a required tool; panics with an install hint when it is missing (never skips).
 pub fn require_tool(name: &str, install_hint: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;

@@ -26,25 +26,11 @@ fn chart() -> PathBuf {
 }
 
 fn go(dir: &Path, args: &[&str]) -> std::process::Output {
-    let go = require_tool(
-        "go",
+    manta_conformance::process::go(
+        dir,
+        args,
         "apt-get install golang-go golang-github-masterminds-sprig-dev golang-github-ghodss-yaml-dev",
-    );
-    let out = Command::new(go)
-        .args(args)
-        .current_dir(dir)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOFLAGS", "")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "go {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    )
 }
 
 /// The renderer, built once (its unit tests pass first).

@@ -22,20 +22,11 @@ const REPO: &str = "copies/model";
 const RATE: u64 = 16 << 20;
 
 fn cri_pull_bin(dir: &Path) -> PathBuf {
-    let go = require_tool("go", "apt-get install golang-go golang-google-grpc-dev");
     let bin = dir.join("cri-pull");
-    let out = Command::new(go)
-        .args(["build", "-o", bin.to_str().unwrap(), "."])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/cri-pull"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOFLAGS", "")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    manta_conformance::process::go(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/cri-pull"),
+        &["build", "-o", bin.to_str().unwrap(), "."],
+        "apt-get install golang-go golang-google-grpc-dev",
     );
     bin
 }

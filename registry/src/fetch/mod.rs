@@ -698,6 +698,11 @@ impl Progress {
     fn publish(&mut self, fetch: &Fetch) {
         (self.published, self.pub_written) = (self.trusted, self.w.len());
         self.last = Instant::now();
+        self.send(fetch);
+    }
+
+    /// Send followers what was last published.
+    fn send(&self, fetch: &Fetch) {
         fetch.state.send_replace(FetchState::Streaming {
             size: self.size,
             written: self.pub_written,
@@ -746,13 +751,7 @@ impl Progress {
         // piece checks of their own reject what they already took of it).
         self.pub_written = cp.len();
         self.ahead = Arc::default();
-        fetch.state.send_replace(FetchState::Streaming {
-            size: self.size,
-            written: self.pub_written,
-            checked: self.published,
-            path: self.path.clone(),
-            ahead: Arc::default(),
-        });
+        self.send(fetch);
         self.tar = tar_at;
         self.pieces = pieces_at;
         self.hashes.truncate(self.pieces.current() as usize);
