@@ -1367,3 +1367,212 @@ async fn after_every_agent_restarts_the_copies_held_are_found_again() {
         cluster.logs()
     );
 }
+
+/// Agents that read large blobs in stripes from 8 live nodes on (a real cluster stripes from
+/// 16), each taking and sending at most 32 MiB/s to its peers.
+const STRIPED: &[&str] = &[
+    "--peer-stripes",
+    "4",
+    "--peer-stripe-min-nodes",
+    "8",
+    "--peer-rate-limit",
+    "32MiB",
+];
+
+/// A striped cluster of `n` agents on `127.0.<net>.x` pulling the model's weights (96 MiB,
+/// 24 pieces: 6 a stripe) from a hub sending 12 MiB/s, all at once: the hub, the digest, the
+/// size and sha256, the cluster, the hub's bytes before the pulls, and the pulls.
+struct StripedPull {
+    hub: HubFixture,
+    digest: String,
+    sha: String,
+    size: u64,
+    cluster: Cluster,
+    before: u64,
+    pulls: Vec<tokio::task::JoinHandle<common::hub_agent::Streamed>>,
+    _files: tempfile::TempDir,
+}
+
+impl StripedPull {
+    async fn start(net: u8, n: usize) -> Self {
+        let files = tempfile::tempdir().unwrap();
+        let (hub, sha, size) = weights_hub(files.path(), 96 * MIB, 12 * MIB);
+        let cluster = Cluster::formed(&hub.url(), net, n, STRIPED).await;
+        let c = client();
+        let digest = format!("sha256:{sha}");
+        for i in 0..n {
+            manifest_ok(&c, &cluster.url(i), &format!("hf-raw/{REPO}"), "main").await;
+        }
+        let before = hub.bytes_served();
+        let pulls = (0..n)
+            .map(|i| {
+                let (c, url) = (
+                    c.clone(),
+                    format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i)),
+                );
+                tokio::spawn(async move { stream_get(&c, &url, &[], None).await })
+            })
+            .collect();
+        Self {
+            hub,
+            digest,
+            sha,
+            size,
+            cluster,
+            before,
+            pulls,
+            _files: files,
+        }
+    }
+
+    /// Every pull but `dead`'s got the true bytes, and every survivor installed them; the
+    /// hub's bytes since the pulls began.
+    async fn survivors_true(&mut self, dead: usize) -> u64 {
+        for (i, p) in std::mem::take(&mut self.pulls).into_iter().enumerate() {
+            let s = p.await.unwrap();
+            if i == dead {
+                continue;
+            }
+            assert!(
+                s.complete(),
+                "node {i}: {:?} {}\n{}",
+                s.error,
+                s.error_body,
+                self.cluster.logs()
+            );
+            assert_eq!((s.len, s.sha256.as_str()), (self.size, self.sha.as_str()));
+        }
+        for i in (0..self.cluster.nodes.len()).filter(|i| *i != dead) {
+            self.cluster.stored_true(i, &self.digest, &self.sha).await;
+        }
+        self.hub.bytes_served() - self.before
+    }
+
+    /// The sum of `name` over the nodes but `dead`.
+    async fn total(&self, name: &str, dead: usize) -> f64 {
+        let mut sum = 0.0;
+        for i in (0..self.cluster.nodes.len()).filter(|i| *i != dead) {
+            sum += metric(&self.cluster, i, name).await;
+        }
+        sum
+    }
+}
+
+/// Who reads the blob from whom now, from each node's `manta peers` status: for each node
+/// fetching it, `(node, bytes it holds, the peers it reads pieces from, or "origin")`.
+async fn fetching(cluster: &Cluster) -> Vec<(usize, u64, Vec<String>)> {
+    let mut out = Vec::new();
+    for i in 0..cluster.nodes.len() {
+        if cluster.nodes[i].is_none() {
+            continue;
+        }
+        let s = cluster.status(i).await;
+        for f in s["fetching"].as_array().unwrap() {
+            // "origin", one peer's address, or "addr (n pieces), addr (m pieces)".
+            let from = f["from"]
+                .as_str()
+                .unwrap()
+                .split(", ")
+                .map(|x| x.split(' ').next().unwrap().to_string())
+                .collect();
+            out.push((i, f["have"].as_u64().unwrap(), from));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_large_cluster_a_blob_is_read_in_stripes_and_a_parent_that_dies_costs_a_relocation() {
+    const N: usize = 10;
+    let mut run = StripedPull::start(23, N).await;
+    // A node that others read a stripe from, other than the origin fetcher, before it is
+    // half-way.
+    let size = run.size;
+    let victim = poll(
+        "a stripe parent half-way or less",
+        Duration::from_secs(60),
+        || {
+            let cluster = &run.cluster;
+            async move {
+                let now = fetching(cluster).await;
+                let fetcher = now
+                    .iter()
+                    .find(|(_, _, from)| from == &["origin"])
+                    .map(|f| f.0);
+                let parent = now
+                    .iter()
+                    .filter(|(_, _, from)| from.len() > 1)
+                    .flat_map(|(_, _, from)| from.iter())
+                    .filter_map(|a| cluster.addrs.iter().position(|x| x == a))
+                    .find(|p| {
+                        Some(*p) != fetcher
+                            && now.iter().any(|(i, have, _)| i == p && *have < size / 2)
+                    });
+                Ok(parent)
+            }
+        },
+    )
+    .await;
+    run.cluster.nodes[victim].as_mut().unwrap().kill9().unwrap();
+    let origin = run.survivors_true(victim).await;
+    eprintln!("a stripe parent killed: {origin} bytes from the hub for a {size}-byte file");
+    // Its readers took their stripe from other peers: the hub still sent the file once.
+    assert!(
+        origin <= size + size / 20,
+        "{origin} bytes from the hub for a {size}-byte file"
+    );
+    let striped = run.total("manta_peer_striped_fetches_total", victim).await;
+    assert!(
+        striped >= (N - 2) as f64,
+        "{striped} striped fetches among {} survivors\n{}",
+        N - 1,
+        run.cluster.logs()
+    );
+    let relocated = run
+        .total("manta_peer_stripe_relocations_total", victim)
+        .await;
+    assert!(relocated >= 1.0, "no stripe was located again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_root_of_the_stripes_dies_each_stripe_is_read_from_the_origin_from_where_it_stands(
+) {
+    const N: usize = 10;
+    let mut run = StripedPull::start(24, N).await;
+    let size = run.size;
+    let fetcher = poll(
+        "the origin fetcher to be a third through",
+        Duration::from_secs(60),
+        || {
+            let cluster = &run.cluster;
+            async move {
+                let now = fetching(cluster).await;
+                Ok(now
+                    .iter()
+                    .find(|(_, have, from)| from == &["origin"] && *have > size / 3)
+                    .map(|f| f.0))
+            }
+        },
+    )
+    .await;
+    run.cluster.nodes[fetcher]
+        .as_mut()
+        .unwrap()
+        .kill9()
+        .unwrap();
+    let origin = run.survivors_true(fetcher).await;
+    eprintln!("the root killed: {origin} bytes from the hub for a {size}-byte file");
+    // Each stripe's first reader took the rest of its stripe from the origin, from where it
+    // stood: what the dead node had and nobody else (what it had not yet sent them) is all
+    // that was sent twice. (About a megabyte here; four pieces allow for a slow machine.)
+    assert!(
+        origin <= size + 4 * 4 * MIB,
+        "{origin} bytes from the hub for a {size}-byte file"
+    );
+    let striped = run.total("manta_peer_striped_fetches_total", fetcher).await;
+    assert!(striped >= (N - 1) as f64, "{striped} striped fetches");
+    let relocated = run
+        .total("manta_peer_stripe_relocations_total", fetcher)
+        .await;
+    assert!(relocated >= 1.0, "no stripe was located again");
+}

@@ -13,6 +13,15 @@ pub const PREFIX: &str = "/manta/v1/peer";
 /// Most nodes one announcement may name as read from besides `from`.
 pub const MAX_ALSO: usize = 8;
 
+/// Most stripes a blob's pieces may be cut into.
+pub const MAX_STRIPES: u32 = 64;
+
+/// The key a stripe of `digest` is routed under: its owners are this key's, and its readers
+/// form a tree of their own there.
+pub fn stripe_key(digest: &str, index: u32) -> String {
+    format!("{digest}#{index}")
+}
+
 /// Most announcements in one `POST /manta/v1/peer/announce-batch`.
 pub const MAX_BATCH: usize = 1000;
 
@@ -48,8 +57,8 @@ pub struct LocateRequest {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
     /// Locate one stripe of the blob's pieces (pieces `i` with `i % count == index`), whose
-    /// readers form a tree of their own (see [`crate::tracker`]). The digest is then the
-    /// stripe's key.
+    /// readers form a tree of their own (see [`crate::tracker`]), asked of the owners of its
+    /// [`stripe_key`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe: Option<Stripe>,
 }
@@ -99,6 +108,10 @@ pub struct Announce {
     pub digest: String,
     pub node: String,
     pub event: Event,
+    /// About one stripe of the blob (sent to the owners of its [`stripe_key`]): `from` is
+    /// where the announcer reads that stripe's pieces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<u32>,
     /// Hashes of pieces the announcer verified (computed from bytes it fetched from the origin,
     /// or of a blob whose whole digest it verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::client::{PeerClient, Timeouts, TokenSource};
 use crate::members::{Membership, Seeds};
 use crate::proto::{
-    Announce, Event, Fetching, Hello, Holding, LocateReply, LocateRequest, Pieces, Status,
+    stripe_key, Announce, Event, Fetching, Hello, Holding, LocateReply, LocateRequest, Pieces,
+    Status,
 };
 use crate::rate::RateLimit;
 use crate::tracker::{Tracker, TrackerOptions};
@@ -30,7 +31,15 @@ pub struct PeerConfig {
     pub rate_limit: Option<u64>,
     /// Blob reads this node serves to peers at once; more are told it is busy (429).
     pub max_uploads: usize,
+    /// Stripes a large blob's pieces are cut into in a large cluster, each spread by a tree of
+    /// its own (1: never).
+    pub stripes: u32,
+    /// Live members from which on blobs are read in stripes.
+    pub stripe_min_nodes: usize,
 }
+
+/// A blob is read in stripes only with at least this many pieces per stripe.
+pub const MIN_STRIPE_PIECES: u64 = 4;
 
 /// Where to read a blob from, as the owners decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +80,8 @@ impl Route {
 pub struct PeerRouter {
     me: Hello,
     owners_k: usize,
+    stripes: u32,
+    stripe_min_nodes: usize,
     members: Arc<Membership>,
     client: PeerClient,
     tracker: Mutex<Tracker>,
@@ -94,6 +105,8 @@ impl PeerRouter {
         let router = Arc::new(Self {
             me,
             owners_k: cfg.owners.max(1),
+            stripes: cfg.stripes.clamp(1, crate::proto::MAX_STRIPES),
+            stripe_min_nodes: cfg.stripe_min_nodes,
             members,
             client,
             tracker: Mutex::new(Tracker::new(TrackerOptions::default())),
@@ -160,6 +173,32 @@ impl PeerRouter {
         ring::owners(digest, live.iter().map(String::as_str), self.owners_k)
     }
 
+    /// The stripes to read a blob of `size` bytes in: `Some(count)` when stripes are on, the
+    /// cluster has `stripe_min_nodes` live members or more, and each stripe would have
+    /// [`MIN_STRIPE_PIECES`] pieces or more. (In a small cluster a stripe has too few nodes at
+    /// home to carry its tree, and one pipeline does better.)
+    pub fn stripes_for(&self, size: u64) -> Option<u32> {
+        let k = self.stripes;
+        (k > 1
+            && crate::pieces::piece_count(size) >= MIN_STRIPE_PIECES * u64::from(k)
+            && self.members.live().len() >= self.stripe_min_nodes.max(2))
+        .then_some(k)
+    }
+
+    /// The stripe of `count` in which this node takes readers: its place in the sorted live
+    /// membership, modulo `count`, so each stripe has a fair share of the nodes at home.
+    pub fn home(&self, count: u32) -> u32 {
+        let Some(me) = self.self_addr() else {
+            return crate::tracker::home(&self.me.instance, count);
+        };
+        let mut live = self.members.live();
+        live.sort();
+        match live.iter().position(|a| *a == me) {
+            Some(rank) => (rank % count.max(1) as usize) as u32,
+            None => crate::tracker::home(&me, count),
+        }
+    }
+
     /// Ask `digest`'s owners, first live one first, where to read it. `have` bytes are held
     /// already; `exclude` are peers that failed this node for it.
     /// `exclude`: peers that failed this node for the blob (the owners forget them); `avoid`:
@@ -171,22 +210,60 @@ impl PeerRouter {
         exclude: &[String],
         avoid: &[String],
     ) -> Route {
-        let me = self.self_addr();
-        let mut req = LocateRequest {
+        let req = LocateRequest {
             digest: digest.to_string(),
-            node: me.clone(),
+            node: self.self_addr(),
             have,
             exclude: exclude.to_vec(),
             avoid: avoid.to_vec(),
             probe: false,
             stripe: None,
         };
-        // The first owner that answers decides; if it grants this node the origin fetch, the
-        // other owners are still asked who has the blob (the first may have just joined and
-        // know less than they do), all at once: a hung owner costs one timeout, not one each.
-        let owners = self.owners(digest);
+        self.locate_at(self.owners(digest), req, true).await
+    }
+
+    /// Ask the owners of stripe `index` of `count` of `digest` where to read its pieces: the
+    /// stripe's tree (see [`crate::tracker`]). `Route::Origin`: nobody has or is fetching the
+    /// stripe, and this node is now its fetcher.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn locate_stripe(
+        &self,
+        digest: &str,
+        index: u32,
+        count: u32,
+        have: u64,
+        exclude: &[String],
+        avoid: &[String],
+    ) -> Route {
+        let req = LocateRequest {
+            digest: digest.to_string(),
+            node: self.self_addr(),
+            have,
+            exclude: exclude.to_vec(),
+            avoid: avoid.to_vec(),
+            probe: false,
+            stripe: Some(crate::proto::Stripe {
+                index,
+                count,
+                home: self.home(count),
+            }),
+        };
+        // Starting, a stripe nobody is in yet is asked of its first owner again a moment
+        // later (see the tracker): other owners are not probed, as a parent one of them names
+        // is recorded by none, and the stripe's root would take more than its one reader.
+        let probe = have > 0;
+        self.locate_at(self.owners(&stripe_key(digest, index)), req, probe)
+            .await
+    }
+
+    /// The first of `owners` that answers decides; if it grants this node the origin fetch,
+    /// and `probe`, the other owners are still asked who has the blob (the first may have
+    /// just joined and know less than they do), all at once: a hung owner costs one timeout,
+    /// not one each.
+    async fn locate_at(&self, owners: Vec<String>, mut req: LocateRequest, probe: bool) -> Route {
         for (k, owner) in owners.iter().enumerate() {
             match self.ask(owner, &req).await {
+                Some(LocateReply::Fetch) if !probe => return Route::Origin,
                 Some(LocateReply::Fetch) => {
                     req.probe = true;
                     let probes = owners[k + 1..].iter().map(|o| self.ask(o, &req));
@@ -291,8 +368,9 @@ impl PeerRouter {
         }
     }
 
+    /// Complete and gone are told to the owners of every stripe of the blob too (a complete
+    /// copy serves any stripe, and one gone serves none).
     pub fn announce(self: &Arc<Self>, digest: &str, event: Event, pieces: Option<Pieces>) {
-        let Some(node) = self.self_addr() else { return };
         {
             let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
             match &event {
@@ -302,13 +380,43 @@ impl PeerRouter {
                 }
             }
         }
+        let stripes = match &event {
+            Event::Progress { .. } => None,
+            Event::Complete { size } => self.stripes_for(*size),
+            Event::Gone => (self.stripes > 1).then_some(self.stripes),
+        };
+        for s in 0..stripes.unwrap_or(0) {
+            self.send_announce(digest, Some(s), event.clone(), None);
+        }
+        self.send_announce(digest, None, event, pieces);
+    }
+
+    /// Tell the owners of stripe `index` of `digest` how this node reads it (`from`), or that
+    /// it reads it from the origin.
+    pub fn announce_stripe(self: &Arc<Self>, digest: &str, index: u32, event: Event) {
+        self.send_announce(digest, Some(index), event, None);
+    }
+
+    fn send_announce(
+        self: &Arc<Self>,
+        digest: &str,
+        stripe: Option<u32>,
+        event: Event,
+        pieces: Option<Pieces>,
+    ) {
+        let Some(node) = self.self_addr() else { return };
         let a = Announce {
+            stripe,
             digest: digest.to_string(),
             node: node.clone(),
             event,
             pieces,
         };
-        for owner in self.owners(digest) {
+        let key = match stripe {
+            Some(s) => stripe_key(digest, s),
+            None => digest.to_string(),
+        };
+        for owner in self.owners(&key) {
             if owner == node {
                 self.handle_announce(&a);
                 continue;
@@ -334,6 +442,7 @@ impl PeerRouter {
         for (digest, size) in held {
             for owner in ring::owners(digest, live.iter().map(String::as_str), self.owners_k) {
                 by_owner.entry(owner).or_default().push(Announce {
+                    stripe: None,
                     digest: digest.clone(),
                     node: node.clone(),
                     event: Event::Complete { size: *size },
@@ -409,7 +518,10 @@ impl PeerRouter {
 
     /// Owner side of `locate`.
     pub fn handle_locate(&self, req: &LocateRequest) -> LocateReply {
-        self.tracker().locate(req, Instant::now())
+        let reply = self.tracker().locate(req, Instant::now());
+        tracing::debug!(digest = req.digest, stripe = ?req.stripe.map(|s| s.index),
+            asker = ?req.node, have = req.have, probe = req.probe, ?reply, "locate answered");
+        reply
     }
 
     /// Owner side of `announce`.

@@ -51,6 +51,28 @@ pub struct SourceSpec {
     /// Bytes it can serve at once from the start of the blob; `None`: all of it (complete, or
     /// the node followed, which serves bytes as they arrive).
     pub upto: Option<u64>,
+    /// Only the pieces of this stripe, `(index, count)`: pieces `i` with `i % count == index`
+    /// (the node it reads that stripe from, in the stripe's tree).
+    pub stripe: Option<(u32, u32)>,
+}
+
+impl SourceSpec {
+    /// A source of every piece it holds.
+    pub fn any(addr: impl Into<String>, upto: Option<u64>) -> Self {
+        Self {
+            addr: addr.into(),
+            upto,
+            stripe: None,
+        }
+    }
+
+    /// Whether it may be asked for piece `piece` (of a blob of `size` bytes) at all.
+    fn has(&self, size: u64, piece: u64) -> bool {
+        self.upto.is_none_or(|u| piece_range(size, piece).1 <= u)
+            && self
+                .stripe
+                .is_none_or(|(i, k)| piece % u64::from(k.max(1)) == u64::from(i))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -137,11 +159,7 @@ impl Schedule {
 
     fn can_serve(&self, src: usize, piece: u64) -> bool {
         let s = &self.sources[src];
-        !s.out
-            && s.in_flight < self.limits.per_source
-            && s.spec
-                .upto
-                .is_none_or(|u| piece_range(self.size, piece).1 <= u)
+        !s.out && s.in_flight < self.limits.per_source && s.spec.has(self.size, piece)
     }
 
     /// The next request to make now, if any.
@@ -190,13 +208,11 @@ impl Schedule {
 
     /// Whether no live source but `src` could ever serve `piece`.
     fn others_cannot(&self, piece: u64, src: usize) -> bool {
-        !self.sources.iter().enumerate().any(|(i, s)| {
-            i != src
-                && !s.out
-                && s.spec
-                    .upto
-                    .is_none_or(|u| piece_range(self.size, piece).1 <= u)
-        })
+        !self
+            .sources
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != src && !s.out && s.spec.has(self.size, piece))
     }
 
     /// Whether `attempt` is still the one in flight for `piece` (a late answer to a request
@@ -293,14 +309,47 @@ impl Schedule {
     /// Nothing in flight, and some piece left that no live source can serve: the fetch must
     /// find another source.
     pub fn stuck(&self) -> bool {
-        self.in_flight == 0
-            && (self.prefix..self.first + self.state.len() as u64).any(|p| {
-                matches!(self.at(p), Some(State::Want { .. }))
-                    && !(0..self.sources.len()).any(|i| {
-                        let s = &self.sources[i];
-                        !s.out && s.spec.upto.is_none_or(|u| piece_range(self.size, p).1 <= u)
-                    })
-            })
+        self.in_flight == 0 && self.orphans().next().is_some()
+    }
+
+    /// The pieces wanted that no live source can serve.
+    fn orphans(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.prefix..self.first + self.state.len() as u64).filter(|&p| {
+            matches!(self.at(p), Some(State::Want { .. }))
+                && !self
+                    .sources
+                    .iter()
+                    .any(|s| !s.out && s.spec.has(self.size, p))
+        })
+    }
+
+    /// The stripes (of `count`) that have pieces wanted and no live source: their tree lost
+    /// this node's parent, and the stripe must be located again.
+    pub fn orphaned_stripes(&self, count: u32) -> Vec<u32> {
+        let k = u64::from(count.max(1));
+        let mut out: Vec<u32> = Vec::new();
+        for p in self.orphans() {
+            let s = (p % k) as u32;
+            if !out.contains(&s) {
+                out.push(s);
+                if out.len() == count as usize {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Read from `spec` too (a stripe's new parent); returns its index.
+    pub fn add_source(&mut self, spec: SourceSpec) -> usize {
+        self.sources.push(Source {
+            spec,
+            in_flight: 0,
+            late: 0,
+            out: false,
+            served: 0,
+        });
+        self.sources.len() - 1
     }
 
     pub fn addr(&self, src: usize) -> &str {
@@ -343,10 +392,7 @@ mod tests {
     const SIZE: u64 = 40 << 20; // ten 4 MiB pieces
 
     fn src(addr: &str, upto: Option<u64>) -> SourceSpec {
-        SourceSpec {
-            addr: addr.into(),
-            upto,
-        }
+        SourceSpec::any(addr, upto)
     }
 
     fn drain(s: &mut Schedule, now: Instant) -> Vec<Assignment> {
@@ -512,5 +558,43 @@ mod tests {
         assert_eq!((last.piece, last.end), (9, SIZE));
         whole.done(9, last.attempt, now);
         assert!(whole.finished());
+    }
+
+    #[test]
+    fn a_stripe_source_is_asked_only_for_its_stripe_and_an_orphaned_stripe_is_named() {
+        let now = Instant::now();
+        let stripe = |addr: &str, i: u32| SourceSpec {
+            stripe: Some((i, 2)),
+            ..src(addr, None)
+        };
+        let mut s = Schedule::new(
+            SIZE,
+            0,
+            vec![stripe("even", 0), stripe("odd", 1)],
+            Limits::default(),
+        );
+        let got = drain(&mut s, now);
+        assert_eq!(
+            got.iter().map(|a| (a.piece, a.source)).collect::<Vec<_>>(),
+            [(0, 0), (1, 1), (2, 0), (3, 1)]
+        );
+        // The only source of its stripe keeps a piece however late.
+        assert!(s.overdue(now + Duration::from_secs(3600)).is_empty());
+        assert!(s.orphaned_stripes(2).is_empty());
+        // The odd stripe's parent breaks: that stripe, and only it, must be located again,
+        // while the even one goes on.
+        s.failed(1, got[1].attempt, true);
+        assert_eq!(s.orphaned_stripes(2), [1]);
+        assert!(!s.stuck(), "pieces are still in flight");
+        s.done(0, got[0].attempt, now);
+        assert_eq!(s.next(now).map(|a| (a.piece, a.source)), Some((4, 0)));
+        // Its new parent takes the stripe from where it stands.
+        let new = s.add_source(stripe("odd2", 1));
+        assert!(s.orphaned_stripes(2).is_empty());
+        let more = drain(&mut s, now);
+        assert_eq!(
+            more.iter().map(|a| (a.piece, a.source)).collect::<Vec<_>>(),
+            [(1, new), (5, new)]
+        );
     }
 }

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::pieces::piece_count;
-use crate::proto::{Announce, Event, Holding, LocateReply, LocateRequest, Pieces};
+use crate::proto::{stripe_key, Announce, Event, Holding, LocateReply, LocateRequest, Pieces};
 
 /// How far past the known piece hashes an announcement may start.
 const MAX_PIECE_GAP: u64 = 4096;
@@ -135,6 +135,14 @@ impl Entry {
     }
 }
 
+/// The key a locate is answered under: the digest's, or its stripe's.
+fn locate_key(req: &LocateRequest) -> String {
+    match req.stripe {
+        Some(st) => stripe_key(&req.digest, st.index),
+        None => req.digest.clone(),
+    }
+}
+
 /// The stripe in which `node` takes readers (of `count`).
 pub fn home(node: &str, count: u32) -> u32 {
     (crate::ring::weight("stripe", node) % u64::from(count.max(1))) as u32
@@ -167,12 +175,13 @@ impl Tracker {
     /// Where the asker should get the blob; records what it will do.
     pub fn locate(&mut self, req: &LocateRequest, now: Instant) -> LocateReply {
         let stale = self.opts.stale_after;
-        if req.probe && !self.entries.contains_key(&req.digest) {
+        let key = locate_key(req);
+        if req.probe && !self.entries.contains_key(&key) {
             return LocateReply::Fetch;
         }
         let e = self
             .entries
-            .entry(req.digest.clone())
+            .entry(key.clone())
             .or_insert_with(|| Entry::new(now));
         e.touched = now;
         for x in &req.exclude {
@@ -318,7 +327,14 @@ impl Tracker {
                 },
                 None => LocateReply::Fetch,
             };
-            self.record(req, &reply, now);
+            // A node starting a stripe nobody here is in is not made its fetcher: the blob's
+            // fetcher tells each stripe's owners as it starts, a moment after the blob's own
+            // owners named it, and the asker asks again. (Recorded, it would be named to the
+            // next askers as the stripe's root, with no source of its own.) A node resuming a
+            // stripe that nobody else has the rest of is its fetcher from the origin.
+            if reply != LocateReply::Fetch || req.have > 0 {
+                self.record(&key, req, &reply, now);
+            }
             return reply;
         }
         let any_shallow = e
@@ -383,17 +399,15 @@ impl Tracker {
             }
             None => LocateReply::Fetch,
         };
-        self.record(req, &reply, now);
+        self.record(&key, req, &reply, now);
         reply
     }
 
     /// Record what the asker of `req` will do after `reply`.
-    fn record(&mut self, req: &LocateRequest, reply: &LocateReply, now: Instant) {
-        if let (Some(a), false, Some(e)) = (
-            req.node.as_deref(),
-            req.probe,
-            self.entries.get_mut(&req.digest),
-        ) {
+    fn record(&mut self, key: &str, req: &LocateRequest, reply: &LocateReply, now: Instant) {
+        if let (Some(a), false, Some(e)) =
+            (req.node.as_deref(), req.probe, self.entries.get_mut(key))
+        {
             let source = match reply {
                 LocateReply::Follow { from, .. } => Some(from.clone()),
                 LocateReply::Fetch => None,
@@ -418,10 +432,15 @@ impl Tracker {
 
     /// Record what a node says about a digest.
     pub fn announce(&mut self, a: &Announce, now: Instant) {
-        let e = self
-            .entries
-            .entry(a.digest.clone())
-            .or_insert_with(|| Entry::new(now));
+        let key = match a.stripe {
+            Some(s) => stripe_key(&a.digest, s),
+            None => a.digest.clone(),
+        };
+        // A node gone from a blob nobody tracks here changes nothing (and makes no entry).
+        if a.event == Event::Gone && !self.entries.contains_key(&key) {
+            return;
+        }
+        let e = self.entries.entry(key).or_insert_with(|| Entry::new(now));
         e.touched = now;
         let trusted = match a.event {
             Event::Gone => {
@@ -495,7 +514,8 @@ impl Tracker {
                 true
             }
         };
-        if let (true, Some(p)) = (trusted, &a.pieces) {
+        // Piece hashes are the blob's, kept under the digest itself.
+        if let (true, Some(p), None) = (trusted, &a.pieces, a.stripe) {
             // Announcements travel in parallel and may arrive out of order, but never far
             // ahead of what is known, and never past the blob's last piece.
             let end = p.first.saturating_add(p.hashes.len() as u64);
@@ -510,21 +530,23 @@ impl Tracker {
                 e.pieces_by = None;
                 e.pieces_confirmed = p.first == 0 && end == piece_count(p.size);
             } else if sane && !complete && !e.pieces_confirmed {
-                let other = e.pieces_by.as_deref().is_some_and(|b| b != a.node);
-                if other
-                    && e.holders
-                        .contains_key(e.pieces_by.as_deref().unwrap_or_default())
-                {
-                    // Another origin fetcher, still fetching, already spoke: the first word
-                    // stands.
-                } else {
+                // A hash once known stands (the first word). Another node reading from the
+                // origin fills only pieces nobody spoke for: after the first origin fetcher
+                // died, a striped blob's stripes are read from the origin by several nodes,
+                // each its own pieces. The first fetcher that is still fetching answers for
+                // the list (its `Gone` takes back what nobody verified).
+                let first_stands = e
+                    .pieces_by
+                    .as_deref()
+                    .is_some_and(|b| b != a.node && e.holders.contains_key(b));
+                if !first_stands {
                     e.pieces_by = Some(a.node.clone());
-                    if e.pieces.len() < end as usize {
-                        e.pieces.resize(end as usize, None);
-                    }
-                    for (i, h) in p.hashes.iter().enumerate() {
-                        e.pieces[p.first as usize + i].get_or_insert_with(|| h.clone());
-                    }
+                }
+                if e.pieces.len() < end as usize {
+                    e.pieces.resize(end as usize, None);
+                }
+                for (i, h) in p.hashes.iter().enumerate() {
+                    e.pieces[p.first as usize + i].get_or_insert_with(|| h.clone());
                 }
             }
         }
@@ -594,6 +616,7 @@ mod tests {
     fn progress(t: &mut Tracker, node: &str, have: u64, origin: bool, now: Instant) {
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: node.into(),
                 event: Event::Progress {
@@ -633,6 +656,7 @@ mod tests {
     fn complete(t: &mut Tracker, node: &str, now: Instant) {
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: node.into(),
                 event: Event::Complete { size: 100 },
@@ -686,6 +710,7 @@ mod tests {
         // x reads pieces from all of them, and says so.
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: "x".into(),
                 event: Event::Progress {
@@ -716,7 +741,7 @@ mod tests {
         let ask_stripe = |t: &mut Tracker, node: &str, home: u32| {
             t.locate(
                 &LocateRequest {
-                    digest: "sha256:x#0".into(),
+                    digest: "sha256:x".into(),
                     node: Some(node.into()),
                     have: 0,
                     exclude: vec![],
@@ -731,8 +756,27 @@ mod tests {
                 now,
             )
         };
-        // The first asker fetches from the origin and takes one reader in the stripe.
+        // Nobody is in the stripe: the first asker is told so, and is not named to others
+        // until it says it reads the stripe from the origin (the blob's fetcher does, as it
+        // starts). It then takes one reader in the stripe.
+        assert_eq!(ask_stripe(&mut t, "early", 0), LocateReply::Fetch);
         assert_eq!(ask_stripe(&mut t, "root", 1), LocateReply::Fetch);
+        t.announce(
+            &Announce {
+                stripe: Some(0),
+                digest: "sha256:x".into(),
+                node: "root".into(),
+                event: Event::Progress {
+                    have: 0,
+                    size: 100 << 20,
+                    origin: true,
+                    from: None,
+                    also: vec![],
+                },
+                pieces: None,
+            },
+            now,
+        );
         let mut parent: HashMap<&str, String> = HashMap::new();
         // Nodes at home in stripe 0 ask first, then the others.
         for (n, home) in [
@@ -768,7 +812,8 @@ mod tests {
         // A node at home elsewhere that completes the stripe still takes no reader in it.
         t.announce(
             &Announce {
-                digest: "sha256:x#0".into(),
+                stripe: Some(0),
+                digest: "sha256:x".into(),
                 node: "o1".into(),
                 event: Event::Complete { size: 100 },
                 pieces: None,
@@ -776,6 +821,8 @@ mod tests {
             now,
         );
         assert_ne!(from(&ask_stripe(&mut t, "late", 1)), "o1");
+        // The stripe is routed apart from the blob: nobody is known under the digest itself.
+        assert_eq!(ask(&mut t, "whole", 0, &[], now), LocateReply::Fetch);
     }
 
     #[test]
@@ -852,6 +899,7 @@ mod tests {
         for n in ["a", "b"] {
             t.announce(
                 &Announce {
+                    stripe: None,
                     digest: "sha256:x".into(),
                     node: n.into(),
                     event: Event::Complete { size: 100 },
@@ -907,6 +955,7 @@ mod tests {
         for (node, from) in [("b", "a"), ("c", "b")] {
             t.announce(
                 &Announce {
+                    stripe: None,
                     digest: "sha256:x".into(),
                     node: node.into(),
                     event: Event::Progress {
@@ -937,6 +986,7 @@ mod tests {
         assert_eq!(from(&ask(&mut t, "b", 0, &[], later)), "origin");
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: "b".into(),
                 event: Event::Complete { size: 100 },
@@ -960,6 +1010,7 @@ mod tests {
         };
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: "liar".into(),
                 event: Event::Progress {
@@ -976,6 +1027,7 @@ mod tests {
         assert_eq!(t.pieces("sha256:x", 0), None);
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: "a".into(),
                 event: Event::Progress {
@@ -991,6 +1043,7 @@ mod tests {
         );
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: "b".into(),
                 event: Event::Complete { size: 12 << 20 },
@@ -1016,6 +1069,7 @@ mod tests {
         let say = |t: &mut Tracker, node: &str, event: Event, hashes: &[&str]| {
             t.announce(
                 &Announce {
+                    stripe: None,
                     digest: "sha256:x".into(),
                     node: node.into(),
                     event,
@@ -1043,6 +1097,7 @@ mod tests {
         );
         t.announce(
             &Announce {
+                stripe: None,
                 digest: "sha256:x".into(),
                 node: "a".into(),
                 event: Event::Gone,

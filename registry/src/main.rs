@@ -116,6 +116,14 @@ struct ServeArgs {
     /// Blob reads served to peers at once; more are answered 429 and the peer reads elsewhere.
     #[arg(long, env = "MANTA_PEER_MAX_UPLOADS", default_value_t = 16)]
     peer_max_uploads: usize,
+    /// Stripes a large blob's pieces are cut into in a large cluster: each spreads down a
+    /// tree of its own, and each node uploads to one stripe's tree (1: one pipeline).
+    #[arg(long, env = "MANTA_PEER_STRIPES", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    peer_stripes: u32,
+    /// Live agents from which on large blobs are read in stripes (below it, one pipeline
+    /// does better: a stripe has too few nodes at home to carry its tree).
+    #[arg(long, env = "MANTA_PEER_STRIPE_MIN_NODES", default_value_t = 16)]
+    peer_stripe_min_nodes: usize,
     /// Seconds a client may take to send a request's head (from connecting, or from the first
     /// byte of a later request).
     #[arg(long, env = "MANTA_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
@@ -357,6 +365,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     owners: usize::from(args.peer_owners),
                     rate_limit: args.peer_rate_limit.filter(|r| *r > 0),
                     max_uploads: args.peer_max_uploads.max(1),
+                    stripes: args.peer_stripes,
+                    stripe_min_nodes: args.peer_stripe_min_nodes,
                 }),
             };
             Some(manta_registry::server::ClusterListen {

@@ -152,6 +152,10 @@ pub struct Metrics {
     pub peer_switches: Counter,
     /// Pieces asked of another peer after their first was late, failed or lied.
     pub peer_pieces_retried: Counter,
+    /// Fetches that read a blob in stripes, each from this node's parent in its tree.
+    pub peer_striped_fetches: Counter,
+    /// Stripes located again after their parent was lost.
+    pub peer_stripe_relocations: Counter,
     /// Blob bytes sent to peers on the cluster listener.
     pub peer_uploaded_bytes: Counter,
     /// Pieces a peer sent that did not match their hash.
@@ -189,6 +193,8 @@ impl Metrics {
             peer_locates: Family::default(),
             peer_switches: Counter::default(),
             peer_pieces_retried: Counter::default(),
+            peer_striped_fetches: Counter::default(),
+            peer_stripe_relocations: Counter::default(),
             peer_uploaded_bytes: Counter::default(),
             peer_pieces_rejected: Counter::default(),
             peer_bans: Counter::default(),
@@ -287,6 +293,16 @@ impl Metrics {
             "manta_peer_pieces_retried",
             "Pieces read from several peers at once that were asked of another peer (the first was late, failed or sent a bad piece)",
             m.peer_pieces_retried.clone(),
+        );
+        registry.register(
+            "manta_peer_striped_fetches",
+            "Fetches that read a blob in stripes (a large blob in a large cluster), each stripe from this node's parent in that stripe's tree",
+            m.peer_striped_fetches.clone(),
+        );
+        registry.register(
+            "manta_peer_stripe_relocations",
+            "Stripes of a striped fetch located again after their parent failed (from another peer, or from the origin when no peer had the rest)",
+            m.peer_stripe_relocations.clone(),
         );
         registry.register(
             "manta_peer_uploaded_bytes",

@@ -452,11 +452,7 @@ impl Sim {
             rng.next(),
             rng.next()
         );
-        // A stripe is routed under a key of its own.
-        let digest = match p.stripe {
-            Some(s) => format!("{digest}#{s}"),
-            None => digest,
-        };
+
         let piece = piece_size(p.full_size) as f64;
         let size = p.size as f64;
         let n_pieces = p.size.div_ceil(piece_size(p.full_size));
@@ -855,6 +851,7 @@ impl Sim {
     fn announce(&mut self, i: usize, event: Event, pieces: Option<Pieces>) {
         self.nodes[i].last_announce = self.now;
         let a = Announce {
+            stripe: self.p.stripe,
             digest: self.digest.clone(),
             node: self.nodes[i].addr.clone(),
             event,
@@ -1162,7 +1159,12 @@ impl Sim {
             .filter(|n| n.died.is_none_or(|d| now - d < delay))
             .map(|n| n.addr.as_str())
             .collect();
-        let owners = ring::owners(&self.digest, live, self.p.k);
+        // A stripe is routed under a key of its own.
+        let key = match self.p.stripe {
+            Some(s) => manta_peer::proto::stripe_key(&self.digest, s),
+            None => self.digest.clone(),
+        };
+        let owners = ring::owners(&key, live, self.p.k);
         self.owners = owners
             .iter()
             .filter_map(|a| self.index.get(a).copied())

@@ -9,7 +9,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use manta_peer::proto::{Announce, Hello, LocateReply, LocateRequest, Pieces, PiecesQuery, Status};
+use manta_peer::proto::{
+    Announce, Hello, LocateReply, LocateRequest, Pieces, PiecesQuery, Status, MAX_STRIPES,
+};
 use manta_peer::PeerRouter;
 
 use super::Shared;
@@ -148,6 +150,14 @@ async fn locate(
     for x in req.exclude.iter().chain(&req.avoid) {
         check_addr(x)?;
     }
+    if let Some(st) = req.stripe {
+        if st.count > MAX_STRIPES || st.index >= st.count || st.home >= st.count {
+            return Err(ApiError::Unsupported(format!(
+                "stripe {} of {} (home {}): at most {MAX_STRIPES} stripes, each below the count",
+                st.index, st.count, st.home
+            )));
+        }
+    }
     Ok(Json(r.handle_locate(&req)))
 }
 
@@ -188,6 +198,11 @@ async fn announce_batch(
 fn check_announce(a: &Announce) -> ApiResult<()> {
     check_digest(&a.digest)?;
     check_addr(&a.node)?;
+    if a.stripe.is_some_and(|s| s >= MAX_STRIPES) {
+        return Err(ApiError::Unsupported(format!(
+            "at most {MAX_STRIPES} stripes"
+        )));
+    }
     if let manta_peer::proto::Event::Progress { from, also, .. } = &a.event {
         if also.len() > manta_peer::proto::MAX_ALSO {
             return Err(ApiError::Unsupported(format!(

@@ -354,6 +354,7 @@ impl Fetcher {
         });
         loop {
             let reading = opened.reading();
+            route.set_root(reading == Reading::Origin);
             route.announce(progress(p.trusted, size, &reading), None);
             route.note(&reading, p.trusted, size);
             match opened {
@@ -361,8 +362,10 @@ impl Fetcher {
                     self.lead_stream(fetch, &mut p, route, dl.body, reading, origin, idle)
                         .await?
                 }
-                Opened::Pieces { sources, .. } => {
-                    self.lead_pieces(fetch, &mut p, route, sources, idle)
+                Opened::Pieces {
+                    sources, stripes, ..
+                } => {
+                    self.lead_pieces(fetch, &mut p, route, sources, stripes, origin, idle)
                         .await?
                 }
             }

@@ -15,17 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use manta_peer::pieces::{piece_range, PieceHasher};
+use manta_peer::proto::{Event, Pieces};
 use manta_peer::schedule::{Assignment, Limits, Schedule, SourceSpec};
-use manta_peer::{PeerError, PeerRouter};
+use manta_peer::{PeerError, PeerRouter, Route};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 
 use super::route::{Reading, Routing};
 use super::{progress_with, Fetch, Fetcher, Progress, ANNOUNCE_EVERY, PEER_STALL};
 use crate::metrics::{Metrics, SourceKind};
-use crate::source::SourceError;
+use crate::source::{BlobSource, SourceError};
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
@@ -120,6 +121,8 @@ impl Drop for Closed {
 enum PieceError {
     /// The peer failed.
     Source(SourceError),
+    /// The origin failed (it fails the fetch, as it does a stream from the origin).
+    Origin(UpstreamError),
     /// The peer sent nothing for the stall limit.
     Stalled,
     /// The read's task ended abnormally.
@@ -136,10 +139,19 @@ impl From<PeerError> for PieceError {
     }
 }
 
+/// Where a piece is read from.
+#[derive(Clone)]
+enum PieceFrom {
+    Peer(String),
+    /// The origin: this node reads a stripe from it that no peer has (a ranged read, cut
+    /// at the piece's end).
+    Origin(Arc<dyn BlobSource>),
+}
+
 /// What a piece read needs.
 struct PieceRead {
     peers: Arc<PeerRouter>,
-    addr: String,
+    from: PieceFrom,
     digest: String,
     size: u64,
     file: Arc<PieceFile>,
@@ -151,40 +163,64 @@ struct PieceRead {
 impl PieceRead {
     /// Read piece `a` and write it at its offset.
     async fn run(self, a: Assignment) -> Result<(), PieceError> {
-        let addr = self.addr.clone();
-        let b = self
-            .peers
-            .client()
-            .blob_range(&addr, &self.digest, a.start, Some(a.end))
-            .await?;
-        if b.size != self.size {
-            return Err(PeerError::Malformed(
-                addr,
-                format!("says {} bytes, not {}", b.size, self.size),
-            )
-            .into());
+        let (addr, kind, total, mut body) = match &self.from {
+            PieceFrom::Peer(addr) => {
+                let b = self
+                    .peers
+                    .client()
+                    .blob_range(addr, &self.digest, a.start, Some(a.end))
+                    .await?;
+                let body = b.body.map_err(SourceError::from).boxed();
+                (addr.clone(), SourceKind::peer, b.size, body)
+            }
+            PieceFrom::Origin(origin) => {
+                let dl = origin.open(a.start).await.map_err(|e| match e {
+                    SourceError::Origin(e) => PieceError::Origin(e),
+                    e => PieceError::Source(e),
+                })?;
+                ("origin".to_string(), origin.kind(), dl.size, dl.body)
+            }
+        };
+        let origin = matches!(self.from, PieceFrom::Origin(_));
+        if total != self.size {
+            let why = format!("says {total} bytes, not {}", self.size);
+            return Err(match origin {
+                true => PieceError::Origin(UpstreamError::Malformed(why)),
+                false => PeerError::Malformed(addr, why).into(),
+            });
         }
-        let mut body = b.body;
         let (mut pos, mut buf) = (a.start, BytesMut::new());
         loop {
-            let next = tokio::time::timeout(self.stall, body.next())
-                .await
-                .map_err(|_| PieceError::Stalled)?;
+            // The origin answers the rest of the blob: the piece ends where it ends.
+            let next = match pos + buf.len() as u64 >= a.end && origin {
+                true => None,
+                false => tokio::time::timeout(self.stall, body.next())
+                    .await
+                    .map_err(|_| match origin {
+                        true => PieceError::Origin(UpstreamError::Timeout("blob body")),
+                        false => PieceError::Stalled,
+                    })?,
+            };
             let last = match next {
                 None => true,
                 Some(chunk) => {
-                    let chunk = chunk?;
-                    if pos + (buf.len() + chunk.len()) as u64 > a.end {
+                    let mut chunk = chunk.map_err(|e| match e {
+                        SourceError::Origin(e) => PieceError::Origin(e),
+                        e => PieceError::Source(e),
+                    })?;
+                    let room = (a.end - pos - buf.len() as u64) as usize;
+                    if origin {
+                        chunk.truncate(room);
+                    } else if chunk.len() > room {
                         return Err(PeerError::Malformed(
                             addr,
                             format!("sent more than bytes {}-{}", a.start, a.end - 1),
                         )
                         .into());
-                    }
-                    if let Some(limit) = self.peers.download_limit() {
+                    } else if let Some(limit) = self.peers.download_limit() {
                         limit.take(chunk.len()).await;
                     }
-                    self.metrics.fetched(SourceKind::peer, chunk.len() as u64);
+                    self.metrics.fetched(kind, chunk.len() as u64);
                     buf.extend_from_slice(&chunk);
                     false
                 }
@@ -207,18 +243,59 @@ impl PieceRead {
             }
         }
         if pos != a.end {
-            return Err(PeerError::Malformed(
-                addr,
-                format!(
-                    "ended after {} of bytes {}-{}",
-                    pos - a.start,
-                    a.start,
-                    a.end - 1
-                ),
-            )
-            .into());
+            let why = format!(
+                "ended after {} of bytes {}-{}",
+                pos - a.start,
+                a.start,
+                a.end - 1
+            );
+            return Err(match origin {
+                true => PieceError::Origin(UpstreamError::Malformed(why)),
+                false => PeerError::Malformed(addr, why).into(),
+            });
         }
         Ok(())
+    }
+}
+
+/// A striped fetch locates one stripe again at most this many times (then the whole fetch
+/// finds another source).
+const MAX_RELOCATIONS_PER_STRIPE: usize = 4;
+
+/// The stripes of a striped fetch: which source each reads from now.
+struct Stripes {
+    count: u32,
+    /// Per stripe, its source in the schedule (`None` while it is located again).
+    parent: Vec<Option<usize>>,
+    /// Sources that are the origin (stripes no peer had).
+    origin: Vec<usize>,
+    /// Stripes being located again, by task.
+    pending: HashMap<tokio::task::Id, u32>,
+    relocations: usize,
+}
+
+impl Stripes {
+    fn new(count: u32) -> Self {
+        Self {
+            count,
+            parent: (0..count as usize).map(Some).collect(),
+            origin: Vec::new(),
+            pending: HashMap::new(),
+            relocations: 0,
+        }
+    }
+
+    /// How this fetch reads stripe `s` now, for its owners.
+    fn progress(&self, sched: &Schedule, s: u32, have: u64, size: u64) -> Option<Event> {
+        let src = self.parent[s as usize]?;
+        let origin = self.origin.contains(&src);
+        Some(Event::Progress {
+            have,
+            size,
+            origin,
+            from: (!origin).then(|| sched.addr(src).to_string()),
+            also: Vec::new(),
+        })
     }
 }
 
@@ -226,12 +303,20 @@ impl Fetcher {
     /// Read the rest of the blob as pieces from `sources` at once, into `p` from its writer's
     /// position (a piece boundary). Returns when every piece is in, or when what is left has
     /// no source here any more (the caller then finds another).
+    ///
+    /// With `stripes`, source `s` is this node's parent in stripe `s`'s tree and serves that
+    /// stripe only. A stripe whose parent is lost is located again while the others go on;
+    /// a stripe that no peer has or fetches any more (its fetcher from the origin died) is
+    /// read from `origin` by this node, which publishes those pieces' hashes.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn lead_pieces(
         &self,
         fetch: &Fetch,
         p: &mut Progress,
         route: &mut Routing,
         sources: Vec<SourceSpec>,
+        stripes: Option<u32>,
+        origin: &Arc<dyn BlobSource>,
         idle: Duration,
     ) -> Result<(), UpstreamError> {
         let Some(peers) = route.peers().cloned() else {
@@ -249,14 +334,22 @@ impl Fetcher {
         // under way finishes before the file is closed).
         let _closed = Closed(file.clone());
         let mut sched = Schedule::new(size, p.w.len(), sources, Limits::default());
+        let mut striped = stripes.map(Stripes::new);
+        // The node followed, for the owners of the blob itself (striped: stripe 0's parent).
         let primary = Reading::Peer(sched.addr(0).to_string());
         tracing::info!(digest = %fetch.digest, peers = sched.live(), offset = p.w.len(),
-            "reading the blob's pieces from several peers");
+            stripes = stripes.unwrap_or(1), "reading the blob's pieces from several peers");
         route.note_pieces(&sched, p.trusted, size);
+        if let Some(st) = &striped {
+            self.metrics.peer_striped_fetches.inc();
+            announce_stripes(route, st, &sched, p.trusted, size);
+        }
         let mut tasks = JoinSet::new();
         // The reads in flight: by task, what each is for; by attempt, how to stop it.
         let mut reads: HashMap<tokio::task::Id, (u64, u64, usize)> = HashMap::new();
         let mut aborts: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+        // Stripes located again (striped only).
+        let mut relocating: JoinSet<Route> = JoinSet::new();
         // Checked pieces not yet in the digest (they wait for the ones before them).
         let mut checked: HashMap<u64, String> = HashMap::new();
         let mut tick = tokio::time::interval(TICK);
@@ -264,22 +357,57 @@ impl Fetcher {
         let outcome = loop {
             while let Some(a) = sched.next(std::time::Instant::now()) {
                 file.own(a.piece, a.attempt);
+                let from_origin = striped
+                    .as_ref()
+                    .is_some_and(|st| st.origin.contains(&a.source));
                 let read = PieceRead {
                     peers: peers.clone(),
-                    addr: sched.addr(a.source).to_string(),
+                    from: match from_origin {
+                        true => PieceFrom::Origin(origin.clone()),
+                        false => PieceFrom::Peer(sched.addr(a.source).to_string()),
+                    },
                     digest: route.digest().to_string(),
                     size,
                     file: file.clone(),
                     path: path.clone(),
                     metrics: self.metrics.clone(),
-                    stall: (idle / 2).max(PEER_STALL),
+                    stall: match from_origin {
+                        true => idle,
+                        false => (idle / 2).max(PEER_STALL),
+                    },
                 };
                 let (piece, attempt, source) = (a.piece, a.attempt, a.source);
                 let h = tasks.spawn(read.run(a));
                 reads.insert(h.id(), (piece, attempt, source));
                 aborts.insert(attempt, h);
             }
-            if sched.finished() || sched.stuck() {
+            if sched.finished() {
+                break Ok(());
+            }
+            // A stripe that lost its parent is located again, on its own.
+            if let Some(st) = striped.as_mut() {
+                let k = st.count;
+                for s in sched.orphaned_stripes(k) {
+                    if st.pending.values().any(|x| *x == s)
+                        || st.relocations >= MAX_RELOCATIONS_PER_STRIPE * k as usize
+                    {
+                        continue;
+                    }
+                    st.relocations += 1;
+                    self.metrics.peer_stripe_relocations.inc();
+                    st.parent[s as usize] = None;
+                    let (peers, digest) = (peers.clone(), route.digest().to_string());
+                    let (exclude, avoid) = route.not_to_use();
+                    let have = p.trusted;
+                    let h = relocating.spawn(async move {
+                        peers
+                            .locate_stripe(&digest, s, k, have, &exclude, &avoid)
+                            .await
+                    });
+                    st.pending.insert(h.id(), s);
+                }
+            }
+            if sched.stuck() && relocating.is_empty() {
                 break Ok(());
             }
             tokio::select! {
@@ -299,6 +427,7 @@ impl Fetcher {
                         continue;
                     }
                     let addr = sched.addr(src).to_string();
+                    let from_origin = striped.as_ref().is_some_and(|st| st.origin.contains(&src));
                     match result {
                         Ok(()) => {
                             let (start, end) = piece_range(size, piece);
@@ -307,7 +436,19 @@ impl Fetcher {
                                 blocking(&path, move || hash_range(&file, start, end)).await?
                             };
                             let alive = progress_with(p.trusted, size, &primary, sched.others());
-                            match route.expected(piece, size, &alive).await {
+                            let want = match from_origin {
+                                // This node is the stripe's fetcher from the origin: the
+                                // others check against what it publishes.
+                                true => {
+                                    route.announce(
+                                        progress_with(p.trusted, size, &Reading::Origin, vec![]),
+                                        Some(Pieces { size, first: piece, hashes: vec![hash.clone()] }),
+                                    );
+                                    None
+                                }
+                                false => route.expected(piece, size, &alive).await,
+                            };
+                            match want {
                                 Some(want) if want != hash => {
                                     self.metrics.peer_pieces_rejected.inc();
                                     self.metrics.peer_pieces_retried.inc();
@@ -326,6 +467,7 @@ impl Fetcher {
                                 }
                             }
                         }
+                        Err(PieceError::Origin(e)) => break Err(e),
                         Err(PieceError::Source(e)) => {
                             self.metrics.peer_pieces_retried.inc();
                             route.lost(&addr, &e);
@@ -346,6 +488,45 @@ impl Fetcher {
                     }
                     route.note_pieces(&sched, p.trusted, size);
                 }
+                Some(joined) = relocating.join_next_with_id() => {
+                    let Some(st) = striped.as_mut() else { continue };
+                    let (id, found) = match joined {
+                        Ok((id, r)) => (id, Some(r)),
+                        Err(e) => (e.id(), None),
+                    };
+                    let Some(s) = st.pending.remove(&id) else { continue };
+                    let spec = |addr: &str| SourceSpec {
+                        stripe: Some((s, st.count)),
+                        ..SourceSpec::any(addr, None)
+                    };
+                    match found {
+                        // Asked again at the next turn (while relocations are left).
+                        None => {}
+                        Some(Route::Peer { addr, .. }) if !peers.members().is_member(&addr) => {
+                            route.ban(&addr, &"not a member of the cluster");
+                        }
+                        Some(Route::Peer { addr, .. }) if route.not_using(&addr) => {}
+                        Some(Route::Peer { addr, pieces, .. }) => {
+                            if let Some(pcs) = pieces.filter(|pcs| pcs.size == size) {
+                                route.learn(&pcs);
+                            }
+                            tracing::info!(digest = %fetch.digest, stripe = s, peer = addr,
+                                "the stripe goes on from another peer");
+                            let i = sched.add_source(spec(&addr));
+                            st.parent[s as usize] = Some(i);
+                        }
+                        Some(Route::Origin | Route::Alone) => {
+                            tracing::info!(digest = %fetch.digest, stripe = s,
+                                "no peer has the rest of the stripe: reading it from the origin");
+                            let i = sched.add_source(spec("origin"));
+                            st.origin.push(i);
+                            st.parent[s as usize] = Some(i);
+                        }
+                    }
+                    if let Some(ev) = st.progress(&sched, s, p.trusted, size) {
+                        route.announce_stripe(s, ev);
+                    }
+                }
                 _ = tick.tick() => {
                     for (piece, attempt, src) in sched.overdue(std::time::Instant::now()) {
                         if let Some(h) = aborts.remove(&attempt) {
@@ -364,12 +545,16 @@ impl Fetcher {
                     if p.announced.elapsed() >= ANNOUNCE_EVERY {
                         let also = sched.others();
                         route.announce(progress_with(p.trusted, size, &primary, also), None);
+                        if let Some(st) = &striped {
+                            announce_stripes(route, st, &sched, p.trusted, size);
+                        }
                         p.announced = std::time::Instant::now();
                     }
                 }
             }
         };
         tasks.shutdown().await;
+        relocating.shutdown().await;
         // What lies past the prefix may be written again by another source.
         if !p.ahead.is_empty() {
             p.ahead = Arc::default();
@@ -423,6 +608,15 @@ impl Fetcher {
             p.announced = std::time::Instant::now();
         }
         Ok(())
+    }
+}
+
+/// Tell each stripe's owners how this node reads it now.
+fn announce_stripes(route: &Routing, st: &Stripes, sched: &Schedule, have: u64, size: u64) {
+    for s in 0..st.count {
+        if let Some(ev) = st.progress(sched, s, have, size) {
+            route.announce_stripe(s, ev);
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! then the origin. Also the piece hashes a peer's bytes are checked against, and the peers
 //! this fetch no longer uses (unreachable, busy, broken or lying).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use manta_peer::pieces::{piece_count, piece_size};
 use manta_peer::proto::{Event, Holding, Pieces};
@@ -16,6 +16,10 @@ use crate::upstream::UpstreamError;
 
 /// After this many peers failed one fetch, it goes to the origin.
 const MAX_PEER_TRIES: usize = 6;
+/// A stripe whose owners know nobody in it is asked up to this many times...
+const STRIPE_ASKS: usize = 5;
+/// ...this long apart.
+const STRIPE_ASK_AGAIN: Duration = Duration::from_millis(200);
 /// How long a piece from a peer may wait for its hash from the owners before it is taken on
 /// the whole blob's digest alone.
 const PIECE_HASH_WAIT: Duration = Duration::from_secs(20);
@@ -48,8 +52,13 @@ pub enum Opened {
     /// One source's bytes, in order.
     Stream(Download, Reading),
     /// Pieces to read from several peers at once (the first is the node the owners named,
-    /// which may still be fetching it).
-    Pieces { sources: Vec<SourceSpec>, size: u64 },
+    /// which may still be fetching it). With `stripes`, source `s` is this node's parent in
+    /// the tree of stripe `s`, and serves that stripe only.
+    Pieces {
+        sources: Vec<SourceSpec>,
+        size: u64,
+        stripes: Option<u32>,
+    },
 }
 
 impl Opened {
@@ -82,6 +91,10 @@ pub struct Routing {
     hashless: bool,
     /// Expected piece hashes, as the owners published them.
     hashes: Vec<Option<String>>,
+    /// This fetch reads the whole blob from the origin in a cluster that reads it in stripes:
+    /// it is the root of every stripe's tree, and says so to each stripe's owners.
+    root: bool,
+    root_announced: Mutex<Option<Instant>>,
 }
 
 impl Routing {
@@ -94,11 +107,13 @@ impl Routing {
             busy: Vec::new(),
             hashless: false,
             hashes: Vec::new(),
+            root: false,
+            root_announced: Mutex::new(None),
         }
     }
 
     /// Take the owners' piece hashes of the blob (of `p.size` bytes): only within its pieces.
-    fn learn(&mut self, p: &Pieces) {
+    pub fn learn(&mut self, p: &Pieces) {
         let Some(end) = p.first.checked_add(p.hashes.len() as u64) else {
             return;
         };
@@ -114,8 +129,85 @@ impl Routing {
     }
 
     /// Whether this fetch no longer uses `addr` (banned, or avoided as busy or slow).
-    fn dropped(&self, addr: &str) -> bool {
+    pub fn not_using(&self, addr: &str) -> bool {
         self.banned.iter().chain(&self.busy).any(|b| b == addr)
+    }
+
+    /// The peers the owners are to forget, and those not to name this time (a locate's
+    /// `exclude` and `avoid`).
+    pub fn not_to_use(&self) -> (Vec<String>, Vec<String>) {
+        (self.banned.clone(), self.busy.clone())
+    }
+
+    /// This fetch reads the whole blob from the origin now (or no longer does).
+    pub fn set_root(&mut self, root: bool) {
+        self.root = root;
+    }
+
+    /// The stripes to read the rest of a blob of `size` bytes in from `offset`, if any.
+    fn striping(&self, peers: &PeerRouter, offset: u64, size: u64) -> Option<u32> {
+        let k = peers.stripes_for(size)?;
+        (offset % piece_size(size) == 0 && offset < size).then_some(k)
+    }
+
+    /// Locate each of `k` stripes (at once): this node's parent in each stripe's tree. A
+    /// stripe whose owners know nobody in it is asked again a few times (the blob's fetcher
+    /// tells them as its fetch starts, a moment after the blob's owners named it). `None`: a
+    /// stripe has nobody still (its owners restarted, or the fetcher does not stripe); the
+    /// blob is then read as one stream, and this node leaves the stripes' trees it joined.
+    async fn stripe_sources(
+        &mut self,
+        peers: &PeerRouter,
+        k: u32,
+        offset: u64,
+        size: u64,
+    ) -> Option<Vec<SourceSpec>> {
+        let mut parents: Vec<Option<String>> = vec![None; k as usize];
+        for round in 0..STRIPE_ASKS {
+            let missing: Vec<u32> = (0..k).filter(|s| parents[*s as usize].is_none()).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if round > 0 {
+                tokio::time::sleep(STRIPE_ASK_AGAIN).await;
+            }
+            let found = futures_util::future::join_all(missing.iter().map(|s| {
+                peers.locate_stripe(&self.digest, *s, k, offset, &self.banned, &self.busy)
+            }))
+            .await;
+            for (s, route) in missing.into_iter().zip(found) {
+                tracing::debug!(digest = %self.digest, stripe = s, round, ?route, "stripe located");
+                if let Route::Peer { addr, pieces, .. } = route {
+                    if peers.members().is_member(&addr) && !self.not_using(&addr) {
+                        if let Some(p) = pieces.filter(|p| p.size == size) {
+                            self.learn(&p);
+                        }
+                        parents[s as usize] = Some(addr);
+                    }
+                }
+            }
+        }
+        if parents.iter().any(Option::is_none) {
+            tracing::info!(digest = %self.digest, stripes = k,
+                "a stripe has nobody in it: reading the blob as one stream");
+            for s in 0..k {
+                self.announce_stripe(s, Event::Gone);
+            }
+            return None;
+        }
+        let sources: Vec<SourceSpec> = (0..k)
+            .zip(parents)
+            .filter_map(|(s, addr)| {
+                Some(SourceSpec {
+                    stripe: Some((s, k)),
+                    ..SourceSpec::any(addr?, None)
+                })
+            })
+            .collect();
+        tracing::info!(digest = %self.digest, stripes = k, offset,
+            parents = ?sources.iter().map(|s| s.addr.as_str()).collect::<Vec<_>>(),
+            "reading the blob in stripes");
+        Some(sources)
     }
 
     /// This node's peers, when it has any.
@@ -129,7 +221,7 @@ impl Routing {
 
     /// Stop using `addr` for this blob, without telling the owners.
     pub fn ban_here(&mut self, addr: &str, why: &dyn std::fmt::Display) {
-        if self.dropped(addr) {
+        if self.not_using(addr) {
             return;
         }
         tracing::info!(digest = %self.digest, peer = addr, reason = %why,
@@ -194,18 +286,12 @@ impl Routing {
             .filter(|h| h.addr != addr && peers.members().is_member(&h.addr))
             .filter(|h| !self.banned.contains(&h.addr) && !self.busy.contains(&h.addr))
             .filter(|h| h.complete || h.have > offset)
-            .map(|h| SourceSpec {
-                addr: h.addr.clone(),
-                upto: (!h.complete).then_some(h.have.min(size)),
-            })
+            .map(|h| SourceSpec::any(h.addr.clone(), (!h.complete).then_some(h.have.min(size))))
             .collect();
         if others.is_empty() {
             return others;
         }
-        let mut all = vec![SourceSpec {
-            addr: addr.to_string(),
-            upto: None,
-        }];
+        let mut all = vec![SourceSpec::any(addr, None)];
         all.extend(others);
         all
     }
@@ -251,9 +337,24 @@ impl Routing {
                         // Or the size the origin fetcher published with its piece hashes.
                         let size = size.or(pieces.as_ref().map(|p| p.size));
                         if let Some(size) = size {
+                            if let Some(k) = self.striping(&peers, offset, size) {
+                                if let Some(sources) =
+                                    self.stripe_sources(&peers, k, offset, size).await
+                                {
+                                    return Ok(Opened::Pieces {
+                                        sources,
+                                        size,
+                                        stripes: Some(k),
+                                    });
+                                }
+                            }
                             let sources = self.alongside(&peers, &addr, &also, offset, size);
                             if !sources.is_empty() {
-                                return Ok(Opened::Pieces { sources, size });
+                                return Ok(Opened::Pieces {
+                                    sources,
+                                    size,
+                                    stripes: None,
+                                });
                             }
                         }
                         let src = PeerBlob {
@@ -264,6 +365,20 @@ impl Routing {
                         match src.open(offset).await {
                             Ok(dl) if size.is_none_or(|s| s == dl.size) => {
                                 peers.members().succeeded(&addr);
+                                // The size known only now: a blob read in stripes here.
+                                if let Some(k) = self.striping(&peers, offset, dl.size) {
+                                    let size = dl.size;
+                                    if let Some(sources) =
+                                        self.stripe_sources(&peers, k, offset, size).await
+                                    {
+                                        drop(dl);
+                                        return Ok(Opened::Pieces {
+                                            sources,
+                                            size,
+                                            stripes: Some(k),
+                                        });
+                                    }
+                                }
                                 return Ok(Opened::Stream(dl, Reading::Peer(addr)));
                             }
                             Ok(dl) => {
@@ -351,11 +466,32 @@ impl Routing {
         }
     }
 
-    /// Tell the owners (in the background).
+    /// Tell the owners (in the background). The root of the stripes' trees tells each
+    /// stripe's owners too, every [`super::ANNOUNCE_EVERY`].
     pub fn announce(&self, event: Event, pieces: Option<Pieces>) {
+        let Some(p) = &self.peers else { return };
+        if let (true, Event::Progress { size, .. }) = (self.root, &event) {
+            let mut last = self
+                .root_announced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= super::ANNOUNCE_EVERY);
+            if let (true, Some(k)) = (due, p.stripes_for(*size)) {
+                *last = Some(Instant::now());
+                for s in 0..k {
+                    self.announce_stripe(s, event.clone());
+                }
+            }
+        }
+        self.metrics.peer_announcements.inc();
+        p.announce(&self.digest, event, pieces);
+    }
+
+    /// Tell the owners of stripe `s` (in the background).
+    pub fn announce_stripe(&self, s: u32, event: Event) {
         if let Some(p) = &self.peers {
             self.metrics.peer_announcements.inc();
-            p.announce(&self.digest, event, pieces);
+            p.announce_stripe(&self.digest, s, event);
         }
     }
 

@@ -46,6 +46,9 @@ pub struct PeersConfig {
     pub rate_limit: Option<u64>,
     /// Blob reads served to peers at once.
     pub max_uploads: usize,
+    /// Stripes a large blob is read in, in a cluster of `stripe_min_nodes` or more.
+    pub stripes: u32,
+    pub stripe_min_nodes: usize,
 }
 
 /// Everything `manta serve` needs, already validated.
@@ -166,6 +169,8 @@ impl Server {
                     timeouts: manta_peer::Timeouts::default(),
                     rate_limit: p.rate_limit,
                     max_uploads: p.max_uploads,
+                    stripes: p.stripes,
+                    stripe_min_nodes: p.stripe_min_nodes,
                 })
                 .map_err(|e| ServeError::Peers(e.to_string()))?;
                 Some(router)
