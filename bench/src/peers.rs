@@ -52,6 +52,10 @@ pub struct Args {
     /// more node pulling the file from them (pieces from several holders at once). 0: skip.
     #[arg(long, default_value_t = 4)]
     late_share: u64,
+    /// One more argument for every agent (repeat it): `--agent-arg=--peer-stripes=1` reads
+    /// blobs as one pipeline, `--agent-arg=--peer-stripe-min-nodes=8` in stripes from 8 nodes.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
     /// Where the file and the agents' data go.
     #[arg(long, default_value = "/var/tmp")]
     work_dir: PathBuf,
@@ -171,6 +175,8 @@ struct Run {
     /// Per agent: peak RSS (bytes) and CPU seconds.
     rss: Vec<u64>,
     cpu: Vec<f64>,
+    /// Fetches that read the blob in stripes.
+    striped: u64,
     late: Option<Late>,
 }
 
@@ -200,6 +206,7 @@ async fn run_once(
     digest: &str,
     size: u64,
     late: Option<(u64, u64)>,
+    extra: &[String],
 ) -> Result<Run> {
     let dir = tempfile::tempdir_in(work)?;
     let token = dir.path().join("token");
@@ -230,6 +237,7 @@ async fn run_once(
         if peers {
             args.extend(["--peers", &members]);
         }
+        args.extend(extra.iter().map(String::as_str));
         let a = MantaServer::spawn_under(
             &["ip", "netns", "exec", &ns],
             bin,
@@ -283,6 +291,10 @@ async fn run_once(
         .zip(&cpu0)
         .map(|(a, c0)| a.pid().and_then(rss::cpu_seconds).unwrap_or(0.0) - c0)
         .collect();
+    let mut striped = 0;
+    for (i, a) in agents.iter().enumerate() {
+        striped += metric(&Net::ns(i), a.addr(), "manta_peer_striped_fetches_total").await? as u64;
+    }
     let late = match late {
         Some((link_mbit, share)) if peers => {
             let holders: Vec<String> = agents.iter().map(|a| a.addr().to_string()).collect();
@@ -293,6 +305,7 @@ async fn run_once(
                 &token.to_string_lossy(),
                 n,
                 &members,
+                extra,
             )?;
             Some(Late::run(a, hub, &holders, n, link_mbit, share, digest, size).await?)
         }
@@ -304,6 +317,7 @@ async fn run_once(
         origin_bytes,
         rss,
         cpu,
+        striped,
         late,
     })
 }
@@ -317,10 +331,11 @@ impl Late {
         token: &str,
         n: usize,
         members: &str,
+        extra: &[String],
     ) -> Result<MantaServer> {
         let cluster = format!("{}:{CLUSTER_PORT}", Net::ip(n));
         let members = format!("{members},{cluster}");
-        let args = [
+        let mut args = vec![
             "--hf-endpoint",
             hub_url,
             "--hf-token",
@@ -334,6 +349,7 @@ impl Late {
             "--peers",
             &members,
         ];
+        args.extend(extra.iter().map(String::as_str));
         MantaServer::spawn_under(
             &["ip", "netns", "exec", &Net::ns(n)],
             bin,
@@ -415,6 +431,11 @@ impl Late {
 
 /// `manta_peer_uploaded_bytes_total` of the agent at `addr` in `ns`.
 async fn uploaded(ns: &str, addr: &str) -> Result<u64> {
+    Ok(metric(ns, addr, "manta_peer_uploaded_bytes_total").await? as u64)
+}
+
+/// The unlabelled series `name` of the agent at `addr` in `ns` (0 when absent).
+async fn metric(ns: &str, addr: &str, name: &str) -> Result<f64> {
     let out = tokio::process::Command::new("ip")
         .args(["netns", "exec", ns, "curl", "-sf"])
         .arg(format!("http://{addr}/metrics"))
@@ -424,9 +445,9 @@ async fn uploaded(ns: &str, addr: &str) -> Result<u64> {
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix("manta_peer_uploaded_bytes_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64)
+        .unwrap_or(0.0))
 }
 
 /// `curl` inside namespace `ns`; the body is dropped. `manifest` asks for a manifest.
@@ -515,15 +536,24 @@ pub async fn run(args: Args) -> Result<()> {
     )?;
     let work = args.work_dir.clone();
     eprintln!("one node alone…");
-    let alone = run_once(&bin, &work, &hub, 1, false, &digest, size, None).await?;
+    let extra = &args.agent_args;
+    let alone = run_once(&bin, &work, &hub, 1, false, &digest, size, None, extra).await?;
     eprintln!("{} nodes with peers…", args.nodes);
     let late = (args.late_share > 0).then_some((args.link_mbit, args.late_share));
-    let with = run_once(&bin, &work, &hub, args.nodes, true, &digest, size, late).await?;
+    let with = run_once(
+        &bin, &work, &hub, args.nodes, true, &digest, size, late, extra,
+    )
+    .await?;
     let off = if args.skip_off {
         None
     } else {
         eprintln!("{} nodes with peers off…", args.nodes);
-        Some(run_once(&bin, &work, &hub, args.nodes, false, &digest, size, None).await?)
+        Some(
+            run_once(
+                &bin, &work, &hub, args.nodes, false, &digest, size, None, extra,
+            )
+            .await?,
+        )
     };
     drop(hub);
     drop(net);
@@ -584,6 +614,12 @@ fn report(
         with.last(),
         total_cpu / (2.0 * with.last()) * 100.0
     );
+    let _ = writeln!(
+        s,
+        "Fetches that read the blob in stripes: {} of {}.",
+        with.striped,
+        with.times.len()
+    );
     let mut times = with.times.clone();
     times.sort_by(f64::total_cmp);
     let _ = writeln!(
@@ -624,8 +660,15 @@ fn report(
     }
     let _ = writeln!(
         s,
-        "\nCommand: `manta-bench peers --nodes {} --size-mib {} --link-mbit {} --origin-mbit {origin_mbit} --late-share {}` (root; iproute2 and curl).",
-        args.nodes, args.size_mib, args.link_mbit, args.late_share
+        "\nCommand: `manta-bench peers --nodes {} --size-mib {} --link-mbit {} --origin-mbit {origin_mbit} --late-share {}{}` (root; iproute2 and curl).",
+        args.nodes,
+        args.size_mib,
+        args.link_mbit,
+        args.late_share,
+        args.agent_args
+            .iter()
+            .map(|a| format!(" --agent-arg={a}"))
+            .collect::<String>()
     );
     s
 }

@@ -22,8 +22,11 @@
 //! home stripe it is (as it said when it asked) up to `count`, other nodes none; the shallowest
 //! with room is named, else the least loaded home node (the deepest for a node starting, the
 //! shallowest for one that lost its parent). So each stripe spreads down a tree about
-//! log_count(N) deep, and each node's upload serves one stripe only. The swarm simulator drives
-//! this rule (`--stripes`); the agent does not stripe yet.
+//! log_count(N) deep, and each node's upload serves one stripe only. A node starting a stripe
+//! that nobody here is in is told `Fetch` but not recorded (it asks again: the blob's fetcher
+//! announces itself to every stripe's owners as it starts); a node resuming one is its fetcher
+//! from the origin. The agent stripes large blobs in large clusters, and the swarm simulator
+//! drives the same rule (`--stripes`).
 //!
 //! When the origin fetcher dies, its readers ask again; the furthest-along survivor is offered
 //! to the others, and finds no candidate itself (everyone else reads from it), so it resumes
@@ -821,6 +824,28 @@ mod tests {
             now,
         );
         assert_ne!(from(&ask_stripe(&mut t, "late", 1)), "o1");
+        // A node resuming a stripe that nobody else has the rest of becomes its fetcher from
+        // the origin, and is named to the next asker.
+        let stripe_1 = |t: &mut Tracker, node: &str, have: u64| {
+            t.locate(
+                &LocateRequest {
+                    digest: "sha256:x".into(),
+                    node: Some(node.into()),
+                    have,
+                    exclude: vec![],
+                    avoid: vec![],
+                    probe: false,
+                    stripe: Some(crate::proto::Stripe {
+                        index: 1,
+                        count: 2,
+                        home: 1,
+                    }),
+                },
+                now,
+            )
+        };
+        assert_eq!(stripe_1(&mut t, "top", 4 << 20), LocateReply::Fetch);
+        assert_eq!(from(&stripe_1(&mut t, "next", 0)), "top");
         // The stripe is routed apart from the blob: nobody is known under the digest itself.
         assert_eq!(ask(&mut t, "whole", 0, &[], now), LocateReply::Fetch);
     }
@@ -1119,6 +1144,67 @@ mod tests {
             t.pieces("sha256:x", 1).map(|p| p.hashes[0].clone()),
             Some("p1".into())
         );
+    }
+
+    #[test]
+    fn a_second_origin_fetcher_fills_only_the_hashes_nobody_gave() {
+        // After the first origin fetcher died, each stripe's first reader reads the rest of
+        // its stripe from the origin and publishes those pieces' hashes.
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let size = 16u64 << 20; // four pieces
+        let say = |t: &mut Tracker, node: &str, first: u64, hashes: &[&str]| {
+            t.announce(
+                &Announce {
+                    stripe: None,
+                    digest: "sha256:x".into(),
+                    node: node.into(),
+                    event: Event::Progress {
+                        have: 0,
+                        size,
+                        origin: true,
+                        from: None,
+                        also: vec![],
+                    },
+                    pieces: Some(Pieces {
+                        size,
+                        first,
+                        hashes: hashes.iter().map(|s| s.to_string()).collect(),
+                    }),
+                },
+                now,
+            )
+        };
+        say(&mut t, "a", 0, &["p0", "p1"]);
+        say(&mut t, "b", 1, &["other", "p2"]);
+        say(&mut t, "c", 3, &["p3"]);
+        assert_eq!(
+            t.pieces("sha256:x", 0).map(|p| p.hashes),
+            Some(vec!["p0".into(), "p1".into(), "p2".into(), "p3".into()]),
+            "a hash once known stands; the others fill what nobody gave"
+        );
+        // A stripe's announcements carry no hashes for the blob.
+        t.announce(
+            &Announce {
+                stripe: Some(1),
+                digest: "sha256:y".into(),
+                node: "a".into(),
+                event: Event::Progress {
+                    have: 0,
+                    size,
+                    origin: true,
+                    from: None,
+                    also: vec![],
+                },
+                pieces: Some(Pieces {
+                    size,
+                    first: 0,
+                    hashes: vec!["q0".into()],
+                }),
+            },
+            now,
+        );
+        assert_eq!(t.pieces("sha256:y", 0), None);
     }
 
     #[test]

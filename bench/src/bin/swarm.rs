@@ -953,6 +953,11 @@ impl Sim {
                 }
                 LocateReply::Fetch => {
                     granted = true;
+                    // As `PeerRouter::locate_stripe`: a node starting a stripe probes no
+                    // other owner.
+                    if self.p.stripe.is_some() && have == 0 {
+                        break;
+                    }
                     req.probe = true;
                 }
             }

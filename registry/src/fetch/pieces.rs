@@ -272,6 +272,8 @@ struct Stripes {
     /// Stripes being located again, by task.
     pending: HashMap<tokio::task::Id, u32>,
     relocations: usize,
+    /// When each stripe's owners last heard from this fetch (they forget a silent one).
+    announced: std::time::Instant,
 }
 
 impl Stripes {
@@ -282,6 +284,7 @@ impl Stripes {
             origin: Vec::new(),
             pending: HashMap::new(),
             relocations: 0,
+            announced: std::time::Instant::now(),
         }
     }
 
@@ -545,10 +548,12 @@ impl Fetcher {
                     if p.announced.elapsed() >= ANNOUNCE_EVERY {
                         let also = sched.others();
                         route.announce(progress_with(p.trusted, size, &primary, also), None);
-                        if let Some(st) = &striped {
-                            announce_stripes(route, st, &sched, p.trusted, size);
-                        }
                         p.announced = std::time::Instant::now();
+                    }
+                    // (On a clock of their own: the blob's owners hear at every piece.)
+                    if let Some(st) = striped.as_mut().filter(|st| st.announced.elapsed() >= ANNOUNCE_EVERY) {
+                        announce_stripes(route, st, &sched, p.trusted, size);
+                        st.announced = std::time::Instant::now();
                     }
                 }
             }
