@@ -312,6 +312,10 @@ async fn run_once(
         _ => None,
     };
     drop(agents);
+    // MANTA_BENCH_KEEP=1 keeps the agents' data and logs (`node<i>.log`) to read afterwards.
+    if std::env::var_os("MANTA_BENCH_KEEP").is_some() {
+        eprintln!("kept {}", dir.keep().display());
+    }
     Ok(Run {
         times,
         origin_bytes,

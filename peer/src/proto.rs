@@ -61,6 +61,10 @@ pub struct LocateRequest {
     /// [`stripe_key`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe: Option<Stripe>,
+    /// Starting a stripe it is not at home in, the asker has waited long enough for a parent
+    /// with room: name one even past its share of readers (see [`crate::tracker`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settle: bool,
 }
 
 /// One stripe of a blob's pieces.

@@ -217,6 +217,7 @@ impl PeerRouter {
             exclude: exclude.to_vec(),
             avoid: avoid.to_vec(),
             probe: false,
+            settle: false,
             stripe: None,
         };
         self.locate_at(self.owners(digest), req, true).await
@@ -224,7 +225,8 @@ impl PeerRouter {
 
     /// Ask the owners of stripe `index` of `count` of `digest` where to read its pieces: the
     /// stripe's tree (see [`crate::tracker`]). `Route::Origin`: nobody has or is fetching the
-    /// stripe, and this node is now its fetcher.
+    /// stripe, and this node is now its fetcher; or, starting (`have` 0) and not `settle`,
+    /// nobody with room to read from yet: ask again.
     #[allow(clippy::too_many_arguments)]
     pub async fn locate_stripe(
         &self,
@@ -234,6 +236,7 @@ impl PeerRouter {
         have: u64,
         exclude: &[String],
         avoid: &[String],
+        settle: bool,
     ) -> Route {
         let req = LocateRequest {
             digest: digest.to_string(),
@@ -242,6 +245,7 @@ impl PeerRouter {
             exclude: exclude.to_vec(),
             avoid: avoid.to_vec(),
             probe: false,
+            settle,
             stripe: Some(crate::proto::Stripe {
                 index,
                 count,
@@ -314,6 +318,7 @@ impl PeerRouter {
             exclude: Vec::new(),
             avoid: Vec::new(),
             probe: true,
+            settle: false,
             stripe: None,
         };
         for owner in self.owners(digest) {
@@ -350,6 +355,7 @@ impl PeerRouter {
             exclude: vec![bad.to_string()],
             avoid: Vec::new(),
             probe: true,
+            settle: false,
             stripe: None,
         };
         for owner in self.owners(digest) {

@@ -284,8 +284,15 @@ impl Tracker {
                     .iter()
                     .filter(|(n, _)| usable(n) && !below.contains(n.as_str()))
             };
+            // A node starting a stripe it is not at home in waits (asks again) for a node at
+            // home there with room: the fetcher's one reader must be a node that passes the
+            // stripe on, or the whole stripe hangs below a node whose upload serves another;
+            // and a home node that takes more than its share slows all its readers, while
+            // home nodes still joining may have room. Once it has waited (`settle`), it is
+            // given a parent as below.
+            let leaf = req.have == 0 && st.home != st.index && !req.settle;
             let best = candidates()
-                .filter(|(n, h)| load_of(n) < cap(n, h))
+                .filter(|(n, h)| load_of(n) < cap(n, h) && !(leaf && cap(n, h) == 1))
                 .min_by_key(|(n, _)| {
                     (
                         depth.get(n.as_str()).copied().unwrap_or(0),
@@ -301,7 +308,7 @@ impl Tracker {
                 .or_else(|| {
                     let resuming = req.have > 0;
                     candidates()
-                        .filter(|(n, h)| cap(n, h) > 1)
+                        .filter(|(n, h)| !leaf && cap(n, h) > 1)
                         .min_by_key(|(n, _)| {
                             let d = depth.get(n.as_str()).copied().unwrap_or(0);
                             (
@@ -312,7 +319,7 @@ impl Tracker {
                         })
                 })
                 .or_else(|| {
-                    candidates().min_by_key(|(n, _)| {
+                    candidates().filter(|_| !leaf).min_by_key(|(n, _)| {
                         (
                             load_of(n),
                             depth.get(n.as_str()).copied().unwrap_or(0),
@@ -603,6 +610,7 @@ mod tests {
                 exclude: exclude.iter().map(|s| s.to_string()).collect(),
                 avoid: vec![],
                 probe: false,
+                settle: false,
                 stripe: None,
             },
             now,
@@ -750,6 +758,7 @@ mod tests {
                     exclude: vec![],
                     avoid: vec![],
                     probe: false,
+                    settle: false,
                     stripe: Some(crate::proto::Stripe {
                         index: 0,
                         count: 2,
@@ -780,6 +789,9 @@ mod tests {
             },
             now,
         );
+        // A node at home in another stripe does not take the root's one reader: it waits
+        // (asks again) until a node at home here can pass the stripe on to it.
+        assert_eq!(ask_stripe(&mut t, "o0", 1), LocateReply::Fetch);
         let mut parent: HashMap<&str, String> = HashMap::new();
         // Nodes at home in stripe 0 ask first, then the others.
         for (n, home) in [
@@ -835,6 +847,7 @@ mod tests {
                     exclude: vec![],
                     avoid: vec![],
                     probe: false,
+                    settle: false,
                     stripe: Some(crate::proto::Stripe {
                         index: 1,
                         count: 2,
@@ -863,6 +876,7 @@ mod tests {
                     exclude: vec![],
                     avoid: vec![],
                     probe: true,
+                    settle: false,
                     stripe: None,
                 },
                 now,
@@ -1223,6 +1237,7 @@ mod tests {
                     exclude: vec![],
                     avoid: vec![],
                     probe: false,
+                    settle: false,
                     stripe: None,
                 },
                 now + Duration::from_millis(i),

@@ -120,9 +120,10 @@ struct ServeArgs {
     /// tree of its own, and each node uploads to one stripe's tree (1: one pipeline).
     #[arg(long, env = "MANTA_PEER_STRIPES", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     peer_stripes: u32,
-    /// Live agents from which on large blobs are read in stripes (below it, one pipeline
-    /// does better: a stripe has too few nodes at home to carry its tree).
-    #[arg(long, env = "MANTA_PEER_STRIPE_MIN_NODES", default_value_t = 16)]
+    /// Live agents from which on large blobs are read in stripes. A pipeline is at most 16
+    /// hops long, so up to 17 nodes read at the link rate from one; from 18 on it branches,
+    /// and each branch halves the rate, where stripes cost a piece per hop.
+    #[arg(long, env = "MANTA_PEER_STRIPE_MIN_NODES", default_value_t = 18)]
     peer_stripe_min_nodes: usize,
     /// Seconds a client may take to send a request's head (from connecting, or from the first
     /// byte of a later request).

@@ -916,6 +916,9 @@ impl Sim {
             exclude: self.nodes[i].exclude.clone(),
             avoid: self.nodes[i].avoid.clone(),
             probe: false,
+            // The simulator orders the askers (a stripe's home nodes first) where the agent has
+            // a node not at home wait for a parent with room: it settles at once.
+            settle: self.p.stripe.is_some(),
             stripe: self.p.stripe.map(|index| Stripe {
                 index,
                 count: self.p.stripes,

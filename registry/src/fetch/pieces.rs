@@ -404,7 +404,7 @@ impl Fetcher {
                     let have = p.trusted;
                     let h = relocating.spawn(async move {
                         peers
-                            .locate_stripe(&digest, s, k, have, &exclude, &avoid)
+                            .locate_stripe(&digest, s, k, have, &exclude, &avoid, true)
                             .await
                     });
                     st.pending.insert(h.id(), s);

@@ -17,7 +17,7 @@ use crate::upstream::UpstreamError;
 /// After this many peers failed one fetch, it goes to the origin.
 const MAX_PEER_TRIES: usize = 6;
 /// A stripe whose owners know nobody in it is asked up to this many times...
-const STRIPE_ASKS: usize = 5;
+const STRIPE_ASKS: usize = 10;
 /// ...this long apart.
 const STRIPE_ASK_AGAIN: Duration = Duration::from_millis(200);
 /// How long a piece from a peer may wait for its hash from the owners before it is taken on
@@ -171,8 +171,18 @@ impl Routing {
             if round > 0 {
                 tokio::time::sleep(STRIPE_ASK_AGAIN).await;
             }
+            // Half-way through the asks, take a parent even past its share of readers.
+            let settle = round >= STRIPE_ASKS / 2;
             let found = futures_util::future::join_all(missing.iter().map(|s| {
-                peers.locate_stripe(&self.digest, *s, k, offset, &self.banned, &self.busy)
+                peers.locate_stripe(
+                    &self.digest,
+                    *s,
+                    k,
+                    offset,
+                    &self.banned,
+                    &self.busy,
+                    settle,
+                )
             }))
             .await;
             for (s, route) in missing.into_iter().zip(found) {
