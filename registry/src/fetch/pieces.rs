@@ -258,6 +258,17 @@ impl PieceRead {
     }
 }
 
+/// The name of the origin among a striped fetch's sources (never a node's address: it is
+/// never announced).
+const ORIGIN_SOURCE: &str = "origin";
+
+/// The peers besides the first that pieces are read from, for the owners (not the origin).
+fn others(sched: &Schedule) -> Vec<String> {
+    let mut all = sched.others();
+    all.retain(|a| a != ORIGIN_SOURCE);
+    all
+}
+
 /// A striped fetch locates one stripe again at most this many times (then the whole fetch
 /// finds another source).
 const MAX_RELOCATIONS_PER_STRIPE: usize = 4;
@@ -290,7 +301,8 @@ impl Stripes {
 
     /// How this fetch reads stripe `s` now, for its owners.
     fn progress(&self, sched: &Schedule, s: u32, have: u64, size: u64) -> Option<Event> {
-        let src = self.parent[s as usize]?;
+        // (A parent dropped and not replaced is not named: the stripe's owners forget it.)
+        let src = self.parent[s as usize].filter(|i| !sched.dropped(*i))?;
         let origin = self.origin.contains(&src);
         Some(Event::Progress {
             have,
@@ -438,7 +450,7 @@ impl Fetcher {
                                 let file = file.clone();
                                 blocking(&path, move || hash_range(&file, start, end)).await?
                             };
-                            let alive = progress_with(p.trusted, size, &primary, sched.others());
+                            let alive = progress_with(p.trusted, size, &primary, others(&sched));
                             let want = match from_origin {
                                 // This node is the stripe's fetcher from the origin: the
                                 // others check against what it publishes.
@@ -461,7 +473,7 @@ impl Fetcher {
                                 _ => {
                                     sched.done(piece, attempt, std::time::Instant::now());
                                     checked.insert(piece, hash);
-                                    let alive = progress_with(0, size, &primary, sched.others());
+                                    let alive = progress_with(0, size, &primary, others(&sched));
                                     self.adopt(fetch, p, &file, &mut checked, route, alive)
                                         .await?;
                                     // Peers may read the checked pieces past the prefix now.
@@ -521,7 +533,7 @@ impl Fetcher {
                         Some(Route::Origin | Route::Alone) => {
                             tracing::info!(digest = %fetch.digest, stripe = s,
                                 "no peer has the rest of the stripe: reading it from the origin");
-                            let i = sched.add_source(spec("origin"));
+                            let i = sched.add_source(spec(ORIGIN_SOURCE));
                             st.origin.push(i);
                             st.parent[s as usize] = Some(i);
                         }
@@ -546,7 +558,7 @@ impl Fetcher {
                         }
                     }
                     if p.announced.elapsed() >= ANNOUNCE_EVERY {
-                        let also = sched.others();
+                        let also = others(&sched);
                         route.announce(progress_with(p.trusted, size, &primary, also), None);
                         p.announced = std::time::Instant::now();
                     }
@@ -680,5 +692,22 @@ mod tests {
             hash_range(&f, 0, 4).unwrap(),
             hex::encode(Sha256::digest(b"aaaa"))
         );
+    }
+
+    #[test]
+    fn the_origin_among_a_striped_fetch_s_sources_is_never_announced() {
+        let stripe = |addr: &str, i: u32| SourceSpec {
+            stripe: Some((i, 2)),
+            ..SourceSpec::any(addr, None)
+        };
+        let mut sched = Schedule::new(
+            16 << 20,
+            0,
+            vec![stripe("10.0.0.1:5001", 0), stripe("10.0.0.2:5001", 1)],
+            Limits::default(),
+        );
+        sched.add_source(stripe(ORIGIN_SOURCE, 1));
+        // Owners refuse an announcement naming anything but node addresses.
+        assert_eq!(others(&sched), ["10.0.0.2:5001"]);
     }
 }

@@ -14,6 +14,14 @@ use crate::metrics::{LocateResult, Metrics};
 use crate::source::{BlobSource, Download, PeerBlob, SourceError, SourceKind};
 use crate::upstream::UpstreamError;
 
+/// The newest `MAX_NAMED` of `all`: what an owner takes in a locate's `exclude` or `avoid`.
+fn last(all: &[String]) -> Vec<String> {
+    all[all.len().saturating_sub(MAX_NAMED)..].to_vec()
+}
+
+/// Most nodes a locate names in `exclude`, and in `avoid` (what owners accept).
+const MAX_NAMED: usize = 64;
+
 /// After this many peers failed one fetch, it goes to the origin.
 const MAX_PEER_TRIES: usize = 6;
 /// A stripe whose owners know nobody in it is asked up to this many times...
@@ -136,7 +144,7 @@ impl Routing {
     /// The peers the owners are to forget, and those not to name this time (a locate's
     /// `exclude` and `avoid`).
     pub fn not_to_use(&self) -> (Vec<String>, Vec<String>) {
-        (self.banned.clone(), self.busy.clone())
+        (last(&self.banned), last(&self.busy))
     }
 
     /// This fetch reads the whole blob from the origin now (or no longer does).
@@ -173,22 +181,18 @@ impl Routing {
             }
             // Half-way through the asks, take a parent even past its share of readers.
             let settle = round >= STRIPE_ASKS / 2;
+            let (exclude, avoid) = self.not_to_use();
             let found = futures_util::future::join_all(missing.iter().map(|s| {
-                peers.locate_stripe(
-                    &self.digest,
-                    *s,
-                    k,
-                    offset,
-                    &self.banned,
-                    &self.busy,
-                    settle,
-                )
+                peers.locate_stripe(&self.digest, *s, k, offset, &exclude, &avoid, settle)
             }))
             .await;
             for (s, route) in missing.into_iter().zip(found) {
                 tracing::debug!(digest = %self.digest, stripe = s, round, ?route, "stripe located");
                 if let Route::Peer { addr, pieces, .. } = route {
-                    if peers.members().is_member(&addr) && !self.not_using(&addr) {
+                    // The token goes only to members (and the owners are told to forget it).
+                    if !peers.members().is_member(&addr) {
+                        self.ban(&addr, &"not a member of the cluster");
+                    } else if !self.not_using(&addr) {
                         if let Some(p) = pieces.filter(|p| p.size == size) {
                             self.learn(&p);
                         }
