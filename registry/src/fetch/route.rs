@@ -490,7 +490,8 @@ impl Routing {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             let due = last.is_none_or(|t| t.elapsed() >= super::ANNOUNCE_EVERY);
-            if let (true, Some(k)) = (due, p.stripes_for(*size)) {
+            // (The membership is read only when due: the fetcher announces at every piece.)
+            if let Some(k) = due.then(|| p.stripes_for(*size)).flatten() {
                 *last = Some(Instant::now());
                 for s in 0..k {
                     self.announce_stripe(s, event.clone());
