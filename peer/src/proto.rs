@@ -75,6 +75,16 @@ pub struct Stripe {
     /// The stripe in which the asker takes readers (its place in the sorted membership,
     /// modulo `count`, so each stripe has a fair share of the nodes).
     pub home: u32,
+    /// How many other live members take readers in this stripe, as the asker sees the
+    /// membership (0: not said). A node starting a stripe it is not at home in waits until
+    /// that many are in the stripe's tree, so they take its upper places (see
+    /// [`crate::tracker`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub homes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What an owner tells an asker to do.
@@ -116,6 +126,10 @@ pub struct Announce {
     /// where the announcer reads that stripe's pieces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe: Option<u32>,
+    /// With `stripe`: the stripe in which the announcer takes readers (see
+    /// [`Stripe::home`]). The root of the stripes' trees says it here, as it never asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<u32>,
     /// Hashes of pieces the announcer verified (computed from bytes it fetched from the origin,
     /// or of a blob whose whole digest it verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -199,6 +199,24 @@ impl PeerRouter {
         }
     }
 
+    /// How many other live members take readers in stripe `index` of `count` (by their place
+    /// in the sorted membership, as [`Self::home`]); 0 when this node is not found in it.
+    pub fn homes(&self, index: u32, count: u32) -> u32 {
+        let Some(me) = self.self_addr() else {
+            return 0;
+        };
+        let mut live = self.members.live();
+        live.sort();
+        if !live.contains(&me) {
+            return 0;
+        }
+        let k = count.max(1) as usize;
+        live.iter()
+            .enumerate()
+            .filter(|(rank, a)| rank % k == index as usize && **a != me)
+            .count() as u32
+    }
+
     /// Ask `digest`'s owners, first live one first, where to read it. `have` bytes are held
     /// already; `exclude` are peers that failed this node for it.
     /// `exclude`: peers that failed this node for the blob (the owners forget them); `avoid`:
@@ -250,6 +268,7 @@ impl PeerRouter {
                 index,
                 count,
                 home: self.home(count),
+                homes: self.homes(index, count),
             }),
         };
         // Starting, a stripe nobody is in yet is asked of its first owner again a moment
@@ -391,35 +410,41 @@ impl PeerRouter {
             Event::Complete { size } => self.stripes_for(*size),
             Event::Gone => (self.stripes > 1).then_some(self.stripes),
         };
-        for s in 0..stripes.unwrap_or(0) {
-            self.send_announce(digest, Some(s), event.clone(), None);
+        if let Some(k) = stripes {
+            let home = self.home(k);
+            for s in 0..k {
+                self.send_announce(digest, Some((s, home)), event.clone(), None);
+            }
         }
         self.send_announce(digest, None, event, pieces);
     }
 
     /// Tell the owners of stripe `index` of `digest` how this node reads it (`from`), or that
     /// it reads it from the origin.
-    pub fn announce_stripe(self: &Arc<Self>, digest: &str, index: u32, event: Event) {
-        self.send_announce(digest, Some(index), event, None);
+    /// Tell the owners of stripe `index` of `count` (with the stripe this node takes readers
+    /// in).
+    pub fn announce_stripe(self: &Arc<Self>, digest: &str, index: u32, count: u32, event: Event) {
+        self.send_announce(digest, Some((index, self.home(count))), event, None);
     }
 
     fn send_announce(
         self: &Arc<Self>,
         digest: &str,
-        stripe: Option<u32>,
+        stripe: Option<(u32, u32)>,
         event: Event,
         pieces: Option<Pieces>,
     ) {
         let Some(node) = self.self_addr() else { return };
         let a = Announce {
-            stripe,
+            stripe: stripe.map(|(index, _)| index),
+            home: stripe.map(|(_, home)| home),
             digest: digest.to_string(),
             node: node.clone(),
             event,
             pieces,
         };
         let key = match stripe {
-            Some(s) => stripe_key(digest, s),
+            Some((s, _)) => stripe_key(digest, s),
             None => digest.to_string(),
         };
         for owner in self.owners(&key) {
@@ -449,6 +474,7 @@ impl PeerRouter {
             for owner in ring::owners(digest, live.iter().map(String::as_str), self.owners_k) {
                 by_owner.entry(owner).or_default().push(Announce {
                     stripe: None,
+                    home: None,
                     digest: digest.clone(),
                     node: node.clone(),
                     event: Event::Complete { size: *size },

@@ -269,10 +269,12 @@ impl Tracker {
             // tree is about log(count) of the nodes deep and every node's upload goes to one
             // stripe.
             let k = st.count as usize;
+            let at_home =
+                |n: &str, h: &Holder| h.home.unwrap_or_else(|| home(n, st.count)) == st.index;
             let cap = |n: &str, h: &Holder| {
                 if !h.complete && h.source.is_none() {
                     1
-                } else if h.home.unwrap_or_else(|| home(n, st.count)) == st.index {
+                } else if at_home(n, h) {
                     k
                 } else {
                     0
@@ -291,7 +293,17 @@ impl Tracker {
             // home nodes still joining may have room. Once it has waited (`settle`), it is
             // given a parent as below.
             let leaf = req.have == 0 && st.home != st.index && !req.settle;
+            // It also waits while nodes at home here that the asker knows of are not in the
+            // tree yet: else nodes that arrive together fill the upper home nodes with leaves,
+            // and the home nodes still to come hang one below the other, a hop each.
+            let homes_in = e
+                .holders
+                .iter()
+                .filter(|(n, h)| Some(n.as_str()) != asker && at_home(n, h))
+                .count();
+            let waiting = leaf && homes_in < st.homes as usize;
             let best = candidates()
+                .filter(|_| !waiting)
                 .filter(|(n, h)| load_of(n) < cap(n, h) && !(leaf && cap(n, h) == 1))
                 .min_by_key(|(n, _)| {
                     (
@@ -481,6 +493,9 @@ impl Tracker {
                 });
                 h.have = have;
                 h.seen = now;
+                if a.stripe.is_some() && a.home.is_some() {
+                    h.home = a.home;
+                }
                 if origin {
                     h.source = None;
                 } else if from.is_some() && from.as_deref() != Some(a.node.as_str()) {
@@ -509,7 +524,10 @@ impl Tracker {
                 }
                 e.size = Some(size);
                 // (The stripe it takes readers in stays what it said.)
-                let home = e.holders.get(&a.node).and_then(|h| h.home);
+                let home = a
+                    .home
+                    .filter(|_| a.stripe.is_some())
+                    .or_else(|| e.holders.get(&a.node).and_then(|h| h.home));
                 e.holders.insert(
                     a.node.clone(),
                     Holder {
@@ -628,6 +646,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: node.into(),
                 event: Event::Progress {
@@ -668,6 +687,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: node.into(),
                 event: Event::Complete { size: 100 },
@@ -722,6 +742,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: "x".into(),
                 event: Event::Progress {
@@ -745,28 +766,94 @@ mod tests {
         assert_eq!(from(&r), "x", "j is read by y, x by nobody");
     }
 
+    /// A locate of stripe `index` of `count` by `node` (at home in stripe `home`, knowing of
+    /// `homes` other nodes at home in this one), holding `have` bytes.
+    fn stripe_req(
+        node: &str,
+        (index, count): (u32, u32),
+        home: u32,
+        homes: u32,
+        have: u64,
+    ) -> LocateRequest {
+        LocateRequest {
+            digest: "sha256:x".into(),
+            node: Some(node.into()),
+            have,
+            exclude: vec![],
+            avoid: vec![],
+            probe: false,
+            settle: false,
+            stripe: Some(crate::proto::Stripe {
+                index,
+                count,
+                home,
+                homes,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_node_not_at_home_waits_for_the_nodes_at_home_it_knows_of() {
+        let now = Instant::now();
+        // The root reads from the origin, and is at home in stripe 0 (as it says: it never
+        // asks).
+        let root_in = |t: &mut Tracker| {
+            t.announce(
+                &Announce {
+                    stripe: Some(0),
+                    home: Some(0),
+                    digest: "sha256:x".into(),
+                    node: "root".into(),
+                    event: Event::Progress {
+                        have: 0,
+                        size: 100 << 20,
+                        origin: true,
+                        from: None,
+                        also: vec![],
+                    },
+                    pieces: None,
+                },
+                now,
+            )
+        };
+        // Nodes at home elsewhere know of three at home here: root, h1, h2.
+        let leaf = |t: &mut Tracker, node: &str, settle: bool| {
+            let mut req = stripe_req(node, (0, 2), 1, 3, 0);
+            req.settle = settle;
+            t.locate(&req, now)
+        };
+        let home = |t: &mut Tracker, node: &str| t.locate(&stripe_req(node, (0, 2), 0, 2, 0), now);
+        let mut t = Tracker::default();
+        root_in(&mut t);
+        assert_eq!(
+            leaf(&mut t, "o1", false),
+            LocateReply::Fetch,
+            "h1, h2 not in"
+        );
+        assert_eq!(from(&home(&mut t, "h1")), "root");
+        assert_eq!(leaf(&mut t, "o1", false), LocateReply::Fetch, "h2 not in");
+        // Having waited long enough, a node takes a place all the same.
+        assert_eq!(from(&leaf(&mut t, "o2", true)), "h1");
+        // The last home node still finds the upper place: nodes at home pass the stripe on.
+        assert_eq!(from(&home(&mut t, "h2")), "h1");
+        // All in: the others hang below them.
+        assert_eq!(from(&leaf(&mut t, "o1", false)), "h2");
+
+        // A node that knows of nobody at home here (an older agent) does not wait.
+        let mut t = Tracker::default();
+        root_in(&mut t);
+        assert_eq!(from(&home(&mut t, "h1")), "root");
+        assert_eq!(leaf(&mut t, "o1", false), LocateReply::Fetch, "h2 not in");
+        let old = t.locate(&stripe_req("old", (0, 2), 1, 0, 0), now);
+        assert_eq!(from(&old), "h1");
+    }
+
     #[test]
     fn a_stripe_is_a_tree_of_the_nodes_whose_home_it_is() {
         let mut t = Tracker::default();
         let now = Instant::now();
         let ask_stripe = |t: &mut Tracker, node: &str, home: u32| {
-            t.locate(
-                &LocateRequest {
-                    digest: "sha256:x".into(),
-                    node: Some(node.into()),
-                    have: 0,
-                    exclude: vec![],
-                    avoid: vec![],
-                    probe: false,
-                    settle: false,
-                    stripe: Some(crate::proto::Stripe {
-                        index: 0,
-                        count: 2,
-                        home,
-                    }),
-                },
-                now,
-            )
+            t.locate(&stripe_req(node, (0, 2), home, 0, 0), now)
         };
         // Nobody is in the stripe: the first asker is told so, and is not named to others
         // until it says it reads the stripe from the origin (the blob's fetcher does, as it
@@ -776,6 +863,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: Some(0),
+                home: None,
                 digest: "sha256:x".into(),
                 node: "root".into(),
                 event: Event::Progress {
@@ -828,6 +916,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: Some(0),
+                home: None,
                 digest: "sha256:x".into(),
                 node: "o1".into(),
                 event: Event::Complete { size: 100 },
@@ -839,23 +928,7 @@ mod tests {
         // A node resuming a stripe that nobody else has the rest of becomes its fetcher from
         // the origin, and is named to the next asker.
         let stripe_1 = |t: &mut Tracker, node: &str, have: u64| {
-            t.locate(
-                &LocateRequest {
-                    digest: "sha256:x".into(),
-                    node: Some(node.into()),
-                    have,
-                    exclude: vec![],
-                    avoid: vec![],
-                    probe: false,
-                    settle: false,
-                    stripe: Some(crate::proto::Stripe {
-                        index: 1,
-                        count: 2,
-                        home: 1,
-                    }),
-                },
-                now,
-            )
+            t.locate(&stripe_req(node, (1, 2), 1, 0, have), now)
         };
         assert_eq!(stripe_1(&mut t, "top", 4 << 20), LocateReply::Fetch);
         assert_eq!(from(&stripe_1(&mut t, "next", 0)), "top");
@@ -939,6 +1012,7 @@ mod tests {
             t.announce(
                 &Announce {
                     stripe: None,
+                    home: None,
                     digest: "sha256:x".into(),
                     node: n.into(),
                     event: Event::Complete { size: 100 },
@@ -995,6 +1069,7 @@ mod tests {
             t.announce(
                 &Announce {
                     stripe: None,
+                    home: None,
                     digest: "sha256:x".into(),
                     node: node.into(),
                     event: Event::Progress {
@@ -1026,6 +1101,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: "b".into(),
                 event: Event::Complete { size: 100 },
@@ -1050,6 +1126,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: "liar".into(),
                 event: Event::Progress {
@@ -1067,6 +1144,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: "a".into(),
                 event: Event::Progress {
@@ -1083,6 +1161,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: "b".into(),
                 event: Event::Complete { size: 12 << 20 },
@@ -1109,6 +1188,7 @@ mod tests {
             t.announce(
                 &Announce {
                     stripe: None,
+                    home: None,
                     digest: "sha256:x".into(),
                     node: node.into(),
                     event,
@@ -1137,6 +1217,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: None,
+                home: None,
                 digest: "sha256:x".into(),
                 node: "a".into(),
                 event: Event::Gone,
@@ -1171,6 +1252,7 @@ mod tests {
             t.announce(
                 &Announce {
                     stripe: None,
+                    home: None,
                     digest: "sha256:x".into(),
                     node: node.into(),
                     event: Event::Progress {
@@ -1201,6 +1283,7 @@ mod tests {
         t.announce(
             &Announce {
                 stripe: Some(1),
+                home: None,
                 digest: "sha256:y".into(),
                 node: "a".into(),
                 event: Event::Progress {

@@ -852,6 +852,7 @@ impl Sim {
         self.nodes[i].last_announce = self.now;
         let a = Announce {
             stripe: self.p.stripe,
+            home: self.p.stripe.map(|_| self.home[i]),
             digest: self.digest.clone(),
             node: self.nodes[i].addr.clone(),
             event,
@@ -923,6 +924,9 @@ impl Sim {
                 index,
                 count: self.p.stripes,
                 home: self.home[i],
+                homes: (0..self.nodes.len())
+                    .filter(|&j| j != i && self.nodes[j].alive && self.home[j] == index)
+                    .count() as u32,
             }),
         };
         let now = self.instant();

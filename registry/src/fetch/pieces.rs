@@ -362,6 +362,7 @@ impl Fetcher {
         let mut tasks = JoinSet::new();
         // The reads in flight: by task, what each is for; by attempt, how to stop it.
         let mut reads: HashMap<tokio::task::Id, (u64, u64, usize)> = HashMap::new();
+        let mut timings = Timings::new(stripes.unwrap_or(1));
         let mut aborts: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
         // Stripes located again (striped only).
         let mut relocating: JoinSet<Route> = JoinSet::new();
@@ -392,6 +393,7 @@ impl Fetcher {
                     },
                 };
                 let (piece, attempt, source) = (a.piece, a.attempt, a.source);
+                timings.asked(attempt);
                 let h = tasks.spawn(read.run(a));
                 reads.insert(h.id(), (piece, attempt, source));
                 aborts.insert(attempt, h);
@@ -437,6 +439,7 @@ impl Fetcher {
                         continue;
                     };
                     aborts.remove(&attempt);
+                    let read_for = timings.answered(attempt);
                     file.release(piece, attempt);
                     if !sched.current(piece, attempt) {
                         continue;
@@ -446,10 +449,12 @@ impl Fetcher {
                     match result {
                         Ok(()) => {
                             let (start, end) = piece_range(size, piece);
+                            let t = std::time::Instant::now();
                             let hash = {
                                 let file = file.clone();
                                 blocking(&path, move || hash_range(&file, start, end)).await?
                             };
+                            timings.hash += t.elapsed();
                             let alive = progress_with(p.trusted, size, &primary, others(&sched));
                             let want = match from_origin {
                                 // This node is the stripe's fetcher from the origin: the
@@ -461,7 +466,12 @@ impl Fetcher {
                                     );
                                     None
                                 }
-                                false => route.expected(piece, size, &alive).await,
+                                false => {
+                                    let t = std::time::Instant::now();
+                                    let want = route.expected(piece, size, &alive).await;
+                                    timings.expect += t.elapsed();
+                                    want
+                                }
                             };
                             match want {
                                 Some(want) if want != hash => {
@@ -472,10 +482,13 @@ impl Fetcher {
                                 }
                                 _ => {
                                     sched.done(piece, attempt, std::time::Instant::now());
+                                    timings.piece(piece, read_for);
                                     checked.insert(piece, hash);
                                     let alive = progress_with(0, size, &primary, others(&sched));
+                                    let t = std::time::Instant::now();
                                     self.adopt(fetch, p, &file, &mut checked, route, alive)
                                         .await?;
+                                    timings.adopt += t.elapsed();
                                     // Peers may read the checked pieces past the prefix now.
                                     p.ahead = Arc::new(ranges(size, &checked));
                                     p.publish(fetch);
@@ -539,7 +552,7 @@ impl Fetcher {
                         }
                     }
                     if let Some(ev) = st.progress(&sched, s, p.trusted, size) {
-                        route.announce_stripe(s, ev);
+                        route.announce_stripe(s, st.count, ev);
                     }
                 }
                 _ = tick.tick() => {
@@ -572,6 +585,7 @@ impl Fetcher {
         };
         tasks.shutdown().await;
         relocating.shutdown().await;
+        timings.report(fetch.digest.as_ref(), route.hash_asks);
         // What lies past the prefix may be written again by another source.
         if !p.ahead.is_empty() {
             p.ahead = Arc::default();
@@ -628,11 +642,75 @@ impl Fetcher {
     }
 }
 
+/// Where a multi-source fetch's time went, logged as it ends: what an operator (and the bench)
+/// needs to tell a slow parent from a leader that is busy between pieces.
+struct Timings {
+    start: std::time::Instant,
+    asked: HashMap<u64, std::time::Instant>,
+    /// Pieces checked, and their reads' total time.
+    pieces: u64,
+    reading: Duration,
+    /// Per stripe (one when not striped): when its last piece was checked, from the start.
+    stripe_done: Vec<Duration>,
+    /// The leader's own work between pieces: hashing a piece, waiting for its expected hash,
+    /// taking it into the blob.
+    hash: Duration,
+    expect: Duration,
+    adopt: Duration,
+}
+
+impl Timings {
+    fn new(stripes: u32) -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            asked: HashMap::new(),
+            pieces: 0,
+            reading: Duration::ZERO,
+            stripe_done: vec![Duration::ZERO; stripes.max(1) as usize],
+            hash: Duration::ZERO,
+            expect: Duration::ZERO,
+            adopt: Duration::ZERO,
+        }
+    }
+
+    fn asked(&mut self, attempt: u64) {
+        self.asked.insert(attempt, std::time::Instant::now());
+    }
+
+    /// How long the read of `attempt` took.
+    fn answered(&mut self, attempt: u64) -> Duration {
+        self.asked
+            .remove(&attempt)
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    fn piece(&mut self, piece: u64, read_for: Duration) {
+        self.pieces += 1;
+        self.reading += read_for;
+        let n = self.stripe_done.len() as u64;
+        self.stripe_done[(piece % n) as usize] = self.start.elapsed();
+    }
+
+    fn report(&self, digest: &str, hash_asks: u32) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mean_read = self
+            .reading
+            .checked_div(self.pieces as u32)
+            .unwrap_or_default();
+        let stripes: Vec<u64> = self.stripe_done.iter().map(|d| ms(*d)).collect();
+        tracing::info!(digest, pieces = self.pieces, ms = ms(self.start.elapsed()),
+            mean_read_ms = ms(mean_read), hash_ms = ms(self.hash), expect_ms = ms(self.expect),
+            hash_asks, adopt_ms = ms(self.adopt), stripes_done_ms = ?stripes,
+            "pieces read");
+    }
+}
+
 /// Tell each stripe's owners how this node reads it now.
 fn announce_stripes(route: &Routing, st: &Stripes, sched: &Schedule, have: u64, size: u64) {
     for s in 0..st.count {
         if let Some(ev) = st.progress(sched, s, have, size) {
-            route.announce_stripe(s, ev);
+            route.announce_stripe(s, st.count, ev);
         }
     }
 }

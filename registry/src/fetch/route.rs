@@ -103,6 +103,8 @@ pub struct Routing {
     /// it is the root of every stripe's tree, and says so to each stripe's owners.
     root: bool,
     root_announced: Mutex<Option<Instant>>,
+    /// Times this fetch asked the owners for piece hashes it did not have yet.
+    pub hash_asks: u32,
 }
 
 impl Routing {
@@ -117,6 +119,7 @@ impl Routing {
             hashes: Vec::new(),
             root: false,
             root_announced: Mutex::new(None),
+            hash_asks: 0,
         }
     }
 
@@ -205,7 +208,7 @@ impl Routing {
             tracing::info!(digest = %self.digest, stripes = k,
                 "a stripe has nobody in it: reading the blob as one stream");
             for s in 0..k {
-                self.announce_stripe(s, Event::Gone);
+                self.announce_stripe(s, k, Event::Gone);
             }
             return None;
         }
@@ -455,6 +458,7 @@ impl Routing {
                 self.announce(alive.clone(), None);
                 announced = tokio::time::Instant::now();
             }
+            self.hash_asks += 1;
             let got = peers
                 .pieces(&self.digest, i, Duration::from_secs(5))
                 .await
@@ -494,7 +498,7 @@ impl Routing {
             if let Some(k) = due.then(|| p.stripes_for(*size)).flatten() {
                 *last = Some(Instant::now());
                 for s in 0..k {
-                    self.announce_stripe(s, event.clone());
+                    self.announce_stripe(s, k, event.clone());
                 }
             }
         }
@@ -502,11 +506,11 @@ impl Routing {
         p.announce(&self.digest, event, pieces);
     }
 
-    /// Tell the owners of stripe `s` (in the background).
-    pub fn announce_stripe(&self, s: u32, event: Event) {
+    /// Tell the owners of stripe `s` of `k` (in the background).
+    pub fn announce_stripe(&self, s: u32, k: u32, event: Event) {
         if let Some(p) = &self.peers {
             self.metrics.peer_announcements.inc();
-            p.announce_stripe(&self.digest, s, event);
+            p.announce_stripe(&self.digest, s, k, event);
         }
     }
 
