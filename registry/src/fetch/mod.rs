@@ -95,8 +95,9 @@ pub enum FetchState {
         checked: u64,
         path: Arc<PathBuf>,
         /// Byte ranges `[start, end)` past `written`, in order, of pieces read from several
-        /// peers that are in `path` and checked already: peers may read them before the prefix
-        /// reaches them.
+        /// peers that are in `path`: checked pieces, and the bytes landed so far of pieces in
+        /// flight. Peers may read them before the prefix reaches them (they check each piece
+        /// themselves).
         ahead: Arc<Vec<(u64, u64)>>,
     },
     /// All `size` bytes are in `path` and match the digest; being made durable and indexed.
@@ -663,7 +664,8 @@ struct Progress {
     /// (peers, which check each piece themselves).
     published: u64,
     pub_written: u64,
-    /// Checked pieces past the prefix, for peers (see [`FetchState::Streaming`]).
+    /// Checked pieces past the prefix, and the bytes landed of pieces in flight, for peers
+    /// (see [`FetchState::Streaming`]).
     ahead: Arc<Vec<(u64, u64)>>,
     last: Instant,
     announced: Instant,

@@ -42,8 +42,18 @@ const TICK: Duration = Duration::from_millis(200);
 /// write already under way.
 struct PieceFile {
     file: File,
-    /// Piece → the attempt that owns it; `None` once the fetch stopped reading pieces.
-    owners: Mutex<Option<HashMap<u64, u64>>>,
+    /// Piece → the attempt that owns it, and the bytes it has written so far (from the piece's
+    /// start on); `None` once the fetch stopped reading pieces.
+    owners: Mutex<Option<HashMap<u64, Owned>>>,
+    /// Woken at every write: peers may read the bytes of a piece as they land.
+    wrote: tokio::sync::Notify,
+}
+
+#[derive(Clone, Copy)]
+struct Owned {
+    attempt: u64,
+    /// Bytes `start..end` written by this attempt (`None`: nothing yet).
+    landed: Option<(u64, u64)>,
 }
 
 impl PieceFile {
@@ -54,22 +64,29 @@ impl PieceFile {
                 .write(true)
                 .open(path)?,
             owners: Mutex::new(Some(HashMap::new())),
+            wrote: tokio::sync::Notify::new(),
         })
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, Option<HashMap<u64, u64>>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, Option<HashMap<u64, Owned>>> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn own(&self, piece: u64, attempt: u64) {
         if let Some(o) = self.owners().as_mut() {
-            o.insert(piece, attempt);
+            o.insert(
+                piece,
+                Owned {
+                    attempt,
+                    landed: None,
+                },
+            );
         }
     }
 
     fn release(&self, piece: u64, attempt: u64) {
         if let Some(o) = self.owners().as_mut() {
-            if o.get(&piece) == Some(&attempt) {
+            if o.get(&piece).is_some_and(|w| w.attempt == attempt) {
                 o.remove(&piece);
             }
         }
@@ -80,14 +97,34 @@ impl PieceFile {
     }
 
     /// Write `data` at `offset` for `attempt` at `piece`; `false`: the attempt no longer owns
-    /// it, and nothing was written. (Blocking.)
+    /// it, and nothing was written. An attempt writes its piece in order. (Blocking.)
     fn write(&self, piece: u64, attempt: u64, offset: u64, data: &[u8]) -> std::io::Result<bool> {
-        let owners = self.owners();
-        if owners.as_ref().and_then(|o| o.get(&piece)) != Some(&attempt) {
+        let mut owners = self.owners();
+        let Some(w) = owners
+            .as_mut()
+            .and_then(|o| o.get_mut(&piece))
+            .filter(|w| w.attempt == attempt)
+        else {
             return Ok(false);
-        }
+        };
         self.file.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        w.landed = Some(match w.landed {
+            Some((start, _)) => (start, end),
+            None => (offset, end),
+        });
+        drop(owners);
+        self.wrote.notify_one();
         Ok(true)
+    }
+
+    /// The bytes of the pieces in flight written so far, `[start, end)` each.
+    fn landed(&self) -> Vec<(u64, u64)> {
+        self.owners()
+            .iter()
+            .flat_map(|o| o.values())
+            .filter_map(|w| w.landed)
+            .collect()
     }
 
     /// Bytes `offset..offset + len`. (Blocking.)
@@ -490,7 +527,7 @@ impl Fetcher {
                                         .await?;
                                     timings.adopt += t.elapsed();
                                     // Peers may read the checked pieces past the prefix now.
-                                    p.ahead = Arc::new(ranges(size, &checked));
+                                    p.ahead = Arc::new(ranges(size, &checked, &file.landed()));
                                     p.publish(fetch);
                                 }
                             }
@@ -554,6 +591,13 @@ impl Fetcher {
                     if let Some(ev) = st.progress(&sched, s, p.trusted, size) {
                         route.announce_stripe(s, st.count, ev);
                     }
+                }
+                // Peers may read a piece's bytes as they land, before it is checked here (a
+                // node reading from this one checks each piece itself): so a stripe's tree
+                // costs a write, not a piece, of delay per hop.
+                _ = file.wrote.notified() => {
+                    p.ahead = Arc::new(ranges(size, &checked, &file.landed()));
+                    p.send(fetch);
                 }
                 _ = tick.tick() => {
                     for (piece, attempt, src) in sched.overdue(std::time::Instant::now()) {
@@ -715,15 +759,16 @@ fn announce_stripes(route: &Routing, st: &Stripes, sched: &Schedule, have: u64, 
     }
 }
 
-/// The byte ranges of the pieces in `checked`, in order, neighbours merged.
-fn ranges(size: u64, checked: &HashMap<u64, String>) -> Vec<(u64, u64)> {
-    let mut pieces: Vec<u64> = checked.keys().copied().collect();
-    pieces.sort_unstable();
+/// The byte ranges of the pieces in `checked` and of the bytes `landed` of pieces in flight,
+/// in order, neighbours merged.
+fn ranges(size: u64, checked: &HashMap<u64, String>, landed: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = checked.keys().map(|&i| piece_range(size, i)).collect();
+    all.extend(landed.iter().filter(|(start, end)| start < end));
+    all.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for i in pieces {
-        let (start, end) = piece_range(size, i);
+    for (start, end) in all {
         match out.last_mut() {
-            Some(last) if last.1 == start => last.1 = end,
+            Some(last) if last.1 >= start => last.1 = last.1.max(end),
             _ => out.push((start, end)),
         }
     }
@@ -762,13 +807,35 @@ mod tests {
         // Released by another attempt than its owner: nothing changes.
         f.release(0, 1);
         assert!(f.write(0, 2, 8, b"dddd").unwrap());
+        // What peers may read of the pieces in flight: the bytes the owning attempt wrote.
+        f.own(1, 3);
+        assert!(f.write(1, 3, 12, b"ee").unwrap());
+        let mut landed = f.landed();
+        landed.sort_unstable();
+        assert_eq!(landed, [(4, 12), (12, 14)]);
+        // Asked again, a piece starts over.
+        f.own(1, 4);
+        assert_eq!(f.landed(), [(4, 12)]);
         // Closed: nobody writes.
         f.close();
         assert!(!f.write(0, 2, 12, b"eeee").unwrap());
-        assert_eq!(f.read(0, 16).unwrap(), b"aaaaccccdddd\0\0\0\0");
+        assert_eq!(f.read(0, 16).unwrap(), b"aaaaccccddddee\0\0");
         assert_eq!(
             hash_range(&f, 0, 4).unwrap(),
             hex::encode(Sha256::digest(b"aaaa"))
+        );
+    }
+
+    #[test]
+    fn peers_may_read_checked_pieces_and_the_bytes_landed_of_those_in_flight() {
+        let size = 40 << 20; // ten 4 MiB pieces
+        let piece = 4u64 << 20;
+        let checked: HashMap<u64, String> =
+            [(2, String::new()), (3, String::new()), (7, String::new())].into();
+        let landed = [(4 * piece, 4 * piece + 100), (9 * piece, 9 * piece)];
+        assert_eq!(
+            ranges(size, &checked, &landed),
+            [(2 * piece, 4 * piece + 100), (7 * piece, 8 * piece)]
         );
     }
 
