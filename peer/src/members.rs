@@ -63,6 +63,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 struct Member {
     node: Option<String>,
+    /// The peer protocol it said it speaks (`None`: not heard from yet).
+    protocol: Option<u32>,
     failures: u32,
     /// Unhealthy until then.
     retry_at: Option<Instant>,
@@ -74,6 +76,7 @@ impl Member {
     fn new() -> Self {
         Self {
             node: None,
+            protocol: None,
             failures: 0,
             retry_at: None,
             last_error: None,
@@ -239,16 +242,7 @@ impl Membership {
         for (a, r) in join_all(probes).await {
             match r {
                 Ok(h) => {
-                    let mut s = self.state();
-                    if h.instance == self.me.instance && s.self_addr.as_ref() != Some(&a) {
-                        s.self_addr = Some(a.clone());
-                        s.generation += 1;
-                    }
-                    if let Some(m) = s.members.get_mut(&a) {
-                        m.node = Some(h.node);
-                        m.probed = true;
-                    }
-                    drop(s);
+                    self.heard(&a, h);
                     self.succeeded(&a);
                 }
                 Err(e) => {
@@ -259,6 +253,34 @@ impl Membership {
                 }
             }
         }
+    }
+
+    /// `addr` answered `hello` with `h`.
+    fn heard(&self, addr: &str, h: Hello) {
+        let mut s = self.state();
+        if h.instance == self.me.instance && s.self_addr.as_deref() != Some(addr) {
+            s.self_addr = Some(addr.to_string());
+            s.generation += 1;
+        }
+        if let Some(m) = s.members.get_mut(addr) {
+            m.node = Some(h.node);
+            m.protocol = Some(h.protocol);
+            m.probed = true;
+        }
+    }
+
+    /// The oldest peer protocol among the live members (1 for one not heard from yet): what
+    /// the whole cluster understands.
+    pub fn oldest_protocol(&self) -> u32 {
+        let now = Instant::now();
+        let s = self.state();
+        s.members
+            .iter()
+            .filter(|(a, m)| {
+                Some(a.as_str()) != s.self_addr.as_deref() && m.retry_at.is_none_or(|t| t <= now)
+            })
+            .map(|(_, m)| m.protocol.unwrap_or(1))
+            .fold(self.me.protocol, u32::min)
     }
 
     pub fn status(&self) -> Vec<MemberStatus> {
@@ -278,6 +300,11 @@ impl Membership {
                     },
                     healthy: is_self || (m.probed && m.failures == 0),
                     is_self,
+                    protocol: if is_self {
+                        Some(self.me.protocol)
+                    } else {
+                        m.protocol
+                    },
                     backoff_secs: wait.map_or(0, |w| w.as_secs()),
                     last_error: m.last_error.clone(),
                 }
@@ -309,5 +336,38 @@ mod tests {
         for bad in ["", "dns:x", "dns::5001", "10.0.0.1", "h:port", "h:1/x", ","] {
             assert!(Seeds::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_cluster_speaks_the_oldest_protocol_among_its_live_members() {
+        let hello = |node: &str, protocol: u32| Hello {
+            node: node.into(),
+            instance: node.into(),
+            protocol,
+        };
+        let client =
+            PeerClient::new(Arc::new(|| None), crate::client::Timeouts::default()).unwrap();
+        let seeds = Seeds::Static(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+        let m = Membership::new(seeds.clone(), hello("a", 2), client);
+        {
+            let mut s = m.state();
+            for a in ["a:1", "b:1", "c:1"] {
+                s.members.insert(a.into(), Member::new());
+            }
+        }
+        m.heard("a:1", hello("a", 2));
+        m.heard("b:1", hello("b", 2));
+        assert_eq!(m.oldest_protocol(), 1, "c not heard from yet");
+        // An agent from before protocols were said speaks 1.
+        let old: Hello = serde_json::from_str(r#"{"node":"c","instance":"c"}"#).unwrap();
+        m.heard("c:1", old);
+        assert_eq!(m.oldest_protocol(), 1);
+        // Upgraded: the cluster speaks 2.
+        m.heard("c:1", hello("c", 2));
+        assert_eq!(m.oldest_protocol(), 2);
+        // One that cannot be reached does not hold the cluster back.
+        m.heard("c:1", hello("c", 1));
+        m.failed("c:1", &PeerError::Timeout("c:1".into()));
+        assert_eq!(m.oldest_protocol(), 2);
     }
 }

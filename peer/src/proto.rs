@@ -25,6 +25,16 @@ pub fn stripe_key(digest: &str, index: u32) -> String {
 /// Most announcements in one `POST /manta/v1/peer/announce-batch`.
 pub const MAX_BATCH: usize = 1000;
 
+/// The version of this peer protocol an agent speaks, in its [`Hello`]:
+/// - 1 (an agent that says none): blobs routed whole, in pipelines and pieces;
+/// - 2: stripes ([`Stripe`], `Announce::stripe`).
+pub const PROTOCOL: u32 = 2;
+
+/// The version from which a cluster may read blobs in stripes: an agent that speaks an older one
+/// would route a stripe's locate as the whole blob's, so a cluster stripes only once every live
+/// member speaks this one (a rolling upgrade finishes first).
+pub const STRIPES_PROTOCOL: u32 = 2;
+
 /// `GET /manta/v1/peer/hello`: who answers at an address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -32,6 +42,13 @@ pub struct Hello {
     pub node: String,
     /// Random per process start: a node recognises itself in the membership by it.
     pub instance: String,
+    /// The peer protocol it speaks ([`PROTOCOL`]; 1 when it says none).
+    #[serde(default = "protocol_1")]
+    pub protocol: u32,
+}
+
+fn protocol_1() -> u32 {
+    1
 }
 
 /// `POST /manta/v1/peer/locate`, to a digest's first live owner: where to get a blob.
@@ -197,6 +214,9 @@ pub struct MemberStatus {
     pub node: Option<String>,
     pub healthy: bool,
     pub is_self: bool,
+    /// The peer protocol it speaks ([`PROTOCOL`]), once heard from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
     /// Seconds until the next try of a member that failed.
     #[serde(default)]
     pub backoff_secs: u64,

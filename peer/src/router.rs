@@ -100,6 +100,7 @@ impl PeerRouter {
         let me = Hello {
             node: cfg.node_name.clone(),
             instance: uuid::Uuid::new_v4().to_string(),
+            protocol: crate::proto::PROTOCOL,
         };
         let members = Membership::new(cfg.seeds.clone(), me.clone(), client.clone());
         let router = Arc::new(Self {
@@ -181,8 +182,9 @@ impl PeerRouter {
         let k = self.stripes;
         (k > 1
             && crate::pieces::piece_count(size) >= MIN_STRIPE_PIECES * u64::from(k)
-            && self.members.live().len() >= self.stripe_min_nodes.max(2))
-        .then_some(k)
+            && self.members.live().len() >= self.stripe_min_nodes.max(2)
+            && self.members.oldest_protocol() >= crate::proto::STRIPES_PROTOCOL)
+            .then_some(k)
     }
 
     /// The stripe of `count` in which this node takes readers: its place in the sorted live

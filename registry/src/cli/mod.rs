@@ -224,7 +224,7 @@ pub async fn peers(args: PeersArgs, out: &mut dyn Write) -> Result<(), ClientErr
 }
 
 fn format_peers(s: &manta_peer::proto::Status) -> String {
-    let rows: Vec<[String; 4]> = s
+    let rows: Vec<[String; 5]> = s
         .members
         .iter()
         .map(|m| {
@@ -239,6 +239,7 @@ fn format_peers(s: &manta_peer::proto::Status) -> String {
                 m.addr.clone(),
                 m.node.clone().unwrap_or_else(|| "-".into()),
                 state,
+                m.protocol.map_or_else(|| "-".into(), |p| p.to_string()),
                 m.last_error.clone().unwrap_or_default(),
             ]
         })
@@ -252,7 +253,7 @@ fn format_peers(s: &manta_peer::proto::Status) -> String {
         s.node, s.tracked
     );
     text.push_str(&format_table(
-        ["PEER", "NODE", "STATE", "LAST ERROR"],
+        ["PEER", "NODE", "STATE", "PROTOCOL", "LAST ERROR"],
         &rows,
     ));
     if !s.fetching.is_empty() {
