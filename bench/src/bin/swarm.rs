@@ -98,12 +98,12 @@ struct Args {
     /// Every node fetches from the origin alone (no peers, no tracker): the comparison.
     #[arg(long)]
     peers_off: bool,
-    /// A design study, not what the agent does yet: the pieces cut into this many stripes
-    /// (piece i in stripe i mod k), each spread by a tree of its own (the `Tracker`'s stripe
-    /// rule: the origin fetcher takes one reader per stripe, a node whose home stripe it is up
-    /// to k, others none), readers seeing a parent's pieces once checked. Each node's download
-    /// is split evenly between the stripes, its upload goes to its home stripe (the origin
-    /// fetcher's, a k-th to each). 0: off.
+    /// The pieces cut into this many stripes (piece i in stripe i mod k), each spread by a
+    /// tree of its own (the `Tracker`'s stripe rule: the origin fetcher takes one reader per
+    /// stripe, a node whose home stripe it is up to k, others none), as the agent reads large
+    /// blobs in large clusters; readers see a parent's bytes as `--peer-reads` says. Each
+    /// node's download is split evenly between the stripes, its upload goes to its home stripe
+    /// (the origin fetcher's, a k-th to each). 0: off.
     #[arg(long, default_value_t = 0)]
     stripes: u32,
     /// Seed of the digest name, the jitter and the choice of the dead.
@@ -1394,7 +1394,6 @@ fn simulate(p: &Params) -> Outcome {
             size,
             stripe: Some(s as u32),
             origin_rate: p.origin_rate / k as f64,
-            landed: false,
             kill: all.as_ref().map(|a| a.killed.clone()),
             ..p.clone()
         };
