@@ -792,30 +792,33 @@ mod tests {
         }
     }
 
+    /// "root" says it reads stripe 0 (of a 100 MiB blob) from the origin, at home in `home`.
+    fn root_of_stripe_0(t: &mut Tracker, home: Option<u32>, now: Instant) {
+        t.announce(
+            &Announce {
+                stripe: Some(0),
+                home,
+                digest: "sha256:x".into(),
+                node: "root".into(),
+                event: Event::Progress {
+                    have: 0,
+                    size: 100 << 20,
+                    origin: true,
+                    from: None,
+                    also: vec![],
+                },
+                pieces: None,
+            },
+            now,
+        );
+    }
+
     #[test]
     fn a_node_not_at_home_waits_for_the_nodes_at_home_it_knows_of() {
         let now = Instant::now();
         // The root reads from the origin, and is at home in stripe 0 (as it says: it never
         // asks).
-        let root_in = |t: &mut Tracker| {
-            t.announce(
-                &Announce {
-                    stripe: Some(0),
-                    home: Some(0),
-                    digest: "sha256:x".into(),
-                    node: "root".into(),
-                    event: Event::Progress {
-                        have: 0,
-                        size: 100 << 20,
-                        origin: true,
-                        from: None,
-                        also: vec![],
-                    },
-                    pieces: None,
-                },
-                now,
-            )
-        };
+        let root_in = |t: &mut Tracker| root_of_stripe_0(t, Some(0), now);
         // Nodes at home elsewhere know of three at home here: root, h1, h2.
         let leaf = |t: &mut Tracker, node: &str, settle: bool| {
             let mut req = stripe_req(node, (0, 2), 1, 3, 0);
@@ -860,23 +863,7 @@ mod tests {
         // starts). It then takes one reader in the stripe.
         assert_eq!(ask_stripe(&mut t, "early", 0), LocateReply::Fetch);
         assert_eq!(ask_stripe(&mut t, "root", 1), LocateReply::Fetch);
-        t.announce(
-            &Announce {
-                stripe: Some(0),
-                home: None,
-                digest: "sha256:x".into(),
-                node: "root".into(),
-                event: Event::Progress {
-                    have: 0,
-                    size: 100 << 20,
-                    origin: true,
-                    from: None,
-                    also: vec![],
-                },
-                pieces: None,
-            },
-            now,
-        );
+        root_of_stripe_0(&mut t, None, now);
         // A node at home in another stripe does not take the root's one reader: it waits
         // (asks again) until a node at home here can pass the stripe on to it.
         assert_eq!(ask_stripe(&mut t, "o0", 1), LocateReply::Fetch);
