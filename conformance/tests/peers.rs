@@ -240,6 +240,25 @@ impl Cluster {
         );
     }
 
+    /// What `manta ls` on node `i` says of the `main` revision: bytes cached, and of them
+    /// from peers.
+    fn came_from(&self, i: usize) -> (u64, u64) {
+        let out =
+            common::hub_agent::manta_cli(&["ls", "--json", "--server", &self.url(i)]).unwrap();
+        let v: Value = serde_json::from_str(&out.stdout_str()).unwrap();
+        let r = v["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["tag"] == "main")
+            .unwrap()
+            .clone();
+        (
+            r["cachedBytes"].as_u64().unwrap(),
+            r["fromPeers"].as_u64().unwrap(),
+        )
+    }
+
     fn logs(&self) -> String {
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -1215,22 +1234,7 @@ async fn forms_travel_between_peers_and_a_model_a_peer_holds_is_served_while_the
     assert_eq!((s.len, s.sha256.as_str()), (size, sha.as_str()));
 
     // `manta ls` says where each node's copy came from.
-    let from = |i: usize| {
-        let out =
-            common::hub_agent::manta_cli(&["ls", "--json", "--server", &cluster.url(i)]).unwrap();
-        let v: Value = serde_json::from_str(&out.stdout_str()).unwrap();
-        let r = v["revisions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["tag"] == "main")
-            .unwrap()
-            .clone();
-        (
-            r["cachedBytes"].as_u64().unwrap(),
-            r["fromPeers"].as_u64().unwrap(),
-        )
-    };
+    let from = |i: usize| cluster.came_from(i);
     let (cached0, peers0) = from(0);
     assert_eq!(peers0, 0, "node 0 fetched from the hub");
     assert!(cached0 >= size);
@@ -1568,6 +1572,16 @@ async fn when_the_root_of_the_stripes_dies_each_stripe_is_read_from_the_origin_f
     assert!(
         origin <= size + 4 * 4 * MIB,
         "{origin} bytes from the hub for a {size}-byte file"
+    );
+    // `manta ls` counts the pieces a survivor read from the origin as its own, not as from
+    // peers.
+    let from_origin: u64 = (0..N)
+        .filter(|i| *i != fetcher)
+        .map(|i| size - run.cluster.came_from(i).1.min(size))
+        .sum();
+    assert!(
+        from_origin > 0 && from_origin <= origin,
+        "the survivors say {from_origin} of their bytes came from the origin; the hub sent {origin}"
     );
     let striped = run.total("manta_peer_striped_fetches_total", fetcher).await;
     assert!(striped >= (N - 1) as f64, "{striped} striped fetches");

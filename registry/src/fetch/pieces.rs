@@ -404,7 +404,7 @@ impl Fetcher {
         // Stripes located again (striped only).
         let mut relocating: JoinSet<Route> = JoinSet::new();
         // Checked pieces not yet in the digest (they wait for the ones before them).
-        let mut checked: HashMap<u64, String> = HashMap::new();
+        let mut checked: HashMap<u64, Checked> = HashMap::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
@@ -520,7 +520,7 @@ impl Fetcher {
                                 _ => {
                                     sched.done(piece, attempt, std::time::Instant::now());
                                     timings.piece(piece, read_for);
-                                    checked.insert(piece, hash);
+                                    checked.insert(piece, Checked { hash, from_origin });
                                     let alive = progress_with(0, size, &primary, others(&sched));
                                     let t = std::time::Instant::now();
                                     self.adopt(fetch, p, &file, &mut checked, route, alive)
@@ -638,20 +638,21 @@ impl Fetcher {
         outcome
     }
 
-    /// Take the checked pieces at the writer's position into the blob, in order.
+    /// Take the checked pieces at the writer's position into the blob, in order (those read
+    /// from peers count as bytes from peers).
     async fn adopt(
         &self,
         fetch: &Fetch,
         p: &mut Progress,
         file: &Arc<PieceFile>,
-        checked: &mut HashMap<u64, String>,
+        checked: &mut HashMap<u64, Checked>,
         route: &Routing,
         // What to announce (its `have` is set here).
         mut alive: manta_peer::proto::Event,
     ) -> Result<(), UpstreamError> {
         let size = p.size;
         let mut moved = false;
-        while let Some(hash) = checked.remove(&p.pieces.current()) {
+        while let Some(c) = checked.remove(&p.pieces.current()) {
             let (start, end) = piece_range(size, p.pieces.current());
             let mut pos = start;
             while pos < end {
@@ -667,9 +668,11 @@ impl Fetcher {
                 pos += n;
             }
             p.room.written(end - start);
-            p.from_peers += end - start;
+            if !c.from_origin {
+                p.from_peers += end - start;
+            }
             p.trusted = end;
-            p.hashes.push(hash);
+            p.hashes.push(c.hash);
             p.pieces = PieceHasher::new(size, end);
             p.mark_trusted();
             moved = true;
@@ -684,6 +687,13 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// A piece checked, waiting for the ones before it to join the blob.
+struct Checked {
+    hash: String,
+    /// Read from the origin (a stripe nobody else had), not from a peer.
+    from_origin: bool,
 }
 
 /// Where a multi-source fetch's time went, logged as it ends: what an operator (and the bench)
@@ -761,7 +771,7 @@ fn announce_stripes(route: &Routing, st: &Stripes, sched: &Schedule, have: u64, 
 
 /// The byte ranges of the pieces in `checked` and of the bytes `landed` of pieces in flight,
 /// in order, neighbours merged.
-fn ranges(size: u64, checked: &HashMap<u64, String>, landed: &[(u64, u64)]) -> Vec<(u64, u64)> {
+fn ranges<V>(size: u64, checked: &HashMap<u64, V>, landed: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut all: Vec<(u64, u64)> = checked.keys().map(|&i| piece_range(size, i)).collect();
     all.extend(landed.iter().filter(|(start, end)| start < end));
     all.sort_unstable();
