@@ -1573,6 +1573,19 @@ async fn when_the_root_of_the_stripes_dies_each_stripe_is_read_from_the_origin_f
         origin <= size + 4 * 4 * MIB,
         "{origin} bytes from the hub for a {size}-byte file"
     );
+    // Those reads asked the hub for their pieces only (a range with an end), not for the rest
+    // of the file, cut off when the piece was in.
+    let open_ended: Vec<String> = run
+        .hub
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.range)
+        .filter(|r| r.ends_with('-'))
+        .collect();
+    assert!(
+        open_ended.is_empty(),
+        "ranges asked of the hub without an end: {open_ended:?}"
+    );
     // `manta ls` counts the pieces a survivor read from the origin as its own, not as from
     // peers.
     let from_origin: u64 = (0..N)

@@ -207,12 +207,13 @@ impl HubAdapter for HfAdapter {
     }
 
     /// `GET /{repo}/resolve/{commit}/{path}` (LFS files redirect to a CDN, which gets no token).
-    async fn download(
+    async fn download_range(
         &self,
         repo: &str,
         commit: &str,
         path: &str,
         offset: u64,
+        end: Option<u64>,
     ) -> Result<Download, HubError> {
         let subject = file_subject(repo, commit, path)?;
         if !check_segment(commit) {
@@ -222,7 +223,7 @@ impl HubAdapter for HfAdapter {
         segments.extend(["resolve", commit]);
         segments.extend(path.split('/'));
         self.http
-            .download(self.http.url(segments), offset, &subject)
+            .download(self.http.url(segments), offset, end, &subject)
             .await
     }
 }

@@ -71,6 +71,22 @@ enum Failure {
     Fatal(HubError),
 }
 
+/// The bytes of a file to ask for: from `from` up to `to` (exclusive), or to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ByteRange {
+    pub from: u64,
+    pub to: Option<u64>,
+}
+
+impl ByteRange {
+    fn header(self) -> String {
+        match self.to {
+            Some(to) => format!("bytes={}-{}", self.from, to.saturating_sub(1)),
+            None => format!("bytes={}-", self.from),
+        }
+    }
+}
+
 impl Http {
     pub(crate) fn new(cfg: &HubConfig) -> Result<Self, HubError> {
         let endpoint = Url::parse(cfg.endpoint.trim_end_matches('/')).map_err(|e| {
@@ -186,7 +202,7 @@ impl Http {
     async fn execute<T, F, Fut>(
         &self,
         url: &Url,
-        range_from: Option<u64>,
+        range: Option<ByteRange>,
         attempts: u32,
         missing: Missing,
         subject: &str,
@@ -198,7 +214,7 @@ impl Http {
     {
         let mut attempt = 1;
         loop {
-            let transport = match self.follow(url, range_from).await {
+            let transport = match self.follow(url, range).await {
                 Ok(resp) if resp.status().is_success() => match accept(resp).await {
                     Ok(value) => return Ok(value),
                     Err(Failure::Fatal(e)) => return Err(e),
@@ -236,7 +252,7 @@ impl Http {
 
     /// Send a GET and follow its redirects. The token goes only to the endpoint's origin, and
     /// never again once a hop has left it.
-    async fn follow(&self, url: &Url, range_from: Option<u64>) -> Result<Response, Failure> {
+    async fn follow(&self, url: &Url, range: Option<ByteRange>) -> Result<Response, Failure> {
         let mut current = url.clone();
         let mut authorised = self.same_origin(&current);
         for _ in 0..=MAX_REDIRECTS {
@@ -244,8 +260,8 @@ impl Http {
             if let (true, Some(auth)) = (authorised, &self.auth) {
                 req = req.header(header::AUTHORIZATION, auth.clone());
             }
-            if let Some(from) = range_from {
-                req = req.header(header::RANGE, format!("bytes={from}-"));
+            if let Some(r) = range {
+                req = req.header(header::RANGE, r.header());
             }
             let resp = req.send().await.map_err(Failure::Transport)?;
             if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {

@@ -76,7 +76,7 @@ pub struct Resolved {
 
 /// File bytes as the hub sends them: `len` bytes starting at the requested offset.
 pub struct Download {
-    /// Bytes the body will carry (file size minus the offset).
+    /// Bytes the body will carry (to the file's or the range's end, from the offset).
     pub len: u64,
     /// The whole file's size.
     pub size: u64,
@@ -172,6 +172,20 @@ pub trait HubAdapter: Send + Sync + 'static {
         commit: &str,
         path: &str,
         offset: u64,
+    ) -> Result<Download, HubError> {
+        self.download_range(repo, commit, path, offset, None).await
+    }
+
+    /// Download bytes `offset..end` of `path` (`end` `None`: to the file's end), asking the hub
+    /// for only those (`Range: bytes=offset-(end-1)`); a hub that sends more is not read past
+    /// `end`. Resumed as [`Self::download`] is.
+    async fn download_range(
+        &self,
+        repo: &str,
+        commit: &str,
+        path: &str,
+        offset: u64,
+        end: Option<u64>,
     ) -> Result<Download, HubError>;
 }
 

@@ -295,12 +295,13 @@ impl HubAdapter for MsAdapter {
     }
 
     /// `GET /api/v1/models/{owner}/{name}/repo?Revision={commit}&FilePath={path}`.
-    async fn download(
+    async fn download_range(
         &self,
         repo: &str,
         commit: &str,
         path: &str,
         offset: u64,
+        end: Option<u64>,
     ) -> Result<Download, HubError> {
         let subject = file_subject(repo, commit, path)?;
         let (owner, name) = owner_name(repo)?;
@@ -308,6 +309,6 @@ impl HubAdapter for MsAdapter {
         url.query_pairs_mut()
             .append_pair("Revision", commit)
             .append_pair("FilePath", path);
-        self.http.download(url, offset, &subject).await
+        self.http.download(url, offset, end, &subject).await
     }
 }

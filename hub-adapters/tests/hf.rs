@@ -176,6 +176,21 @@ async fn lfs_redirect_to_another_host_drops_the_token() {
     assert_eq!(at_cdn[1].range.as_deref(), Some("bytes=100000-"));
     assert_eq!(at_cdn[1].auth, None);
 
+    // A range with an end: only those bytes are asked for.
+    let download = adapter
+        .download_range(
+            "Org/Model",
+            COMMIT,
+            "model.safetensors",
+            100_000,
+            Some(150_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!((download.len, download.size), (50_000, 300_000));
+    assert_eq!(collect(download).await.unwrap(), blob[100_000..150_000]);
+    assert_eq!(cdn.seen()[2].range.as_deref(), Some("bytes=100000-149999"));
+
     // Same host: the token stays.
     let download = adapter
         .download("Org/Model", "main", "config.json", 0)
@@ -236,6 +251,34 @@ async fn a_broken_body_resumes_byte_identical() {
 }
 
 #[tokio::test]
+async fn a_broken_range_resumes_within_its_end() {
+    let blob = content(1_000_000);
+    let served = blob.clone();
+    let total = served.len();
+    let hub = mock(move |req, _| match req.range.as_deref() {
+        Some("bytes=100000-599999") => cut_short(
+            206,
+            &[("content-range", format!("bytes 100000-599999/{total}"))],
+            500_000,
+            served[100_000..300_000].to_vec(),
+        ),
+        Some("bytes=300000-599999") => ranged(&served, req.range.as_deref()),
+        other => panic!("unexpected range {other:?}"),
+    })
+    .await;
+    let download = hf(&hub.url, None)
+        .download_range("org/model", COMMIT, "model.bin", 100_000, Some(600_000))
+        .await
+        .unwrap();
+    assert_eq!((download.len, download.size), (500_000, 1_000_000));
+    assert!(
+        collect(download).await.unwrap() == blob[100_000..600_000],
+        "bytes differ"
+    );
+    assert_eq!(hub.seen().len(), 2);
+}
+
+#[tokio::test]
 async fn a_body_that_keeps_breaking_gives_up_after_the_retries() {
     let blob = content(10_000);
     let hub = mock(move |req, _| match req.range {
@@ -275,6 +318,20 @@ async fn a_200_to_a_ranged_request_is_skipped_to_the_offset() {
         format!("/org/model/resolve/{COMMIT}/a/b%20c.bin")
     );
     assert_eq!(seen[0].range.as_deref(), Some("bytes=1234-"));
+}
+
+#[tokio::test]
+async fn a_200_to_a_range_with_an_end_is_cut_at_the_end() {
+    let blob = content(5_000);
+    let served = blob.clone();
+    let hub = mock(move |_, _| served.clone().into_response()).await;
+    let download = hf(&hub.url, None)
+        .download_range("org/model", COMMIT, "f", 1_234, Some(2_000))
+        .await
+        .unwrap();
+    assert_eq!((download.len, download.size), (766, 5_000));
+    assert_eq!(collect(download).await.unwrap(), blob[1_234..2_000]);
+    assert_eq!(hub.seen()[0].range.as_deref(), Some("bytes=1234-1999"));
 }
 
 #[tokio::test]

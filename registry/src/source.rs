@@ -61,6 +61,17 @@ pub trait BlobSource: Send + Sync {
         None
     }
     fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>>;
+    /// Bytes `offset..end` (`end` `None`: to the blob's end), asking the source for those only
+    /// when it can; the reader stops at `end` either way (a source that cannot name an end is
+    /// cut off there).
+    fn open_range(
+        &self,
+        offset: u64,
+        end: Option<u64>,
+    ) -> BoxFuture<'static, Result<Download, SourceError>> {
+        let _ = end;
+        self.open(offset)
+    }
 }
 
 /// A blob of an upstream registry's repository.
@@ -76,6 +87,14 @@ impl BlobSource for RegistryBlob {
     }
 
     fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {
+        self.open_range(offset, None)
+    }
+
+    fn open_range(
+        &self,
+        offset: u64,
+        end: Option<u64>,
+    ) -> BoxFuture<'static, Result<Download, SourceError>> {
         let (client, repo, path) = (
             self.client.clone(),
             self.repo.clone(),
@@ -83,7 +102,7 @@ impl BlobSource for RegistryBlob {
         );
         Box::pin(async move {
             let resp = client
-                .request_from(UpMethod::GET, &repo, &path, None, offset)
+                .request_from(UpMethod::GET, &repo, &path, None, offset, end)
                 .await?;
             let status = resp.status();
             if !status.is_success() {
@@ -134,6 +153,14 @@ impl BlobSource for HubFile {
     }
 
     fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {
+        self.open_range(offset, None)
+    }
+
+    fn open_range(
+        &self,
+        offset: u64,
+        end: Option<u64>,
+    ) -> BoxFuture<'static, Result<Download, SourceError>> {
         let adapter = self.adapter.clone();
         let s = self.source.clone();
         Box::pin(async move {
@@ -142,7 +169,7 @@ impl BlobSource for HubFile {
                 _ => UpstreamError::Internal("no adapter for the hub"),
             })?;
             let dl = adapter
-                .download(&s.repo, &s.commit, &s.path, offset)
+                .download_range(&s.repo, &s.commit, &s.path, offset, end)
                 .await
                 .map_err(UpstreamError::from)?;
             if dl.size != s.size {
@@ -176,9 +203,17 @@ impl BlobSource for PeerBlob {
     }
 
     fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {
+        self.open_range(offset, None)
+    }
+
+    fn open_range(
+        &self,
+        offset: u64,
+        end: Option<u64>,
+    ) -> BoxFuture<'static, Result<Download, SourceError>> {
         let (client, addr, digest) = (self.client.clone(), self.addr.clone(), self.digest.clone());
         Box::pin(async move {
-            let b = client.blob(&addr, &digest, offset).await?;
+            let b = client.blob_range(&addr, &digest, offset, end).await?;
             Ok(Download {
                 size: b.size,
                 body: b.body.map_err(SourceError::from).boxed(),

@@ -5,18 +5,23 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use reqwest::{Response, StatusCode, Url};
 
-use super::{backoff, header_text, Http, Missing};
+use super::{backoff, header_text, ByteRange, Http, Missing};
 use crate::{Download, HubError};
 
 impl Http {
-    /// GET a file from byte `offset` on, as a body stream that resumes where it broke.
+    /// GET a file's bytes from `offset` up to `end` (exclusive; `None`: to its end), as a body
+    /// stream that resumes where it broke.
     pub(crate) async fn download(
         &self,
         url: Url,
         offset: u64,
+        end: Option<u64>,
         subject: &str,
     ) -> Result<Download, HubError> {
-        let range = (offset > 0).then_some(offset);
+        let range = (offset > 0 || end.is_some()).then_some(ByteRange {
+            from: offset,
+            to: end,
+        });
         let resp = self
             .execute(
                 &url,
@@ -27,25 +32,33 @@ impl Http {
                 |r| async { Ok(r) },
             )
             .await?;
-        let window = Window::of(&resp, offset, subject)?;
+        let window = Window::of(&resp, offset, end.is_some(), subject)?;
         let size = window.size;
+        let stop = end.map_or(size, |e| e.min(size));
+        if offset > stop {
+            return Err(HubError::Status {
+                status: 416,
+                message: format!("{subject}: bytes {offset}-{stop} are not a range"),
+            });
+        }
         let body = Body {
             http: self.clone(),
             url,
             subject: subject.to_owned(),
             size,
+            end: stop,
             pos: offset,
             skip: window.skip,
             stream: resp.bytes_stream().boxed(),
             failures: 0,
-            done: false,
+            done: offset == stop,
         };
         let body = stream::unfold(
             body,
             |mut b| async move { b.next().await.map(|item| (item, b)) },
         );
         Ok(Download {
-            len: size - offset,
+            len: stop - offset,
             size,
             body: body.boxed(),
         })
@@ -61,7 +74,8 @@ struct Window {
 }
 
 impl Window {
-    fn of(resp: &Response, offset: u64, subject: &str) -> Result<Window, HubError> {
+    /// `bounded`: the request named an end, so a `206` must say the file's total size.
+    fn of(resp: &Response, offset: u64, bounded: bool, subject: &str) -> Result<Window, HubError> {
         let malformed = |what: &str| HubError::Malformed(format!("{subject}: {what}"));
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -72,6 +86,11 @@ impl Window {
                 if start != offset {
                     return Err(malformed(&format!(
                         "asked for bytes from {offset}, got Content-Range {range:?}"
+                    )));
+                }
+                if bounded && total.is_none() {
+                    return Err(malformed(&format!(
+                        "Content-Range {range:?} does not say the file's size"
                     )));
                 }
                 Ok(Window {
@@ -106,6 +125,8 @@ struct Body {
     url: Url,
     subject: String,
     size: u64,
+    /// Absolute offset of the byte after the last to yield (`size`, unless a range was asked).
+    end: u64,
     /// Absolute offset of the next byte to yield.
     pos: u64,
     skip: u64,
@@ -131,6 +152,14 @@ impl Body {
                     if chunk.is_empty() {
                         continue;
                     }
+                    // A hub that sent more than the range asked (it ignored the Range): the
+                    // rest is not read.
+                    if self.end < self.size && chunk.len() as u64 >= self.end - self.pos {
+                        chunk.truncate((self.end - self.pos) as usize);
+                        self.pos = self.end;
+                        self.done = true;
+                        return Some(Ok(chunk));
+                    }
                     if chunk.len() as u64 > self.size - self.pos {
                         self.done = true;
                         return Some(Err(HubError::Malformed(format!(
@@ -142,13 +171,13 @@ impl Body {
                     self.failures = 0;
                     return Some(Ok(chunk));
                 }
-                None if self.pos == self.size && self.skip == 0 => {
+                None if self.pos == self.end && self.skip == 0 => {
                     self.done = true;
                     return None;
                 }
                 None => HubError::Malformed(format!(
                     "{}: the body ended at byte {} of {}",
-                    self.subject, self.pos, self.size
+                    self.subject, self.pos, self.end
                 )),
                 Some(Err(e)) => self.http.transport_error(e),
             };
@@ -181,7 +210,11 @@ impl Body {
     }
 
     async fn reopen(&mut self) -> Result<(), HubError> {
-        let range = (self.pos > 0).then_some(self.pos);
+        let bounded = self.end < self.size;
+        let range = (self.pos > 0 || bounded).then_some(ByteRange {
+            from: self.pos,
+            to: bounded.then_some(self.end),
+        });
         let resp = self
             .http
             .execute(
@@ -193,7 +226,7 @@ impl Body {
                 |r| async { Ok(r) },
             )
             .await?;
-        let window = Window::of(&resp, self.pos, &self.subject)?;
+        let window = Window::of(&resp, self.pos, bounded, &self.subject)?;
         if window.size != self.size {
             return Err(HubError::Malformed(format!(
                 "{}: the file changed size while downloading ({} then {})",

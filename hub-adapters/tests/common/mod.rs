@@ -159,18 +159,22 @@ pub fn content(len: usize) -> Vec<u8> {
 pub fn ranged(content: &[u8], range: Option<&str>) -> Response {
     match range
         .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.split_once('-'))
     {
-        Some(from) => {
+        Some((from, last)) => {
             let from: usize = from.parse().unwrap();
             let total = content.len();
+            let last = match last {
+                "" => total - 1,
+                l => l.parse::<usize>().unwrap().min(total - 1),
+            };
             (
                 StatusCode::PARTIAL_CONTENT,
                 [(
                     header::CONTENT_RANGE,
-                    format!("bytes {from}-{}/{total}", total - 1),
+                    format!("bytes {from}-{last}/{total}"),
                 )],
-                content[from..].to_vec(),
+                content[from..=last].to_vec(),
             )
                 .into_response()
         }

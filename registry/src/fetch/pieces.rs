@@ -180,8 +180,8 @@ impl From<PeerError> for PieceError {
 #[derive(Clone)]
 enum PieceFrom {
     Peer(String),
-    /// The origin: this node reads a stripe from it that no peer has (a ranged read, cut
-    /// at the piece's end).
+    /// The origin: this node reads a stripe from it that no peer has (a read of the piece's
+    /// range, cut at its end if the origin sends more).
     Origin(Arc<dyn BlobSource>),
 }
 
@@ -211,10 +211,13 @@ impl PieceRead {
                 (addr.clone(), SourceKind::peer, b.size, body)
             }
             PieceFrom::Origin(origin) => {
-                let dl = origin.open(a.start).await.map_err(|e| match e {
-                    SourceError::Origin(e) => PieceError::Origin(e),
-                    e => PieceError::Source(e),
-                })?;
+                let dl = origin
+                    .open_range(a.start, Some(a.end))
+                    .await
+                    .map_err(|e| match e {
+                        SourceError::Origin(e) => PieceError::Origin(e),
+                        e => PieceError::Source(e),
+                    })?;
                 ("origin".to_string(), origin.kind(), dl.size, dl.body)
             }
         };
@@ -228,7 +231,8 @@ impl PieceRead {
         }
         let (mut pos, mut buf) = (a.start, BytesMut::new());
         loop {
-            // The origin answers the rest of the blob: the piece ends where it ends.
+            // The origin is asked for the piece only; one that sends more (it ignored the
+            // range) is cut off at the piece's end.
             let next = match pos + buf.len() as u64 >= a.end && origin {
                 true => None,
                 false => tokio::time::timeout(self.stall, body.next())

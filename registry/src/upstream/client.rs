@@ -277,11 +277,12 @@ impl RegistryClient {
         suffix: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.request_from(method, repo, suffix, accept, 0).await
+        self.request_from(method, repo, suffix, accept, 0, None)
+            .await
     }
 
-    /// [`Self::request`] for the bytes from `offset` on (`Range: bytes=<offset>-` when it is
-    /// not 0).
+    /// [`Self::request`] for the bytes from `offset` on, up to `end` (exclusive) when given
+    /// (`Range: bytes=<offset>-[<end - 1>]`; none for the whole blob).
     pub async fn request_from(
         &self,
         method: Method,
@@ -289,6 +290,7 @@ impl RegistryClient {
         suffix: &str,
         accept: Option<&str>,
         offset: u64,
+        end: Option<u64>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = self.check(&format!("{}/v2/{repo}/{suffix}", self.base))?;
         let scope = format!("repository:{repo}:pull");
@@ -299,8 +301,15 @@ impl RegistryClient {
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
-            if offset > 0 {
-                req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            match end {
+                Some(end) => {
+                    let last = end.saturating_sub(1);
+                    req = req.header(reqwest::header::RANGE, format!("bytes={offset}-{last}"));
+                }
+                None if offset > 0 => {
+                    req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+                }
+                None => {}
             }
             if let Some(auth) = self.cached_auth(&scope)? {
                 req = req.header(AUTHORIZATION, auth);
