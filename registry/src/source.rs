@@ -60,18 +60,17 @@ pub trait BlobSource: Send + Sync {
     fn size(&self) -> Option<u64> {
         None
     }
-    fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>>;
-    /// Bytes `offset..end` (`end` `None`: to the blob's end), asking the source for those only
-    /// when it can; the reader stops at `end` either way (a source that cannot name an end is
-    /// cut off there).
+    /// The blob from `offset` on.
+    fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {
+        self.open_range(offset, None)
+    }
+    /// Bytes `offset..end` (`end` `None`: to the blob's end), asking the source for those only;
+    /// the reader stops at `end` either way (a source that sends more is cut off there).
     fn open_range(
         &self,
         offset: u64,
         end: Option<u64>,
-    ) -> BoxFuture<'static, Result<Download, SourceError>> {
-        let _ = end;
-        self.open(offset)
-    }
+    ) -> BoxFuture<'static, Result<Download, SourceError>>;
 }
 
 /// A blob of an upstream registry's repository.
@@ -84,10 +83,6 @@ pub struct RegistryBlob {
 impl BlobSource for RegistryBlob {
     fn kind(&self) -> SourceKind {
         SourceKind::upstream
-    }
-
-    fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {
-        self.open_range(offset, None)
     }
 
     fn open_range(
@@ -152,10 +147,6 @@ impl BlobSource for HubFile {
         Some(self.source.size)
     }
 
-    fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {
-        self.open_range(offset, None)
-    }
-
     fn open_range(
         &self,
         offset: u64,
@@ -200,10 +191,6 @@ pub struct PeerBlob {
 impl BlobSource for PeerBlob {
     fn kind(&self) -> SourceKind {
         SourceKind::peer
-    }
-
-    fn open(&self, offset: u64) -> BoxFuture<'static, Result<Download, SourceError>> {
-        self.open_range(offset, None)
     }
 
     fn open_range(

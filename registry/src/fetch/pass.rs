@@ -167,9 +167,10 @@ mod tests {
             crate::source::SourceKind::upstream
         }
 
-        fn open(
+        fn open_range(
             &self,
             offset: u64,
+            _end: Option<u64>,
         ) -> futures_util::future::BoxFuture<'static, Result<Download, SourceError>> {
             let data = self.0;
             let body = futures_util::stream::iter(
