@@ -24,6 +24,8 @@ use manta_peer::proto::{Announce, Event, LocateReply, LocateRequest, Pieces, Str
 use manta_peer::ring;
 use manta_peer::tracker::{Tracker, TrackerOptions};
 
+mod pieces;
+
 /// Simulate N nodes pulling one blob through Manta's peer routing (the real `Tracker` and
 /// rendezvous ring), over simulated links and time. Prints one markdown table.
 ///
@@ -106,6 +108,16 @@ struct Args {
     /// (the origin fetcher's, a k-th to each). 0: off.
     #[arg(long, default_value_t = 0)]
     stripes: u32,
+    /// How a striped pull is simulated: `fluid`, each stripe a swarm of its own, each node
+    /// reading it as one stream at a k-th of its link (failures and any N); `pieces`, each
+    /// node's real piece `Schedule` over its k stripe parents, every piece read a flow on
+    /// links shared max-min fairly, in steps of `--step` (no failures; see
+    /// src/bin/swarm/pieces.rs).
+    #[arg(long, value_enum, default_value_t = Engine::Fluid)]
+    engine: Engine,
+    /// The time step of `--engine pieces`.
+    #[arg(long, default_value = "10ms", value_parser = parse_secs)]
+    step: f64,
     /// Seed of the digest name, the jitter and the choice of the dead.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -118,6 +130,12 @@ struct Args {
     /// Give up at this many S/B of simulated time (peers-off adds 2·N·S/origin-rate).
     #[arg(long, default_value_t = 200.0)]
     max_time: f64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Fluid,
+    Pieces,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,6 +274,9 @@ struct Params {
     full_size: u64,
     /// Striped: the nodes the first stripe's run killed, killed in the others too.
     kill: Option<Vec<usize>>,
+    /// Striped, with each node's real piece schedule (`--engine pieces`), in steps of `step`.
+    pieces: bool,
+    step: f64,
 }
 
 impl Params {
@@ -1374,6 +1395,9 @@ impl Sim {
 /// One run: the blob at once, or (`--stripes k`) each stripe as a swarm of its own, a node
 /// done when it has every stripe.
 fn simulate(p: &Params) -> Outcome {
+    if p.pieces {
+        return pieces::run(p);
+    }
     if p.stripes < 2 || p.peers_off {
         return Sim::new(p.clone()).run();
     }
@@ -1587,6 +1611,9 @@ fn plan(args: &Args) -> Result<Vec<Params>> {
             if !(0.0..1.0).contains(&f) {
                 bail!("--fail-frac {f}: must be in [0, 1)");
             }
+            if args.engine == Engine::Pieces && (f > 0.0 || args.stripes < 2 || args.peers_off) {
+                bail!("--engine pieces: a striped pull (--stripes 2 or more), with --fail-frac 0");
+            }
             let mut max_time = args.max_time * unit;
             if args.peers_off {
                 max_time += 2.0 * n as f64 * args.size as f64 / origin_rate;
@@ -1618,6 +1645,8 @@ fn plan(args: &Args) -> Result<Vec<Params>> {
                 stripe: None,
                 full_size: args.size,
                 kill: None,
+                pieces: args.engine == Engine::Pieces,
+                step: args.step,
             });
         }
     }
