@@ -8,6 +8,9 @@
 //! transfer ending, a node dying, a failure noticed, the membership changing, a stall timer).
 //! Nothing sleeps; the tracker is given `base + simulated time` as its `Instant`.
 //!
+//! `--engine pieces` (pieces.rs) simulates a striped pull piece by piece instead, driving each
+//! node's real piece `Schedule` too, in fixed time steps.
+//!
 //! See bench/README.md ("Swarm simulator") for the model and what it leaves out.
 
 use std::cmp::Ordering;
@@ -109,10 +112,9 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     stripes: u32,
     /// How a striped pull is simulated: `fluid`, each stripe a swarm of its own, each node
-    /// reading it as one stream at a k-th of its link (failures and any N); `pieces`, each
+    /// reading it as one stream at a k-th of its link; `pieces`, each
     /// node's real piece `Schedule` over its k stripe parents, every piece read a flow on
-    /// links shared max-min fairly, in steps of `--step` (no failures; see
-    /// src/bin/swarm/pieces.rs).
+    /// links shared max-min fairly, in steps of `--step` (see src/bin/swarm/pieces.rs).
     #[arg(long, value_enum, default_value_t = Engine::Fluid)]
     engine: Engine,
     /// The time step of `--engine pieces`.
@@ -1611,8 +1613,8 @@ fn plan(args: &Args) -> Result<Vec<Params>> {
             if !(0.0..1.0).contains(&f) {
                 bail!("--fail-frac {f}: must be in [0, 1)");
             }
-            if args.engine == Engine::Pieces && (f > 0.0 || args.stripes < 2 || args.peers_off) {
-                bail!("--engine pieces: a striped pull (--stripes 2 or more), with --fail-frac 0");
+            if args.engine == Engine::Pieces && (args.stripes < 2 || args.peers_off) {
+                bail!("--engine pieces: a striped pull (--stripes 2 or more) with peers");
             }
             let mut max_time = args.max_time * unit;
             if args.peers_off {

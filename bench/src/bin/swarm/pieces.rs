@@ -9,7 +9,14 @@
 //! back a late piece. Each piece read is a flow: a node's upload and download are shared
 //! max-min fairly among its flows, and a flow reads its piece's bytes as they land at its
 //! source (as the agent's peers do). The origin fetcher reads the blob from the origin as one
-//! stream. Time advances in fixed steps (`--step`), not events. No failures.
+//! stream. Time advances in fixed steps (`--step`), not events.
+//!
+//! Failures: at `--fail-at`, `--fail-frac` of the nodes die (the origin fetcher among them with
+//! `--kill-origin-fetcher`). A reader notices a dead parent after `--detect`: its pieces in
+//! flight fail (`Schedule::failed`), and each stripe left without a source is located again
+//! from where the node stands (`have` > 0, the dead excluded), as the agent's leader does; a
+//! stripe nobody else has the rest of is read from the origin, piece by piece. The owners are
+//! one tracker (no owner dies).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,7 +26,7 @@ use manta_peer::proto::{Announce, Event, LocateReply, LocateRequest, Stripe};
 use manta_peer::schedule::{Limits, Schedule, SourceSpec};
 use manta_peer::tracker::{Tracker, TrackerOptions};
 
-use super::{Outcome, Params};
+use super::{Outcome, Params, Rng};
 
 /// A node asks again for a stripe it was told to wait for this often...
 const ASK_AGAIN: f64 = 0.2;
@@ -30,9 +37,16 @@ const ANNOUNCE_EVERY: f64 = 2.0;
 /// Late pieces are looked for this often (the agent's leader tick).
 const TICK: f64 = 0.2;
 
+/// Where a piece is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    Node(usize),
+    Origin,
+}
+
 /// One piece read in flight.
 struct Flow {
-    src: usize,
+    src: Src,
     dst: usize,
     piece: u64,
     attempt: u64,
@@ -45,8 +59,15 @@ struct Flow {
 struct Node {
     addr: String,
     home: u32,
-    /// Per stripe, the parent (`None` until located).
-    parent: Vec<Option<usize>>,
+    alive: bool,
+    /// Per stripe, the parent (`None` until located, or while located again).
+    parent: Vec<Option<Src>>,
+    /// The schedule's sources, by its index.
+    srcs: Vec<Src>,
+    /// Peers found dead, not to be named again (`exclude`).
+    exclude: Vec<String>,
+    /// Pieces in flight from a dead parent fail at this time.
+    noticed: Vec<(f64, usize)>,
     asks: u32,
     sched: Option<Schedule>,
     /// Bytes landed of each piece (complete ones at their length).
@@ -75,7 +96,11 @@ pub fn run(p: &Params) -> Outcome {
         .map(|_| Node {
             addr: String::new(),
             home: 0,
+            alive: true,
             parent: vec![None; k as usize],
+            srcs: Vec::new(),
+            exclude: Vec::new(),
+            noticed: Vec::new(),
             asks: 0,
             sched: None,
             landed: vec![0.0; pieces as usize],
@@ -94,7 +119,7 @@ pub fn run(p: &Params) -> Outcome {
             .filter(|(j, n)| *j != me && n.home == s)
             .count() as u32
     };
-    // (No failures: each key's first owner answers every locate, so one tracker holds them.)
+    // (No owner dies: each key's first owner answers every locate, so one tracker holds them.)
     let mut tracker = Tracker::new(TrackerOptions::default());
     let mut out = Outcome::default();
     let len = |piece: u64| {
@@ -126,68 +151,187 @@ pub fn run(p: &Params) -> Outcome {
     for s in 0..k {
         announce(&mut tracker, &nodes[root], s, 0, None, at(0.0));
     }
+    // Who dies, and when.
+    let mut dying: Vec<usize> = Vec::new();
+    if p.fail_frac > 0.0 {
+        let count = ((p.fail_frac * p.n as f64).round() as usize).max(1);
+        if p.kill_origin_fetcher {
+            dying.push(root);
+        }
+        let mut rng = Rng(p.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ p.n as u64);
+        let mut pool: Vec<usize> = (0..p.n).filter(|i| !dying.contains(i)).collect();
+        while dying.len() < count && !pool.is_empty() {
+            let x = rng.below(pool.len());
+            dying.push(pool.swap_remove(x));
+        }
+    }
+    let mut killed = false;
+    let origin = p.n; // the origin's index among the uploaders
     let mut origin_pos = 0.0f64;
     let mut flows: Vec<Flow> = Vec::new();
     let dt = p.step;
     let (mut t, mut next_ask, mut next_tick, mut next_announce) = (0.0, 0.0, TICK, ANNOUNCE_EVERY);
     let mut remaining = p.n;
+    // Locate stripe `s` for node `i` holding a prefix of `have` bytes; `true` when it has a
+    // source for it now.
+    let locate = |tracker: &mut Tracker, nodes: &mut [Node], i: usize, s: u32, have: u64, now| {
+        let req = LocateRequest {
+            digest: digest.clone(),
+            node: Some(nodes[i].addr.clone()),
+            have,
+            exclude: nodes[i].exclude.clone(),
+            avoid: Vec::new(),
+            probe: false,
+            settle: have > 0 || nodes[i].asks > SETTLE_AFTER,
+            stripe: Some(Stripe {
+                index: s,
+                count: k,
+                home: nodes[i].home,
+                homes: homes_of(s, i, nodes),
+            }),
+        };
+        match tracker.locate(&req, now) {
+            LocateReply::Follow { from, .. } => {
+                nodes[i].parent[s as usize] = index.get(&from).map(|&j| Src::Node(j));
+            }
+            // Resuming a stripe nobody else has the rest of: read it from the origin.
+            LocateReply::Fetch if have > 0 => nodes[i].parent[s as usize] = Some(Src::Origin),
+            LocateReply::Fetch => {}
+        }
+        nodes[i].parent[s as usize].is_some()
+    };
     while remaining > 0 && t < p.max_time {
         let now = at(t);
+        if !killed && !dying.is_empty() && t >= p.fail_at {
+            killed = true;
+            for &d in &dying {
+                nodes[d].alive = false;
+                if nodes[d].done.is_none() {
+                    remaining -= 1;
+                }
+                out.dead += 1;
+                flows.retain(|f| f.dst != d);
+                // Its readers notice after `detect`.
+                for r in flows
+                    .iter()
+                    .filter(|f| f.src == Src::Node(d))
+                    .map(|f| f.dst)
+                {
+                    if !nodes[r].noticed.iter().any(|x| x.1 == d) {
+                        nodes[r].noticed.push((t + p.detect, d));
+                    }
+                }
+            }
+            out.killed.clone_from(&dying);
+        }
         // Locate the stripes not located yet, every node at once, as the agent does.
         if t >= next_ask {
             next_ask += ASK_AGAIN;
             for i in 0..p.n {
-                if i == root || nodes[i].sched.is_some() {
+                if i == root || !nodes[i].alive || nodes[i].sched.is_some() {
                     continue;
                 }
-                let settle = nodes[i].asks >= SETTLE_AFTER;
                 nodes[i].asks += 1;
                 for s in 0..k {
-                    if nodes[i].parent[s as usize].is_some() {
-                        continue;
-                    }
-                    let req = LocateRequest {
-                        digest: digest.clone(),
-                        node: Some(nodes[i].addr.clone()),
-                        have: 0,
-                        exclude: Vec::new(),
-                        avoid: Vec::new(),
-                        probe: false,
-                        settle,
-                        stripe: Some(Stripe {
-                            index: s,
-                            count: k,
-                            home: nodes[i].home,
-                            homes: homes_of(s, i, &nodes),
-                        }),
-                    };
-                    out.locates += 1;
-                    if let LocateReply::Follow { from, .. } = tracker.locate(&req, now) {
-                        nodes[i].parent[s as usize] = index.get(&from).copied();
+                    if nodes[i].parent[s as usize].is_none() {
+                        out.locates += 1;
+                        locate(&mut tracker, &mut nodes, i, s, 0, now);
                     }
                 }
-                if nodes[i].parent.iter().all(Option::is_some) {
-                    let sources = (0..k)
-                        .map(|s| SourceSpec {
-                            stripe: Some((s, k)),
-                            ..SourceSpec::any(
-                                nodes[nodes[i].parent[s as usize].unwrap_or(root)]
-                                    .addr
-                                    .clone(),
-                                None,
-                            )
+                let parents: Option<Vec<Src>> = nodes[i].parent.iter().copied().collect();
+                if let Some(parents) = parents {
+                    let sources = parents
+                        .iter()
+                        .enumerate()
+                        .map(|(s, src)| SourceSpec {
+                            stripe: Some((s as u32, k)),
+                            ..SourceSpec::any(source_addr(&nodes, *src), None)
                         })
                         .collect();
+                    nodes[i].srcs = parents;
                     nodes[i].sched = Some(Schedule::new(size, 0, sources, Limits::default()));
                 }
             }
+        }
+        // A dead parent noticed: its pieces in flight fail, and each stripe left without a
+        // source is located again from where the node stands.
+        for i in 0..p.n {
+            let due: Vec<usize> = nodes[i]
+                .noticed
+                .iter()
+                .filter(|x| x.0 <= t)
+                .map(|x| x.1)
+                .collect();
+            if due.is_empty() || !nodes[i].alive {
+                continue;
+            }
+            nodes[i].noticed.retain(|x| x.0 > t);
+            for d in due {
+                let addr = nodes[d].addr.clone();
+                if !nodes[i].exclude.contains(&addr) {
+                    nodes[i].exclude.push(addr);
+                }
+                let gone: Vec<(u64, u64)> = flows
+                    .iter()
+                    .filter(|f| f.dst == i && f.src == Src::Node(d))
+                    .map(|f| (f.piece, f.attempt))
+                    .collect();
+                flows.retain(|f| !(f.dst == i && f.src == Src::Node(d)));
+                let node = &mut nodes[i];
+                if let Some(sched) = node.sched.as_mut() {
+                    for (piece, attempt) in gone {
+                        sched.failed(piece, attempt, true);
+                        node.landed[piece as usize] = 0.0;
+                    }
+                }
+                for par in node.parent.iter_mut() {
+                    if *par == Some(Src::Node(d)) {
+                        *par = None;
+                    }
+                }
+            }
+            let Some(sched) = nodes[i].sched.as_ref() else {
+                continue;
+            };
+            let have = piece_range(size, sched.prefix().min(pieces - 1)).0.max(1);
+            for s in 0..k {
+                if nodes[i].parent[s as usize].is_some() {
+                    continue;
+                }
+                out.relocates += 1;
+                if locate(&mut tracker, &mut nodes, i, s, have, now) {
+                    let src = nodes[i].parent[s as usize].unwrap_or(Src::Origin);
+                    let spec = SourceSpec {
+                        stripe: Some((s, k)),
+                        ..SourceSpec::any(source_addr(&nodes, src), None)
+                    };
+                    if let Some(sched) = nodes[i].sched.as_mut() {
+                        sched.add_source(spec);
+                        nodes[i].srcs.push(src);
+                    }
+                    // A new parent that is dead already is noticed in its turn.
+                    if let Src::Node(j) = src {
+                        if !nodes[j].alive {
+                            nodes[i].noticed.push((t + p.detect, j));
+                        }
+                    }
+                } else {
+                    // Nobody named yet: ask again at the next step.
+                    nodes[i].noticed.push((t + ASK_AGAIN, usize::MAX));
+                }
+            }
+            nodes[i].noticed.retain(|x| x.1 != usize::MAX || x.0 > t);
         }
         // Ask for what each schedule says, and take back late pieces.
         let tick = t >= next_tick;
         if tick {
             next_tick += TICK;
         }
+        let alive: Vec<bool> = nodes.iter().map(|n| n.alive).collect();
         for (i, node) in nodes.iter_mut().enumerate() {
+            if !node.alive {
+                continue;
+            }
             let Some(sched) = node.sched.as_mut() else {
                 continue;
             };
@@ -195,12 +339,17 @@ pub fn run(p: &Params) -> Outcome {
                 for (piece, attempt, _) in sched.overdue(now) {
                     flows.retain(|f| !(f.dst == i && f.piece == piece && f.attempt == attempt));
                     node.landed[piece as usize] = 0.0;
-                    out.relocates += 1;
                 }
             }
             while let Some(a) = sched.next(now) {
-                let src = node.parent[(a.piece % u64::from(k)) as usize].unwrap_or(root);
                 node.landed[a.piece as usize] = 0.0;
+                let src = node.srcs[a.source];
+                // Asked of a dead node: the read fails once it is noticed.
+                if let Src::Node(j) = src {
+                    if !alive[j] && !node.noticed.iter().any(|x| x.1 == j) {
+                        node.noticed.push((t + p.detect, j));
+                    }
+                }
                 flows.push(Flow {
                     src,
                     dst: i,
@@ -214,23 +363,29 @@ pub fn run(p: &Params) -> Outcome {
         }
         // Share the links: progressive filling, each flow also capped by the bytes its source
         // has of its piece and it has not read yet.
-        let root_reads = nodes[root].done.is_none();
+        let root_reads = nodes[root].alive && nodes[root].done.is_none();
+        let up_of = |src: Src| match src {
+            Src::Node(j) => j,
+            Src::Origin => origin,
+        };
         let caps: Vec<f64> = flows
             .iter()
             .map(|f| {
-                let avail = if nodes[f.src].done.is_some() {
-                    f.len
-                } else if f.src == root {
-                    (origin_pos - piece_range(size, f.piece).0 as f64).clamp(0.0, f.len)
-                } else {
-                    nodes[f.src].landed[f.piece as usize]
+                let avail = match f.src {
+                    Src::Origin => f.len,
+                    Src::Node(j) if !nodes[j].alive => 0.0,
+                    Src::Node(j) if nodes[j].done.is_some() => f.len,
+                    Src::Node(j) if j == root => {
+                        (origin_pos - piece_range(size, f.piece).0 as f64).clamp(0.0, f.len)
+                    }
+                    Src::Node(j) => nodes[j].landed[f.piece as usize],
                 };
                 ((avail - f.done) / dt).max(0.0)
             })
             .collect();
-        let mut up = vec![p.bw; p.n];
+        let mut up = vec![p.bw; p.n + 1];
+        up[origin] = p.origin_rate;
         let mut down = vec![p.bw; p.n];
-        let mut origin_left = p.origin_rate;
         let mut root_rate = 0.0;
         let mut frozen: Vec<bool> = caps.iter().map(|c| *c <= 0.0).collect();
         let mut root_frozen = !root_reads;
@@ -238,30 +393,30 @@ pub fn run(p: &Params) -> Outcome {
             f.rate = 0.0;
         }
         loop {
-            let mut n_up = vec![0usize; p.n];
+            let mut n_up = vec![0usize; p.n + 1];
             let mut n_down = vec![0usize; p.n];
             for (f, _) in flows.iter().zip(&frozen).filter(|(_, z)| !**z) {
-                n_up[f.src] += 1;
+                n_up[up_of(f.src)] += 1;
                 n_down[f.dst] += 1;
             }
             if !root_frozen {
+                n_up[origin] += 1;
                 n_down[root] += 1;
             }
             let mut delta = f64::INFINITY;
-            for (f, z) in flows.iter().zip(&frozen) {
+            for ((f, c), z) in flows.iter().zip(&caps).zip(&frozen) {
                 if !*z {
+                    let u = up_of(f.src);
                     delta = delta
-                        .min(up[f.src] / n_up[f.src] as f64)
-                        .min(down[f.dst] / n_down[f.dst] as f64);
-                }
-            }
-            for (f, (c, z)) in flows.iter().zip(caps.iter().zip(&frozen)) {
-                if !*z {
-                    delta = delta.min(c - f.rate);
+                        .min(up[u] / n_up[u] as f64)
+                        .min(down[f.dst] / n_down[f.dst] as f64)
+                        .min(c - f.rate);
                 }
             }
             if !root_frozen {
-                delta = delta.min(origin_left).min(down[root] / n_down[root] as f64);
+                delta = delta
+                    .min(up[origin] / n_up[origin] as f64)
+                    .min(down[root] / n_down[root] as f64);
             }
             if !delta.is_finite() {
                 break;
@@ -270,26 +425,27 @@ pub fn run(p: &Params) -> Outcome {
             for (f, z) in flows.iter_mut().zip(&frozen) {
                 if !*z {
                     f.rate += delta;
-                    up[f.src] -= delta;
+                    up[up_of(f.src)] -= delta;
                     down[f.dst] -= delta;
                 }
             }
             if !root_frozen {
                 root_rate += delta;
-                origin_left -= delta;
+                up[origin] -= delta;
                 down[root] -= delta;
             }
             // Freeze what is saturated.
             let eps = 1e-6 * p.bw;
             let mut any = false;
             for (i, f) in flows.iter().enumerate() {
-                if !frozen[i] && (up[f.src] <= eps || down[f.dst] <= eps || f.rate >= caps[i] - eps)
+                if !frozen[i]
+                    && (up[up_of(f.src)] <= eps || down[f.dst] <= eps || f.rate >= caps[i] - eps)
                 {
                     frozen[i] = true;
                     any = true;
                 }
             }
-            if !root_frozen && (origin_left <= eps || down[root] <= eps) {
+            if !root_frozen && (up[origin] <= eps || down[root] <= eps) {
                 root_frozen = true;
                 any = true;
             }
@@ -301,8 +457,9 @@ pub fn run(p: &Params) -> Outcome {
         t += dt;
         let now = at(t);
         if root_reads {
+            let before = origin_pos;
             origin_pos = (origin_pos + root_rate * dt).min(size as f64);
-            out.origin_bytes = origin_pos;
+            out.origin_bytes += origin_pos - before;
             if origin_pos >= size as f64 {
                 nodes[root].done = Some(t);
                 remaining -= 1;
@@ -310,10 +467,14 @@ pub fn run(p: &Params) -> Outcome {
         }
         let mut finished: Vec<usize> = Vec::new();
         for (i, f) in flows.iter_mut().enumerate() {
+            let before = f.done;
             f.done = (f.done + f.rate * dt).min(f.len);
             // (Within a byte is all of it: rates shared in floating point never add up exactly.)
             if f.len - f.done < 1.0 {
                 f.done = f.len;
+            }
+            if f.src == Src::Origin {
+                out.origin_bytes += f.done - before;
             }
             nodes[f.dst].landed[f.piece as usize] = f.done;
             if f.done >= f.len {
@@ -335,18 +496,21 @@ pub fn run(p: &Params) -> Outcome {
         // Every node tells its stripes' owners how it reads them (they forget silent ones).
         if t >= next_announce {
             next_announce += ANNOUNCE_EVERY;
-            for i in 0..p.n {
+            for i in (0..p.n).filter(|&i| nodes[i].alive) {
+                let have = nodes[i]
+                    .sched
+                    .as_ref()
+                    .map_or(0, |sc| piece_range(size, sc.prefix().min(pieces - 1)).0);
                 for s in 0..k {
-                    let have = nodes[i]
-                        .sched
-                        .as_ref()
-                        .map_or(0, |sc| piece_range(size, sc.prefix().min(pieces - 1)).0);
-                    match (i == root, nodes[i].parent[s as usize]) {
-                        (true, _) => announce(&mut tracker, &nodes[i], s, have, None, now),
-                        (false, Some(j)) => {
-                            announce(&mut tracker, &nodes[i], s, have, Some(&nodes[j]), now)
-                        }
-                        (false, None) => {}
+                    let src = match (i == root, nodes[i].parent[s as usize]) {
+                        (true, _) => Some(None),
+                        (false, Some(Src::Origin)) => Some(None),
+                        (false, Some(Src::Node(j))) => Some(Some(j)),
+                        (false, None) => None,
+                    };
+                    if let Some(from) = src {
+                        let from = from.map(|j| &nodes[j]);
+                        announce(&mut tracker, &nodes[i], s, have, from, now);
                     }
                 }
             }
@@ -358,10 +522,10 @@ pub fn run(p: &Params) -> Outcome {
     for s in 0..k as usize {
         let mut readers: HashMap<usize, usize> = HashMap::new();
         for (i, n) in nodes.iter().enumerate() {
-            if let Some(j) = n.parent[s] {
+            if let Some(Src::Node(j)) = n.parent[s] {
                 *readers.entry(j).or_default() += 1;
                 let (mut x, mut d) = (i, 0u32);
-                while let Some(y) = nodes[x].parent[s].filter(|_| d <= p.n as u32) {
+                while let Some(Src::Node(y)) = nodes[x].parent[s].filter(|_| d <= p.n as u32) {
                     x = y;
                     d += 1;
                 }
@@ -372,10 +536,18 @@ pub fn run(p: &Params) -> Outcome {
             .max_fanout
             .max(readers.values().copied().max().unwrap_or(0));
     }
-    out.times = nodes.iter().map(|n| n.done).collect();
+    out.times = nodes.iter().filter(|n| n.alive).map(|n| n.done).collect();
     out.sim_end = t;
     out.wall = wall.elapsed();
     out
+}
+
+/// The address a schedule knows a source by.
+fn source_addr(nodes: &[Node], src: Src) -> String {
+    match src {
+        Src::Node(j) => nodes[j].addr.clone(),
+        Src::Origin => "origin".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -428,18 +600,56 @@ mod tests {
     }
 
     #[test]
+    fn when_the_root_and_others_die_the_survivors_finish_and_the_origin_sends_little_again() {
+        let args = Args::parse_from([
+            "swarm",
+            "--engine",
+            "pieces",
+            "--nodes",
+            "40",
+            "--size",
+            "256MiB",
+            "--stripes",
+            "4",
+            "--origin-rate",
+            "200Mbit",
+            "--fail-frac",
+            "0.1",
+            "--fail-at",
+            "0.4",
+        ]);
+        let p = &plan(&args).unwrap()[0];
+        let o = super::run(p);
+        assert_eq!((o.dead, o.killed.contains(&0)), (4, true), "{:?}", o.killed);
+        assert_eq!(o.times.len(), 36);
+        assert!(
+            o.times.iter().all(Option::is_some),
+            "a survivor never finished"
+        );
+        // Each stripe left without its root is read from the origin from where it stood: what
+        // the root had and had not passed on yet (a piece per stripe at most) is read twice.
+        assert!(o.relocates >= 4, "{} stripes located again", o.relocates);
+        let sent = o.origin_bytes / p.size as f64;
+        assert!(
+            (1.0..1.1).contains(&sent),
+            "the origin sent {sent:.3} × the file"
+        );
+    }
+
+    #[test]
     fn the_engine_refuses_what_it_does_not_simulate() {
-        // Failures (the fluid engine simulates them), or no stripes.
-        for (stripes, fail) in [("4", "0.05"), ("1", "0")] {
-            let argv = [
+        for argv in [
+            ["swarm", "--engine", "pieces", "--stripes", "1"].as_slice(),
+            [
                 "swarm",
                 "--engine",
                 "pieces",
                 "--stripes",
-                stripes,
-                "--fail-frac",
-                fail,
-            ];
+                "4",
+                "--peers-off",
+            ]
+            .as_slice(),
+        ] {
             let args = Args::try_parse_from(argv).unwrap();
             assert!(plan(&args).is_err(), "{argv:?}");
         }
