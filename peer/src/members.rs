@@ -223,18 +223,7 @@ impl Membership {
                 tracing::warn!(error = %e, "cannot resolve the peers; keeping the last membership")
             }
         }
-        let now = Instant::now();
-        let due: Vec<String> = {
-            let s = self.state();
-            s.members
-                .iter()
-                .filter(|(a, m)| {
-                    Some(a.as_str()) != s.self_addr.as_deref()
-                        && (!m.probed || m.retry_at.is_some_and(|t| t <= now))
-                })
-                .map(|(a, _)| a.clone())
-                .collect()
-        };
+        let due = self.due(Instant::now());
         let probes = due.into_iter().map(|a| async move {
             let r = self.client.hello(&a).await;
             (a, r)
@@ -253,6 +242,23 @@ impl Membership {
                 }
             }
         }
+    }
+
+    /// The members to say `hello` to now: those not heard from yet, those due for a retry,
+    /// and those that spoke an older protocol than this node (an agent replaced at the same
+    /// address in a rolling upgrade says its new one).
+    fn due(&self, now: Instant) -> Vec<String> {
+        let s = self.state();
+        s.members
+            .iter()
+            .filter(|(a, m)| {
+                Some(a.as_str()) != s.self_addr.as_deref()
+                    && (!m.probed
+                        || m.retry_at.is_some_and(|t| t <= now)
+                        || m.protocol.is_some_and(|p| p < self.me.protocol))
+            })
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// `addr` answered `hello` with `h`.
@@ -362,6 +368,8 @@ mod tests {
         let old: Hello = serde_json::from_str(r#"{"node":"c","instance":"c"}"#).unwrap();
         m.heard("c:1", old);
         assert_eq!(m.oldest_protocol(), 1);
+        // It is asked again at every refresh, until it is replaced by one that speaks 2.
+        assert_eq!(m.due(Instant::now()), ["c:1"]);
         // Upgraded: the cluster speaks 2.
         m.heard("c:1", hello("c", 2));
         assert_eq!(m.oldest_protocol(), 2);
