@@ -503,15 +503,7 @@ async fn when_the_origin_fetcher_dies_the_others_finish_and_the_hub_sends_little
         manifest_ok(&c, &cluster.url(i), &format!("hf-raw/{REPO}"), "main").await;
     }
     let before = hub.bytes_served();
-    let pulls: Vec<_> = (0..3)
-        .map(|i| {
-            let (c, url) = (
-                c.clone(),
-                format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i)),
-            );
-            tokio::spawn(async move { stream_get(&c, &url, &[], None).await })
-        })
-        .collect();
+    let pulls = pull_raw(&cluster, &c, &digest, 0..3);
     // The node reading from the origin, once it is a third of the way.
     let fetcher = poll(
         "a node to be a third through the origin fetch",
@@ -1408,15 +1400,7 @@ impl StripedPull {
             manifest_ok(&c, &cluster.url(i), &format!("hf-raw/{REPO}"), "main").await;
         }
         let before = hub.bytes_served();
-        let pulls = (0..n)
-            .map(|i| {
-                let (c, url) = (
-                    c.clone(),
-                    format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i)),
-                );
-                tokio::spawn(async move { stream_get(&c, &url, &[], None).await })
-            })
-            .collect();
+        let pulls = pull_raw(&cluster, &c, &digest, 0..n);
         Self {
             hub,
             digest,
@@ -1452,6 +1436,27 @@ impl StripedPull {
         self.hub.bytes_served() - self.before
     }
 
+    /// Kill -9 the node `pick` names, once it names one from who reads the blob from whom now
+    /// (see [`fetching`]); its index.
+    async fn kill_when(
+        &mut self,
+        what: &str,
+        pick: impl Fn(&Cluster, &[(usize, u64, Vec<String>)]) -> Option<usize>,
+    ) -> usize {
+        let victim = poll(what, Duration::from_secs(60), || {
+            let cluster = &self.cluster;
+            let pick = &pick;
+            async move { Ok(pick(cluster, &fetching(cluster).await)) }
+        })
+        .await;
+        self.cluster.nodes[victim]
+            .as_mut()
+            .unwrap()
+            .kill9()
+            .unwrap();
+        victim
+    }
+
     /// The sum of `name` over the nodes but `dead`.
     async fn total(&self, name: &str, dead: usize) -> f64 {
         let mut sum = 0.0;
@@ -1460,6 +1465,24 @@ impl StripedPull {
         }
         sum
     }
+}
+
+/// Each of `nodes` streams `digest` of the raw form through its own endpoint, all at once.
+fn pull_raw(
+    cluster: &Cluster,
+    c: &reqwest::Client,
+    digest: &str,
+    nodes: std::ops::Range<usize>,
+) -> Vec<tokio::task::JoinHandle<common::hub_agent::Streamed>> {
+    nodes
+        .map(|i| {
+            let (c, url) = (
+                c.clone(),
+                format!("{}/v2/hf-raw/{REPO}/blobs/{digest}", cluster.url(i)),
+            );
+            tokio::spawn(async move { stream_get(&c, &url, &[], None).await })
+        })
+        .collect()
 }
 
 /// Who reads the blob from whom now, from each node's `manta peers` status: for each node
@@ -1492,32 +1515,21 @@ async fn in_a_large_cluster_a_blob_is_read_in_stripes_and_a_parent_that_dies_cos
     // A node that others read a stripe from, other than the origin fetcher, before it is
     // half-way.
     let size = run.size;
-    let victim = poll(
-        "a stripe parent half-way or less",
-        Duration::from_secs(60),
-        || {
-            let cluster = &run.cluster;
-            async move {
-                let now = fetching(cluster).await;
-                let fetcher = now
-                    .iter()
-                    .find(|(_, _, from)| from == &["origin"])
-                    .map(|f| f.0);
-                let parent = now
-                    .iter()
-                    .filter(|(_, _, from)| from.len() > 1)
-                    .flat_map(|(_, _, from)| from.iter())
-                    .filter_map(|a| cluster.addrs.iter().position(|x| x == a))
-                    .find(|p| {
-                        Some(*p) != fetcher
-                            && now.iter().any(|(i, have, _)| i == p && *have < size / 2)
-                    });
-                Ok(parent)
-            }
-        },
-    )
-    .await;
-    run.cluster.nodes[victim].as_mut().unwrap().kill9().unwrap();
+    let victim = run
+        .kill_when("a stripe parent half-way or less", |cluster, now| {
+            let fetcher = now
+                .iter()
+                .find(|(_, _, from)| from == &["origin"])
+                .map(|f| f.0);
+            now.iter()
+                .filter(|(_, _, from)| from.len() > 1)
+                .flat_map(|(_, _, from)| from.iter())
+                .filter_map(|a| cluster.addrs.iter().position(|x| x == a))
+                .find(|p| {
+                    Some(*p) != fetcher && now.iter().any(|(i, have, _)| i == p && *have < size / 2)
+                })
+        })
+        .await;
     let origin = run.survivors_true(victim).await;
     eprintln!("a stripe parent killed: {origin} bytes from the hub for a {size}-byte file");
     // Its readers took their stripe from other peers: the hub still sent the file once.
@@ -1544,26 +1556,13 @@ async fn when_the_root_of_the_stripes_dies_each_stripe_is_read_from_the_origin_f
     const N: usize = 10;
     let mut run = StripedPull::start(24, N).await;
     let size = run.size;
-    let fetcher = poll(
-        "the origin fetcher to be a third through",
-        Duration::from_secs(60),
-        || {
-            let cluster = &run.cluster;
-            async move {
-                let now = fetching(cluster).await;
-                Ok(now
-                    .iter()
-                    .find(|(_, have, from)| from == &["origin"] && *have > size / 3)
-                    .map(|f| f.0))
-            }
-        },
-    )
-    .await;
-    run.cluster.nodes[fetcher]
-        .as_mut()
-        .unwrap()
-        .kill9()
-        .unwrap();
+    let fetcher = run
+        .kill_when("the origin fetcher to be a third through", |_, now| {
+            now.iter()
+                .find(|(_, have, from)| from == &["origin"] && *have > size / 3)
+                .map(|f| f.0)
+        })
+        .await;
     let origin = run.survivors_true(fetcher).await;
     eprintln!("the root killed: {origin} bytes from the hub for a {size}-byte file");
     // Each stripe's first reader took the rest of its stripe from the origin, from where it

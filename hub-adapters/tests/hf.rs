@@ -335,6 +335,25 @@ async fn a_200_to_a_range_with_an_end_is_cut_at_the_end() {
 }
 
 #[tokio::test]
+async fn a_hub_that_hides_the_size_in_a_bounded_answer_is_asked_for_the_rest() {
+    let blob = content(5_000);
+    let served = blob.clone();
+    let hub = mock(move |req, _| match req.range.as_deref() {
+        Some("bytes=1000-1999") => status(206, &[("content-range", "bytes 1000-1999/*")], ""),
+        Some("bytes=1000-") => ranged(&served, Some("bytes=1000-")),
+        other => panic!("unexpected range {other:?}"),
+    })
+    .await;
+    let download = hf(&hub.url, None)
+        .download_range("org/model", COMMIT, "f", 1_000, Some(2_000))
+        .await
+        .unwrap();
+    assert_eq!((download.len, download.size), (1_000, 5_000));
+    assert_eq!(collect(download).await.unwrap(), blob[1_000..2_000]);
+    assert_eq!(hub.seen().len(), 2);
+}
+
+#[tokio::test]
 async fn a_206_from_the_wrong_offset_is_refused() {
     let hub = mock(|_, _| status(206, &[("content-range", "bytes 0-9/10")], "0123456789")).await;
     match hf(&hub.url, None)

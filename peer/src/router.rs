@@ -190,32 +190,31 @@ impl PeerRouter {
     /// The stripe of `count` in which this node takes readers: its place in the sorted live
     /// membership, modulo `count`, so each stripe has a fair share of the nodes at home.
     pub fn home(&self, count: u32) -> u32 {
-        let Some(me) = self.self_addr() else {
-            return crate::tracker::home(&self.me.instance, count);
-        };
+        match (self.ranked(), self.self_addr()) {
+            (Some((_, rank)), _) => (rank % count.max(1) as usize) as u32,
+            (None, Some(me)) => crate::tracker::home(&me, count),
+            (None, None) => crate::tracker::home(&self.me.instance, count),
+        }
+    }
+
+    /// The live membership, sorted, and this node's place in it (`None`: not found in it).
+    fn ranked(&self) -> Option<(Vec<String>, usize)> {
+        let me = self.self_addr()?;
         let mut live = self.members.live();
         live.sort();
-        match live.iter().position(|a| *a == me) {
-            Some(rank) => (rank % count.max(1) as usize) as u32,
-            None => crate::tracker::home(&me, count),
-        }
+        let rank = live.iter().position(|a| *a == me)?;
+        Some((live, rank))
     }
 
     /// How many other live members take readers in stripe `index` of `count` (by their place
     /// in the sorted membership, as [`Self::home`]); 0 when this node is not found in it.
     pub fn homes(&self, index: u32, count: u32) -> u32 {
-        let Some(me) = self.self_addr() else {
+        let Some((live, me)) = self.ranked() else {
             return 0;
         };
-        let mut live = self.members.live();
-        live.sort();
-        if !live.contains(&me) {
-            return 0;
-        }
         let k = count.max(1) as usize;
-        live.iter()
-            .enumerate()
-            .filter(|(rank, a)| rank % k == index as usize && **a != me)
+        (0..live.len())
+            .filter(|rank| rank % k == index as usize && *rank != me)
             .count() as u32
     }
 
@@ -230,7 +229,19 @@ impl PeerRouter {
         exclude: &[String],
         avoid: &[String],
     ) -> Route {
-        let req = LocateRequest {
+        let req = self.request(digest, have, exclude, avoid);
+        self.locate_at(self.owners(digest), req, true).await
+    }
+
+    /// This node's locate of `digest` (the whole blob, not settling).
+    fn request(
+        &self,
+        digest: &str,
+        have: u64,
+        exclude: &[String],
+        avoid: &[String],
+    ) -> LocateRequest {
+        LocateRequest {
             digest: digest.to_string(),
             node: self.self_addr(),
             have,
@@ -239,8 +250,7 @@ impl PeerRouter {
             probe: false,
             settle: false,
             stripe: None,
-        };
-        self.locate_at(self.owners(digest), req, true).await
+        }
     }
 
     /// Ask the owners of stripe `index` of `count` of `digest` where to read its pieces: the
@@ -259,12 +269,6 @@ impl PeerRouter {
         settle: bool,
     ) -> Route {
         let req = LocateRequest {
-            digest: digest.to_string(),
-            node: self.self_addr(),
-            have,
-            exclude: exclude.to_vec(),
-            avoid: avoid.to_vec(),
-            probe: false,
             settle,
             stripe: Some(crate::proto::Stripe {
                 index,
@@ -272,6 +276,7 @@ impl PeerRouter {
                 home: self.home(count),
                 homes: self.homes(index, count),
             }),
+            ..self.request(digest, have, exclude, avoid)
         };
         // Starting, a stripe nobody is in yet is asked of its first owner again a moment
         // later (see the tracker): other owners are not probed, as a parent one of them names

@@ -1235,12 +1235,14 @@ mod tests {
         let mut t = Tracker::default();
         let now = Instant::now();
         let size = 16u64 << 20; // four pieces
-        let say = |t: &mut Tracker, node: &str, first: u64, hashes: &[&str]| {
+                                // `node` read from the origin and hashed pieces `first..` of `digest` (or of its
+                                // stripe).
+        let say_of = |t: &mut Tracker, digest: &str, stripe, node: &str, first, hashes: &[&str]| {
             t.announce(
                 &Announce {
-                    stripe: None,
+                    stripe,
                     home: None,
-                    digest: "sha256:x".into(),
+                    digest: digest.into(),
                     node: node.into(),
                     event: Event::Progress {
                         have: 0,
@@ -1258,6 +1260,9 @@ mod tests {
                 now,
             )
         };
+        let say = |t: &mut Tracker, node: &str, first: u64, hashes: &[&str]| {
+            say_of(t, "sha256:x", None, node, first, hashes)
+        };
         say(&mut t, "a", 0, &["p0", "p1"]);
         say(&mut t, "b", 1, &["other", "p2"]);
         say(&mut t, "c", 3, &["p3"]);
@@ -1267,27 +1272,7 @@ mod tests {
             "a hash once known stands; the others fill what nobody gave"
         );
         // A stripe's announcements carry no hashes for the blob.
-        t.announce(
-            &Announce {
-                stripe: Some(1),
-                home: None,
-                digest: "sha256:y".into(),
-                node: "a".into(),
-                event: Event::Progress {
-                    have: 0,
-                    size,
-                    origin: true,
-                    from: None,
-                    also: vec![],
-                },
-                pieces: Some(Pieces {
-                    size,
-                    first: 0,
-                    hashes: vec!["q0".into()],
-                }),
-            },
-            now,
-        );
+        say_of(&mut t, "sha256:y", Some(1), "a", 0, &["q0"]);
         assert_eq!(t.pieces("sha256:y", 0), None);
     }
 

@@ -18,21 +18,31 @@ impl Http {
         end: Option<u64>,
         subject: &str,
     ) -> Result<Download, HubError> {
-        let range = (offset > 0 || end.is_some()).then_some(ByteRange {
-            from: offset,
-            to: end,
-        });
-        let resp = self
-            .execute(
-                &url,
-                range,
-                self.attempts,
-                Missing::Entry,
-                subject,
-                |r| async { Ok(r) },
-            )
-            .await?;
-        let window = Window::of(&resp, offset, end.is_some(), subject)?;
+        // Ask for the range's end, unless the hub cannot say the file's size in a bounded
+        // answer: then ask for the rest, and stop reading at the end.
+        let mut ask_end = end.is_some();
+        let (resp, window) = loop {
+            let range = (offset > 0 || ask_end).then_some(ByteRange {
+                from: offset,
+                to: end.filter(|_| ask_end),
+            });
+            let resp = self
+                .execute(
+                    &url,
+                    range,
+                    self.attempts,
+                    Missing::Entry,
+                    subject,
+                    |r| async { Ok(r) },
+                )
+                .await?;
+            let window = Window::of(&resp, offset, subject)?;
+            if ask_end && !window.sized {
+                ask_end = false;
+                continue;
+            }
+            break (resp, window);
+        };
         let size = window.size;
         let stop = end.map_or(size, |e| e.min(size));
         if offset > stop {
@@ -47,6 +57,7 @@ impl Http {
             subject: subject.to_owned(),
             size,
             end: stop,
+            ask_end,
             pos: offset,
             skip: window.skip,
             stream: resp.bytes_stream().boxed(),
@@ -71,11 +82,13 @@ struct Window {
     size: u64,
     /// Bytes to drop from the start of the body (a `200` to a ranged request).
     skip: u64,
+    /// The answer said the file's size (a `206` may say `*`; `size` is then where its range
+    /// ends, the file's size only for a range asked to the end).
+    sized: bool,
 }
 
 impl Window {
-    /// `bounded`: the request named an end, so a `206` must say the file's total size.
-    fn of(resp: &Response, offset: u64, bounded: bool, subject: &str) -> Result<Window, HubError> {
+    fn of(resp: &Response, offset: u64, subject: &str) -> Result<Window, HubError> {
         let malformed = |what: &str| HubError::Malformed(format!("{subject}: {what}"));
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -88,14 +101,10 @@ impl Window {
                         "asked for bytes from {offset}, got Content-Range {range:?}"
                     )));
                 }
-                if bounded && total.is_none() {
-                    return Err(malformed(&format!(
-                        "Content-Range {range:?} does not say the file's size"
-                    )));
-                }
                 Ok(Window {
                     size: total.unwrap_or(end + 1),
                     skip: 0,
+                    sized: total.is_some(),
                 })
             }
             StatusCode::OK => {
@@ -108,7 +117,11 @@ impl Window {
                         message: format!("{subject}: offset {offset} is past the end ({size})"),
                     });
                 }
-                Ok(Window { size, skip: offset })
+                Ok(Window {
+                    size,
+                    skip: offset,
+                    sized: true,
+                })
             }
             other => Err(malformed(&format!(
                 "unexpected status {} for a file",
@@ -127,6 +140,8 @@ struct Body {
     size: u64,
     /// Absolute offset of the byte after the last to yield (`size`, unless a range was asked).
     end: u64,
+    /// Resumes name `end` (the hub says the file's size in a bounded answer).
+    ask_end: bool,
     /// Absolute offset of the next byte to yield.
     pos: u64,
     skip: u64,
@@ -210,7 +225,7 @@ impl Body {
     }
 
     async fn reopen(&mut self) -> Result<(), HubError> {
-        let bounded = self.end < self.size;
+        let bounded = self.ask_end && self.end < self.size;
         let range = (self.pos > 0 || bounded).then_some(ByteRange {
             from: self.pos,
             to: bounded.then_some(self.end),
@@ -226,7 +241,13 @@ impl Body {
                 |r| async { Ok(r) },
             )
             .await?;
-        let window = Window::of(&resp, self.pos, bounded, &self.subject)?;
+        let window = Window::of(&resp, self.pos, &self.subject)?;
+        if bounded && !window.sized {
+            return Err(HubError::Malformed(format!(
+                "{}: a bounded answer no longer says the file's size",
+                self.subject
+            )));
+        }
         if window.size != self.size {
             return Err(HubError::Malformed(format!(
                 "{}: the file changed size while downloading ({} then {})",
